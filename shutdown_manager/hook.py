@@ -96,4 +96,3 @@ async def run_hook(
         log.warning("sidecar at %s unavailable (%s): draining from the hook", control_socket, exc)
         print(f"sidecar unavailable ({exc}): draining from the hook", file=out, flush=True)
     return await drain_alone(admin_address, policy, ready_file, admin_timeout, out)
-

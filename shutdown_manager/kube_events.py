@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shutdown_manager.drain import DrainEvent, Outcome
@@ -40,6 +41,8 @@ class KubeEvents:
         self._api: Any = None
         self._disabled = not (self.pod and self.namespace)
         self._pending: set[asyncio.Future[None]] = set()
+        # One worker: events land in order, and a hung API server holds one thread only.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +57,7 @@ class KubeEvents:
             assert event.outcome is not None
             reason, kind = _REASONS[event.outcome]
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._post, reason, kind, event.message)
+        future = loop.run_in_executor(self._executor, self._post, reason, kind, event.message)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
@@ -68,9 +71,9 @@ class KubeEvents:
             from kubernetes import client, config  # heavy: imported only when used
 
             try:
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                config.load_kube_config()
+                config.load_kube_config()  # type: ignore[no-untyped-call]
             self._api = client.CoreV1Api()
         return self._api
 
@@ -81,14 +84,18 @@ class KubeEvents:
 
             now = datetime.datetime.now(datetime.UTC)
             body = client.CoreV1Event(
-                metadata=client.V1ObjectMeta(generate_name=f"{self.pod}.", namespace=self.namespace),
+                metadata=client.V1ObjectMeta(
+                    generate_name=f"{self.pod}.", namespace=self.namespace
+                ),
                 involved_object=client.V1ObjectReference(
                     kind="Pod", name=self.pod, namespace=self.namespace
                 ),
                 reason=reason,
                 message=message[:1000],
                 type=kind,
-                source=client.V1EventSource(component="shutdown-manager", host=socket.gethostname()),
+                source=client.V1EventSource(
+                    component="shutdown-manager", host=socket.gethostname()
+                ),
                 first_timestamp=now,
                 last_timestamp=now,
                 count=1,

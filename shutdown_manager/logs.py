@@ -42,7 +42,9 @@ class TextFormatter(logging.Formatter):
 
 
 def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
+    return (
+        json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
+    )
 
 
 def configure(log_format: str = "text", level: str = "info") -> logging.Logger:

@@ -44,5 +44,5 @@ class ReadyFile:
         if self.path is None:
             await asyncio.Event().wait()
             return
-        while not self.path.exists():
+        while not self.path.exists():  # noqa: ASYNC110 - another process writes it
             await asyncio.sleep(WATCH_INTERVAL)

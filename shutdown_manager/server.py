@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import stat
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from shutdown_manager.admin import AdminAddress, AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
-from shutdown_manager.drain import DrainEngine, DrainEvent, DrainPolicy, Listener
+from shutdown_manager.drain import DrainEngine, DrainPolicy, Listener
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
@@ -145,8 +146,8 @@ class Sidecar:
         await self.admin.aclose()
         log.info("shutdown-manager stopped")
 
-    async def _wait_unless_forced(self, waiter: object) -> None:
-        task = asyncio.ensure_future(waiter)  # type: ignore[arg-type]
+    async def _wait_unless_forced(self, waiter: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(waiter)
         while not task.done():
             await asyncio.wait({task}, timeout=0.1)
             if self.force_exit:

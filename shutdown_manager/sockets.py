@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
-HELD_STATES = frozenset(
-    {psutil.CONN_ESTABLISHED, psutil.CONN_SYN_RECV, psutil.CONN_CLOSE_WAIT}
-)
+HELD_STATES = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_SYN_RECV, psutil.CONN_CLOSE_WAIT})
 """States of a downstream socket that Envoy has not closed yet."""
 
 

@@ -74,7 +74,9 @@ class ListenerFilter:
     """Configured listener name -> stat name, from the admin `/listeners` call."""
 
     @classmethod
-    def resolve(cls, patterns: Iterable[str], listeners: Iterable[ListenerAddress]) -> ListenerFilter:
+    def resolve(
+        cls, patterns: Iterable[str], listeners: Iterable[ListenerAddress]
+    ) -> ListenerFilter:
         aliases = {
             item.name: listener_stat_name(item.host, item.port)
             for item in listeners
@@ -83,7 +85,8 @@ class ListenerFilter:
         return cls(patterns=tuple(patterns), aliases=aliases)
 
     def _matches(self, name: str) -> bool:
-        return any(fnmatchcase(name, pattern) for pattern in self.patterns)
+        # Exact first: IPv6 stat names such as `[__1]_8080` read as glob character classes.
+        return any(name == pattern or fnmatchcase(name, pattern) for pattern in self.patterns)
 
     def ignores_listener(self, stat_name: str) -> bool:
         if stat_name == ADMIN_NAME or self._matches(stat_name):
@@ -136,9 +139,12 @@ def count_connections(values: Mapping[str, int], ignore: ListenerFilter) -> Conn
                 listeners[stat_name] = value
             continue
         manager = _HTTP.match(name)
-        if manager and ".user_agent." not in manager["prefix"]:
-            if not ignore.ignores_http(manager["prefix"]):
-                http[manager["what"]] += value
+        if (
+            manager
+            and ".user_agent." not in manager["prefix"]
+            and not ignore.ignores_http(manager["prefix"])
+        ):
+            http[manager["what"]] += value
     return ConnectionCount(
         listeners=listeners,
         http_connections=http["cx_active"],

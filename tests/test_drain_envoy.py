@@ -22,7 +22,9 @@ from tests.harness.envoy import Envoy
 pytestmark = pytest.mark.timeout(60)
 
 
-async def drain(envoy: Envoy, events: list[DrainEvent] | None = None, **policy: object) -> DrainReport:
+async def drain(
+    envoy: Envoy, events: list[DrainEvent] | None = None, **policy: object
+) -> DrainReport:
     settings: dict[str, object] = {"ignore_listeners": ("probe",)} | policy
     async with AdminClient(parse_admin_address(envoy.admin_address)) as admin:
         sink = events if events is not None else []
@@ -52,7 +54,7 @@ async def test_no_connections_releases_right_after_the_minimum(envoy: Envoy) -> 
 async def test_busy_keepalive_clients_are_counted_and_never_fail(envoy: Envoy) -> None:
     """Requests always in flight: Envoy closes each connection after its response, the
     clients reconnect, and the drain is held until they stop."""
-    stop, tally, events = asyncio.Event(), Tally(), []
+    stop, tally, events = asyncio.Event(), Tally(), list[DrainEvent]()
     url = envoy.url("/slow?s=0.2")
     load = [asyncio.create_task(steady_load(url, stop, tally, pause=0)) for _ in range(4)]
     await asyncio.sleep(0.3)
@@ -74,7 +76,9 @@ async def test_idle_keepalive_client_holds_until_quiet_period_then_releases(envo
     async with http_client() as client:
         assert (await client.get(envoy.url())).status_code == 200
         events: list[DrainEvent] = []
-        report = await drain(envoy, events, min_drain_duration=0.5, drain_timeout=10, quiet_period=1.0)
+        report = await drain(
+            envoy, events, min_drain_duration=0.5, drain_timeout=10, quiet_period=1.0
+        )
         assert report.outcome is Outcome.QUIESCENT
         assert report.connections_left == 1
         assert peak_connections(events) == 1
@@ -121,7 +125,8 @@ async def test_long_streaming_response_holds_the_drain_until_it_ends(envoy: Envo
     await asyncio.sleep(0.2)
     report = await drain(envoy, min_drain_duration=0.5, drain_timeout=20)
     ended = await stream
-    assert tally.ok == 1 and tally.failed == 0, tally.errors
+    assert tally.failed == 0, tally.errors
+    assert tally.ok == 1
     assert report.outcome is Outcome.DRAINED
     assert time.monotonic() - ended < report.duration, "released only after the stream ended"
 
@@ -166,7 +171,9 @@ async def test_probe_listener_counts_when_not_ignored(envoy: Envoy) -> None:
 async def test_envoy_killed_mid_drain_ends_with_envoy_gone(envoy: Envoy) -> None:
     async with http_client() as client:
         assert (await client.get(envoy.url())).status_code == 200
-        drainer = asyncio.create_task(drain(envoy, min_drain_duration=0.2, drain_timeout=30, quiet_period=0))
+        drainer = asyncio.create_task(
+            drain(envoy, min_drain_duration=0.2, drain_timeout=30, quiet_period=0)
+        )
         await asyncio.sleep(0.5)
         envoy.kill()
         report = await asyncio.wait_for(drainer, 5)

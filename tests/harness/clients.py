@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ class Tally:
 
 
 def http_client(http2: bool = False) -> httpx.AsyncClient:
-    """A pooling client: HTTP/2 means prior knowledge over cleartext, as Envoy's AUTO codec takes."""
+    """A pooling client; HTTP/2 is prior knowledge over cleartext (Envoy's AUTO codec)."""
     return httpx.AsyncClient(
         http1=not http2, http2=http2, timeout=httpx.Timeout(30.0), trust_env=False
     )
@@ -95,7 +96,8 @@ class TcpConnection:
 
     async def request(self) -> bool:
         """An HTTP/1.1 request written by hand through the tunnel; True on a 200."""
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         self.writer.write(b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n")
         await self.writer.drain()
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
@@ -110,10 +112,8 @@ class TcpConnection:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            try:
+            with contextlib.suppress(ConnectionError):
                 await self.writer.wait_closed()
-            except ConnectionError:
-                pass
 
 
 @dataclass(frozen=True)

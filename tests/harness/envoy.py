@@ -72,7 +72,9 @@ def bootstrap(admin_socket: Path, backend_port: int, address: str = "127.0.0.1")
             {
                 "name": "all",
                 "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "0s"}}],
+                "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "0s"}}
+                ],
             }
         ]
     }
@@ -82,14 +84,21 @@ def bootstrap(admin_socket: Path, backend_port: int, address: str = "127.0.0.1")
                 "name": "probe",
                 "domains": ["*"],
                 "routes": [
-                    {"match": {"path": "/ready"}, "direct_response": {"status": 200, "body": {"inline_string": "LIVE"}}}
+                    {
+                        "match": {"path": "/ready"},
+                        "direct_response": {"status": 200, "body": {"inline_string": "LIVE"}},
+                    }
                 ],
             }
         ]
     }
     tcp_proxy = {
         "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "passthrough", "cluster": "backend"},
+        "typed_config": {
+            "@type": TCP_PROXY_TYPE,
+            "stat_prefix": "passthrough",
+            "cluster": "backend",
+        },
     }
     return {
         "admin": {"address": {"pipe": {"path": str(admin_socket)}}},
@@ -207,7 +216,9 @@ class Envoy:
 
     async def stat(self, name: str) -> int:
         async with self.admin_http() as admin:
-            body = (await admin.get("/stats", params={"format": "json", "filter": f"^{name}$"})).json()
+            body = (
+                await admin.get("/stats", params={"format": "json", "filter": f"^{name}$"})
+            ).json()
         return int(body["stats"][0]["value"]) if body["stats"] else 0
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

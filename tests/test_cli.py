@@ -1,0 +1,83 @@
+"""User mistakes: one line on stderr, a non-zero status, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shutdown_manager.cli import duration
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shutdown_manager", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--drain-timeout", "soon"], "not a duration"),
+        (["serve", "--admin-address", "ftp://envoy:9901"], "admin address must be"),
+        (["serve", "--admin-address", "unix://relative.sock"], "absolute path"),
+        (["serve", "--listen", "nowhere"], "expected HOST:PORT"),
+        (["serve", "--listen", "0.0.0.0:99999"], "expected HOST:PORT"),
+        (["serve", "--exit-at-connections", "-1"], "whole number"),
+        (["drain", "--min-drain-duration", "30s", "--drain-timeout", "10s"], "between 0 and"),
+        (["drain", "--poll-interval", "10ms"], "at least 0.1"),
+        (["serve", "--no-such-flag"], "unrecognized arguments"),
+        ([], "required"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args: list[str], says: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_line_and_exit_1(workdir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            "serve", "--listen", f"127.0.0.1:{port}", "--control-socket", str(workdir / "c.sock")
+        )
+    assert result.returncode == 1
+    assert "cannot listen on" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_control_socket_directory_is_one_line_and_exit_1(workdir: Path) -> None:
+    result = run("serve", "--listen", "127.0.0.1:0", "--control-socket", str(workdir / "no/c.sock"))
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_explains_every_flag_with_its_default() -> None:
+    for command in ("serve", "drain"):
+        text = run(command, "--help").stdout
+        for flag in ("--drain-timeout", "--min-drain-duration", "--exit-at-connections"):
+            assert flag in text
+        assert text.count("(default:") >= 10
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("25", 25.0), ("25s", 25.0), ("500ms", 0.5), ("5m", 300.0), ("1.5s", 1.5)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert duration(text) == seconds

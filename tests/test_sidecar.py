@@ -1,0 +1,200 @@
+"""`serve` and the `drain` hook as real processes against a real Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.clients import http_client
+from tests.harness.envoy import Envoy
+from tests.harness.sidecar import SidecarProcess, run_hook
+
+pytestmark = pytest.mark.timeout(90)
+
+FAST = ("--min-drain-duration", "0.5s", "--drain-timeout", "10s", "--ignore-listener", "probe")
+
+
+async def start_sidecar(
+    sidecars: list[SidecarProcess], workdir: Path, envoy: Envoy, *flags: str
+) -> SidecarProcess:
+    sidecar = SidecarProcess(workdir, envoy.admin_address, *FAST, *flags)
+    sidecars.append(sidecar)
+    return await sidecar.start()
+
+
+def log_lines(sidecar: SidecarProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in sidecar.log().splitlines() if line.startswith("{")]
+
+
+async def get(url: str, timeout: float = 30.0) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+        return await client.get(url)
+
+
+async def test_hook_drains_through_the_sidecar_and_both_report_it(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    status, output = await run_hook("--control-socket", str(sidecar.control_socket))
+    assert status == 0, output
+    assert "drain drained" in output
+    assert await envoy.state() == "DRAINING"
+    messages = [str(line["msg"]) for line in log_lines(sidecar)]
+    assert any(m.startswith("drain started") for m in messages)
+    assert any(m.startswith("drain drained") for m in messages), "progress is in serve's log"
+
+
+async def test_control_socket_is_private(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    assert stat.S_IMODE(sidecar.control_socket.stat().st_mode) == 0o600
+
+
+async def test_two_hooks_at_once_join_one_drain(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    flags = ("--control-socket", str(sidecar.control_socket))
+    (first, out1), (second, out2) = await asyncio.gather(run_hook(*flags), run_hook(*flags))
+    assert (first, second) == (0, 0), (out1, out2)
+    metrics = (await get(f"{sidecar.url}/metrics")).text
+    assert 'shutdown_manager_drains_total{outcome="drained"} 1.0' in metrics
+    started = [line for line in log_lines(sidecar) if str(line["msg"]).startswith("drain started")]
+    assert len(started) == 1
+
+
+async def test_many_shutdown_waiters_are_released_when_the_drain_ends(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    waiters = [asyncio.create_task(get(f"{sidecar.url}/shutdown")) for _ in range(50)]
+    await asyncio.sleep(0.5)
+    assert not any(w.done() for w in waiters), "/shutdown must wait for a drain"
+    assert await envoy.state() == "LIVE", "/shutdown must never start a drain"
+    status, _ = await run_hook("--control-socket", str(sidecar.control_socket))
+    responses = await asyncio.gather(*waiters)
+    assert status == 0
+    assert all(r.status_code == 200 for r in responses)
+    assert all(r.json()["outcome"] == "drained" for r in responses)
+
+
+async def test_sigterm_mid_drain_waits_for_the_drain_then_exits_zero(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--quiet-period", "0")
+    async with http_client() as client:
+        assert (await client.get(envoy.url())).status_code == 200  # an idle pooled connection
+        hook = asyncio.create_task(run_hook("--control-socket", str(sidecar.control_socket)))
+        waiter = asyncio.create_task(get(f"{sidecar.url}/shutdown"))
+        await asyncio.sleep(1.0)
+        sidecar.signal()
+        await asyncio.sleep(0.5)
+        assert sidecar.proc is not None
+        assert sidecar.proc.poll() is None, "serve must keep running until the drain ends"
+    # the client closed its pool: the drain ends, the waiter gets its answer, serve exits 0
+    status, output = await hook
+    assert status == 0, output
+    assert (await waiter).status_code == 200
+    assert await sidecar.wait_exit(10) == 0
+
+
+async def test_sigterm_without_a_hook_still_drains(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    sidecar.signal()
+    assert await sidecar.wait_exit(10) == 0
+    assert await envoy.state() == "DRAINING"
+    assert any(str(line["msg"]).startswith("drain drained") for line in log_lines(sidecar))
+
+
+async def test_restarted_sidecar_restores_an_envoy_left_draining(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    async with envoy.admin_http() as admin:
+        await admin.post("/healthcheck/fail")  # what a drain of an earlier incarnation left
+    assert await envoy.state() == "DRAINING"
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    for _ in range(50):
+        if await envoy.state() == "LIVE":
+            break
+        await asyncio.sleep(0.1)
+    assert await envoy.state() == "LIVE"
+    assert any("restored" in str(line["msg"]) for line in log_lines(sidecar))
+    metrics = (await get(f"{sidecar.url}/metrics")).text
+    assert "shutdown_manager_envoy_restored_total 1.0" in metrics
+
+
+async def test_stale_ready_file_is_cleared_at_start(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    ready = workdir / "ready"
+    ready.write_text("{}")
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--ready-file", str(ready))
+    assert not ready.exists()
+    with pytest.raises(httpx.ReadTimeout):
+        await get(f"{sidecar.url}/shutdown", timeout=0.5)
+
+
+async def test_hook_drains_alone_when_the_sidecar_is_unreachable_and_releases_waiters(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    ready = workdir / "ready"
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--ready-file", str(ready))
+    waiter = asyncio.create_task(get(f"{sidecar.url}/shutdown"))
+    status, output = await run_hook(
+        "--control-socket", str(workdir / "nobody-here.sock"),
+        "--admin-address", envoy.admin_address,
+        "--ready-file", str(ready),
+        *FAST,
+    )  # fmt: skip
+    assert status == 0, output
+    assert "draining from the hook" in output
+    assert json.loads(ready.read_text())["outcome"] == "drained"
+    assert (await waiter).status_code == 200
+
+
+async def test_hook_exit_3_names_the_connections_left_at_the_deadline(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(
+        sidecars, workdir, envoy, "--quiet-period", "0", "--drain-timeout", "1.5s"
+    )
+    async with http_client() as client:
+        assert (await client.get(envoy.url())).status_code == 200
+        status, output = await run_hook("--control-socket", str(sidecar.control_socket))
+    assert status == 3, output
+    assert "1 connections left" in output
+
+
+async def test_hook_exit_4_when_envoy_is_gone(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    envoy.kill()
+    status, output = await run_hook("--control-socket", str(sidecar.control_socket))
+    assert status == 4, output
+
+
+async def test_status_and_metrics_describe_the_drain(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    assert (await get(f"{sidecar.url}/status")).json()["phase"] == "idle"
+    await run_hook("--control-socket", str(sidecar.control_socket))
+    status = (await get(f"{sidecar.url}/status")).json()
+    assert status["phase"] == "done"
+    assert status["outcome"] == "drained"
+    metrics = (await get(f"{sidecar.url}/metrics")).text
+    for name in (
+        'shutdown_manager_drain_phase{phase="done"} 1.0',
+        "shutdown_manager_envoy_active_connections 0.0",
+        "shutdown_manager_drain_duration_seconds_count 1.0",
+    ):
+        assert name in metrics
