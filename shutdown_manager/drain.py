@@ -10,14 +10,17 @@ response), then poll until one of:
 * Envoy is gone (`envoy_gone`): nothing left to wait for.
 
 Polls run on a fixed-rate tick aligned so that one lands exactly on the end of the minimum
-duration: a pod with no connections is released within one admin round trip of it, and
-otherwise within one tick of the last connection closing, at no more than 1/tick requests a
-second.
+duration (a pod with no connections is released within one admin round trip of it), and one
+lands when a quiet period or the deadline ends. Between ticks the kernel's count of
+connections held on Envoy's listener ports is watched every 20 ms; when it reaches the
+threshold the admin API is asked at once. So the last connection closing is noticed within
+tens of milliseconds, while admin calls stay under ten in any second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import math
 import time
@@ -31,7 +34,11 @@ from shutdown_manager.admin import (
     AdminProtocolError,
     EnvoyUnreachable,
 )
-from shutdown_manager.sockets import SocketReading, read_listener_sockets
+from shutdown_manager.sockets import (
+    KernelConnectionCounter,
+    SocketReading,
+    read_listener_sockets,
+)
 from shutdown_manager.stats import (
     STATS_FILTER,
     ConnectionCount,
@@ -42,7 +49,16 @@ from shutdown_manager.stats import (
 )
 
 MIN_POLL_INTERVAL = 0.1
-"""At most ten admin requests a second, whatever the flags say."""
+"""The fastest admin polling allowed by flag."""
+
+ADMIN_CALLS_PER_SECOND = 10
+"""Hard cap on admin requests in any one-second window, early polls included."""
+
+HEARTBEAT = 0.25
+"""Admin poll interval while the kernel wake-up works: it catches the end sooner anyway."""
+
+WAKE_INTERVAL = 0.02
+"""Seconds between looks at the kernel's count of held connections between admin polls."""
 
 PROGRESS_EVERY = 1.0
 """Seconds between progress events when nothing changes (changes are reported at once)."""
@@ -150,6 +166,22 @@ class DrainReport:
 Listener = Callable[[DrainEvent], None]
 
 
+class AdminBudget:
+    """At most `limit` admin calls in any one-second window (a sliding window, not a bucket)."""
+
+    def __init__(self, limit: int = ADMIN_CALLS_PER_SECOND) -> None:
+        self._recent: collections.deque[float] = collections.deque(maxlen=limit)
+
+    def ready_at(self) -> float:
+        """Monotonic time from which one more call fits."""
+        if len(self._recent) < (self._recent.maxlen or 0):
+            return -math.inf
+        return self._recent[0] + 1.0
+
+    def spend(self) -> None:
+        self._recent.append(time.monotonic())
+
+
 class DrainEngine:
     """Runs one drain against one Envoy. Not reusable: a drain happens once per process."""
 
@@ -165,6 +197,8 @@ class DrainEngine:
         self._quiet_since = 0.0
         self._last_total: int | None = None
         self._last_reported: tuple[float, int | None] = (-math.inf, None)
+        self._budget = AdminBudget()
+        self._kernel = KernelConnectionCounter()
 
     def _emit(self, event: DrainEvent) -> None:
         for listener in self._listeners:
@@ -193,8 +227,10 @@ class DrainEngine:
     async def _trigger(self) -> bool:
         """Fail the health check; return False only when Envoy is certainly not running."""
         try:
+            self._budget.spend()
             await self.admin.healthcheck_fail()
             if self.policy.drain_listeners:
+                self._budget.spend()
                 await self.admin.drain_listeners()
         except EnvoyUnreachable:
             return False
@@ -206,6 +242,7 @@ class DrainEngine:
     async def _learn_listeners(self) -> None:
         """Resolve listener names and ports once: for exclusion and for the socket fallback."""
         try:
+            self._budget.spend()
             listeners = await self.admin.listeners()
         except AdminError:
             return
@@ -220,29 +257,59 @@ class DrainEngine:
         policy = self.policy
         min_end = self._start + policy.min_drain_duration
         deadline = self._start + policy.drain_timeout
+        interval = self._interval()
         # Ticks at min_end - k*interval: one poll lands exactly when the minimum ends.
-        tick = self._start + (policy.min_drain_duration % policy.poll_interval)
-        while True:
-            reading = await self.read()
-            now = time.monotonic()
-            self._report(reading, now)
-            if reading.gone:
-                return self._finish(Outcome.ENVOY_GONE, None, reading.error or "Envoy exited")
-            decided = self._decide(reading, now, min_end)
-            if decided is not None:
-                outcome, detail = decided
-                return self._finish(outcome, reading.connections, detail, condition_met_at=now)
-            if now >= deadline:
-                left = reading.connections
-                detail = (
-                    f"deadline passed with {left} connections left"
-                    if left is not None
-                    else "deadline passed; connections could not be read"
+        tick = self._start + (policy.min_drain_duration % interval)
+        try:
+            while True:
+                reading = await self.read()
+                now = time.monotonic()
+                self._report(reading, now)
+                if reading.gone:
+                    return self._finish(Outcome.ENVOY_GONE, None, reading.error or "Envoy exited")
+                decided = self._decide(reading, now, min_end)
+                if decided is not None:
+                    outcome, detail = decided
+                    return self._finish(outcome, reading.connections, detail, condition_met_at=now)
+                if now >= deadline:
+                    return self._finish(Outcome.TIMED_OUT, reading.connections, _late(reading))
+                while tick <= now:
+                    tick += interval
+                await self._until_next_poll(
+                    reading, min(tick, deadline, self._quiet_due(reading)), min_end
                 )
-                return self._finish(Outcome.TIMED_OUT, left, detail)
-            while tick <= now:
-                tick += policy.poll_interval
-            await asyncio.sleep(max(0.0, min(tick, deadline) - time.monotonic()))
+        finally:
+            self._kernel.close()
+
+    def _interval(self) -> float:
+        """Slower admin heartbeat when the kernel can wake us early; the flag's rate otherwise."""
+        if self._kernel.count(self._ports) is None:
+            return self.policy.poll_interval
+        return max(self.policy.poll_interval, HEARTBEAT)
+
+    def _quiet_due(self, reading: Reading) -> float:
+        """When the quiet period would end, if only idle HTTP connections are left."""
+        count = reading.count
+        if self.policy.quiet_period <= 0 or count is None:
+            return math.inf
+        if count.non_http > self.policy.exit_at_connections:
+            return math.inf
+        return self._quiet_since + self.policy.quiet_period
+
+    async def _until_next_poll(self, reading: Reading, wake: float, min_end: float) -> None:
+        """Sleep until `wake`, or less if the kernel shows the count reached the threshold."""
+        wake = max(wake, self._budget.ready_at())
+        threshold = self.policy.exit_at_connections
+        watch = reading.connections is not None and reading.connections > threshold
+        while (now := time.monotonic()) < wake:
+            await asyncio.sleep(min(WAKE_INTERVAL, wake - now) if watch else wake - now)
+            if not watch or time.monotonic() < max(min_end, self._budget.ready_at()):
+                continue
+            held = self._kernel.count(self._ports)
+            if held is None:
+                watch = False
+            elif held <= threshold:
+                return
 
     def _decide(self, reading: Reading, now: float, min_end: float) -> tuple[Outcome, str] | None:
         if now < min_end or reading.connections is None:
@@ -266,6 +333,7 @@ class DrainEngine:
 
     async def read(self) -> Reading:
         """One reading: admin stats first, the kernel's socket table when the admin fails."""
+        self._budget.spend()
         try:
             values = parse_stats(await self.admin.stats(STATS_FILTER))
         except EnvoyUnreachable as exc:
@@ -343,3 +411,9 @@ class DrainEngine:
             )
         )
         return report
+
+
+def _late(reading: Reading) -> str:
+    if reading.connections is None:
+        return "deadline passed; connections could not be read"
+    return f"deadline passed with {reading.connections} connections left"
