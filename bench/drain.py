@@ -33,13 +33,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.anchors import contour, envoy_gateway  # noqa: E402
-from shutdown_manager.admin import AdminClient, parse_admin_address  # noqa: E402
-from shutdown_manager.stats import ListenerFilter  # noqa: E402
-from tests.harness.backend import Backend  # noqa: E402
-from tests.harness.clients import Tally, TcpConnection, steady_load, streaming_request  # noqa: E402
-from tests.harness.envoy import Envoy  # noqa: E402
-from tests.harness.sidecar import SidecarProcess, run_hook  # noqa: E402
+from bench.anchors import contour, envoy_gateway
+from shutdown_manager.admin import AdminClient, parse_admin_address
+from shutdown_manager.stats import ListenerFilter
+from tests.harness.backend import Backend
+from tests.harness.clients import Tally, TcpConnection, steady_load, streaming_request
+from tests.harness.envoy import Envoy
+from tests.harness.sidecar import SidecarProcess, run_hook
 
 MIN_DRAIN = 1.0
 """Minimum drain given to every policy that has one, so the comparison is like for like."""

@@ -15,10 +15,9 @@ from typing import NoReturn
 
 from shutdown_manager import __version__
 from shutdown_manager.admin import AdminAddress, parse_admin_address
-from shutdown_manager.drain import MIN_POLL_INTERVAL, DrainPolicy
+from shutdown_manager.drain import HEARTBEAT, MIN_POLL_INTERVAL, DrainPolicy
 from shutdown_manager.hook import run_hook
 from shutdown_manager.logs import configure
-from shutdown_manager.server import ServeConfig, Sidecar, StartupError
 
 HELP_WIDTH = 100
 """Fixed help width, so the README reference generated from it is the same everywhere."""
@@ -81,11 +80,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--admin-address",
         type=admin_address,
         default=DEFAULT_ADMIN,
+        metavar="ADDRESS",
         help="Envoy's admin API: unix:///path/admin.sock (recommended) or http://127.0.0.1:PORT",
     )
     parser.add_argument(
         "--admin-timeout",
         type=duration,
+        metavar="DURATION",
         default=1.0,
         help="timeout of each admin call, in seconds (or 500ms, 2s)",
     )
@@ -93,13 +94,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--control-socket",
         type=Path,
         default=Path(DEFAULT_CONTROL_SOCKET),
+        metavar="PATH",
         help="unix socket (mode 0600) through which the hook asks the sidecar to drain",
     )
     parser.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="log line format"
     )
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="least severe level logged",
     )
 
 
@@ -108,6 +113,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--drain-timeout",
         type=duration,
+        metavar="DURATION",
         default=DEFAULTS.drain_timeout,
         help="hard deadline from the trigger, in seconds; keep it below the pod's "
         "terminationGracePeriodSeconds minus a margin",
@@ -115,6 +121,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--min-drain-duration",
         type=duration,
+        metavar="DURATION",
         default=DEFAULTS.min_drain_duration,
         help="keep serving this long even with no connections, while endpoints, kube-proxy "
         "and load balancers stop sending new ones",
@@ -123,6 +130,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
         "--exit-at-connections",
         type=non_negative_int,
         default=DEFAULTS.exit_at_connections,
+        metavar="N",
         help="release once active connections on serving listeners are at or below this",
     )
     group.add_argument(
@@ -136,6 +144,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--quiet-period",
         type=duration,
+        metavar="DURATION",
         default=DEFAULTS.quiet_period,
         help="after the minimum duration, release when only idle HTTP connections remain and "
         "no request ran for this long (TCP-proxy connections still count); 0 disables",
@@ -144,7 +153,10 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
         "--poll-interval",
         type=duration,
         default=DEFAULTS.poll_interval,
-        help=f"seconds between stats polls (at least {MIN_POLL_INTERVAL}: <= 10 admin calls/s)",
+        metavar="DURATION",
+        help=f"admin stats poll interval (at least {MIN_POLL_INTERVAL}s) when the kernel's socket "
+        f"table cannot be read; otherwise Envoy is polled every {HEARTBEAT}s and at once when the "
+        "kernel shows the connections at the threshold (never over 10 admin calls in a second)",
     )
     group.add_argument(
         "--drain-listeners",
@@ -156,6 +168,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
         "--ready-file",
         type=Path,
         default=None,
+        metavar="PATH",
         help="file written when the drain ends; serve's /shutdown also returns when it "
         "appears, and serve clears a stale one at start",
     )
@@ -180,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         type=host_port,
         default=DEFAULT_LISTEN,
-        help="HOST:PORT of the HTTP server (/healthz, /shutdown, /metrics, /status)",
+        metavar="HOST:PORT",
+        help="HTTP server for /healthz, /shutdown (waits only), /metrics and /status",
     )
     _common(serve)
     _drain_flags(serve)
@@ -220,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure(args.log_format, args.log_level)
     if args.command == "serve":
+        # Imported here: the hook must start fast (it delays the drain), and needs no aiohttp.
+        from shutdown_manager.server import ServeConfig, Sidecar, StartupError
+
         host, port = args.listen
         config = ServeConfig(
             admin=args.admin_address,

@@ -129,14 +129,18 @@ class LoadResult:
 
 
 async def h2load(url: str, seconds: float, clients: int = 2, streams: int = 8) -> LoadResult:
-    """HTTP/2 load from nghttp2's h2load, a client that honours graceful GOAWAY."""
+    """HTTP/2 load from nghttp2's h2load, a client that honours graceful GOAWAY.
+
+    h2load takes whole seconds, so `seconds` is rounded."""
     proc = await asyncio.create_subprocess_exec(
-        "h2load", "-D", f"{seconds:g}", "-c", str(clients), "-m", str(streams), url,
+        "h2load", "-D", str(max(1, round(seconds))), "-c", str(clients), "-m", str(streams), url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
     text = out.decode()
-    line = next(ln for ln in text.splitlines() if ln.startswith("requests:"))
+    line = next((ln for ln in text.splitlines() if ln.startswith("requests:")), None)
+    if line is None:
+        raise RuntimeError(f"h2load printed no summary: {text[-500:]}")
     numbers = {
         word: int(value)
         for value, word in (part.strip().split(" ")[:2] for part in line[9:].split(","))
