@@ -166,11 +166,15 @@ async def test_hook_exit_3_names_the_connections_left_at_the_deadline(
     sidecar = await start_sidecar(
         sidecars, workdir, envoy, "--quiet-period", "0", "--drain-timeout", "1.5s"
     )
+    waiter = asyncio.create_task(get(f"{sidecar.url}/shutdown"))
     async with http_client() as client:
         assert (await client.get(envoy.url())).status_code == 200
         status, output = await run_hook("--control-socket", str(sidecar.control_socket))
     assert status == 3, output
     assert "1 connections left" in output
+    released = await waiter
+    assert released.status_code == 200, "/shutdown releases the kubelet whatever the outcome"
+    assert released.json()["outcome"] == "timed_out"
 
 
 async def test_hook_exit_4_when_envoy_is_gone(
