@@ -105,7 +105,12 @@ class AdminClient:
     def __init__(self, address: AdminAddress, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = address
         self.requests = 0
-        transport = httpx.AsyncHTTPTransport(uds=address.uds) if address.uds else None
+        # A fresh connection per call: after a hot restart the old epoch keeps answering on
+        # connections it already has, so a pooled one would talk to the wrong Envoy. (Limits
+        # belong on the transport: httpx ignores a client's limits when given a transport.)
+        transport = httpx.AsyncHTTPTransport(
+            uds=address.uds, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self._http = httpx.AsyncClient(
             base_url=address.base_url,
             transport=transport,

@@ -208,6 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(drain)
     _drain_flags(drain)
+    run = commands.add_parser(
+        "run",
+        help="run Envoy as a child (VMs, systemd, local): SIGTERM drains, SIGHUP hot-restarts",
+        description="Start Envoy as a child and serve the same endpoints as serve. SIGTERM/SIGINT: "
+        "drain, stop Envoy, exit 0/3/4 like the hook. SIGHUP: hot restart to the next "
+        "--restart-epoch with the same base id. Envoy dying on its own: exit with its status.",
+        formatter_class=_formatter,
+    )
+    run.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:8090",
+        metavar="HOST:PORT",
+        help="HTTP server for /healthz, /shutdown (waits only), /metrics and /status",
+    )
+    _common(run)
+    _drain_flags(run)
+    run.add_argument(
+        "envoy",
+        nargs=argparse.REMAINDER,
+        metavar="-- ENVOY_COMMAND",
+        help="the Envoy command line, after `--` (--restart-epoch and the base id are managed)",
+    )
     return parser
 
 
@@ -233,30 +256,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     configure(args.log_format, args.log_level)
-    if args.command == "serve":
-        # Imported here: the hook must start fast (it delays the drain), and needs no aiohttp.
-        from shutdown_manager.server import ServeConfig, Sidecar, StartupError
-
-        host, port = args.listen
-        config = ServeConfig(
-            admin=args.admin_address,
-            listen_host=host,
-            listen_port=port,
-            control_socket=args.control_socket,
-            policy=policy,
-            ready_file=args.ready_file,
-            admin_timeout=args.admin_timeout,
-        )
-        try:
-            return asyncio.run(Sidecar(config).serve())
-        except StartupError as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            return 1
+    if args.command in ("serve", "run"):
+        return _serve(prog, args, policy)
     return asyncio.run(
         run_hook(
             args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
         )
     )
+
+
+def _serve(prog: str, args: argparse.Namespace, policy: DrainPolicy) -> int:
+    # Imported here: the hook must start fast (it delays the drain), and needs no aiohttp.
+    from shutdown_manager.server import ServeConfig, Sidecar, StartupError
+    from shutdown_manager.supervisor import EnvoyCommandError, Supervisor
+
+    host, port = args.listen
+    config = ServeConfig(
+        admin=args.admin_address,
+        listen_host=host,
+        listen_port=port,
+        control_socket=args.control_socket,
+        policy=policy,
+        ready_file=args.ready_file,
+        admin_timeout=args.admin_timeout,
+    )
+    try:
+        if args.command == "serve":
+            return asyncio.run(Sidecar(config).serve())
+        envoy = args.envoy[1:] if args.envoy[:1] == ["--"] else args.envoy
+        return asyncio.run(Supervisor(config, envoy).run())
+    except (StartupError, EnvoyCommandError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, StartupError) else 2
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from shutdown_manager.admin import AdminAddress, AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
-from shutdown_manager.drain import DrainEngine, DrainPolicy, Listener
+from shutdown_manager.drain import DrainEngine, DrainPolicy, DrainReport, Listener
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
@@ -98,11 +98,12 @@ class Sidecar:
             await self.shutdown()
         return 0
 
-    async def startup(self) -> None:
+    async def startup(self, restore: bool = True) -> None:
         self.ready.clear()
         await self._start_http()
         await self._start_control()
-        self._restore = asyncio.create_task(self._restore_envoy(), name="restore")
+        if restore:
+            self._restore = asyncio.create_task(self._restore_envoy(), name="restore")
         log.info(
             "shutdown-manager ready",
             extra={
@@ -128,14 +129,24 @@ class Sidecar:
         self.should_exit.set()
 
     async def shutdown(self) -> None:
-        if not self.force_exit:
-            if self.drain.started_at is None:
-                log.info("SIGTERM with no drain requested: draining before exit")
-            else:
-                log.info("SIGTERM during the drain: waiting for it to end")
-            self.start_drain("SIGTERM")
-            await self._wait_unless_forced(self.drain.wait())
-            log.info("drain ended: letting waiters receive their answer")
+        await self.drain_before_exit()
+        await self.close()
+
+    async def drain_before_exit(self) -> DrainReport | None:
+        """Run (or join) the drain unless a second signal forced exit."""
+        if self.force_exit:
+            return None
+        if self.drain.started_at is None:
+            log.info("SIGTERM with no drain requested: draining before exit")
+        else:
+            log.info("SIGTERM during the drain: waiting for it to end")
+        self.start_drain("SIGTERM")
+        await self._wait_unless_forced(self.drain.wait())
+        log.info("drain ended: letting waiters receive their answer")
+        return self.drain.report
+
+    async def close(self) -> None:
+        """Stop both servers (in-flight answers are still sent) and release resources."""
         if self._restore is not None:
             self._restore.cancel()
         for runner in reversed(self._runners):

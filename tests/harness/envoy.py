@@ -8,11 +8,10 @@ given, so parallel tests never share memory.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,14 @@ HCM_TYPE = (
     "HttpConnectionManager"
 )
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-_base_ids = itertools.count(int(os.getpid()) % 10_000 * 10 + 1)
+LISTENERS = ("ingress_http", "tcp_passthrough", "probe")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's choice), for configs that need one."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def envoy_binary() -> str:
@@ -56,17 +62,28 @@ def _hcm(stat_prefix: str, route_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _listener(name: str, address: str, filters: list[dict[str, Any]]) -> dict[str, Any]:
+def _listener(
+    name: str, address: str, filters: list[dict[str, Any]], ports: dict[str, int]
+) -> dict[str, Any]:
     return {
         "name": name,
         "stat_prefix": name,
-        "address": {"socket_address": {"address": address, "port_value": 0}},
+        "address": {"socket_address": {"address": address, "port_value": ports.get(name, 0)}},
         "filter_chains": [{"filters": filters}],
     }
 
 
-def bootstrap(admin_socket: Path, backend_port: int, address: str = "127.0.0.1") -> dict[str, Any]:
-    """HTTP ingress, a TCP proxy and a probe listener, all to one backend."""
+def bootstrap(
+    admin_socket: Path,
+    backend_port: int,
+    address: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """HTTP ingress, a TCP proxy and a probe listener, all to one backend.
+
+    Ports default to 0 (the kernel picks); a hot restart needs them fixed in advance, since
+    the new epoch takes over sockets by address."""
+    ports = ports or {}
     proxy_route = {
         "virtual_hosts": [
             {
@@ -104,9 +121,9 @@ def bootstrap(admin_socket: Path, backend_port: int, address: str = "127.0.0.1")
         "admin": {"address": {"pipe": {"path": str(admin_socket)}}},
         "static_resources": {
             "listeners": [
-                _listener("ingress_http", address, [_hcm("ingress", proxy_route)]),
-                _listener("tcp_passthrough", address, [tcp_proxy]),
-                _listener("probe", address, [_hcm("probe", probe_route)]),
+                _listener("ingress_http", address, [_hcm("ingress", proxy_route)], ports),
+                _listener("tcp_passthrough", address, [tcp_proxy], ports),
+                _listener("probe", address, [_hcm("probe", probe_route)], ports),
             ],
             "clusters": [
                 {
@@ -146,6 +163,7 @@ class Envoy:
     backend_port: int
     drain_time_s: int = 30
     extra_args: list[str] = field(default_factory=list)
+    address: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -162,16 +180,21 @@ class Envoy:
         return self.workdir / "envoy.log"
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.ports['ingress_http']}{path}"
+        return f"http://{self.address}:{self.ports['ingress_http']}{path}"
 
-    async def start(self, timeout: float = 20.0) -> Envoy:
+    def argv(self, hot_restart: bool = False) -> list[str]:
+        """The command line; with `hot_restart`, the caller manages base id and epochs, and
+        listener ports are picked now (free ones) so that every epoch binds the same."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "envoy.json"
-        config.write_text(json.dumps(bootstrap(self.admin_socket, self.backend_port)))
-        args = [
+        if hot_restart and not self.ports:
+            self.ports = {name: free_port() for name in LISTENERS}
+        document = bootstrap(self.admin_socket, self.backend_port, self.address, self.ports)
+        config.write_text(json.dumps(document))
+        return [
             envoy_binary(),
             "-c", str(config),
-            "--disable-hot-restart",
+            *([] if hot_restart else ["--disable-hot-restart"]),
             "--drain-strategy", "immediate",
             "--drain-time-s", str(self.drain_time_s),
             "--concurrency", "2",
@@ -179,11 +202,14 @@ class Envoy:
             "--log-path", str(self.log_path),
             *self.extra_args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-        await self._wait_live(timeout)
+
+    async def start(self, timeout: float = 20.0) -> Envoy:
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, start_new_session=True)
+        await self.wait_live(timeout)
         return self
 
-    async def _wait_live(self, timeout: float) -> None:
+    async def wait_live(self, timeout: float = 20.0, epoch: int | None = None) -> None:
+        """Until the admin API reports LIVE (at `epoch`, if given); then learn the ports."""
         deadline = time.monotonic() + timeout
         async with self.admin_http() as admin:
             while time.monotonic() < deadline:
@@ -191,7 +217,10 @@ class Envoy:
                     raise RuntimeError(f"envoy exited: {self.log_path.read_text()[-2000:]}")
                 try:
                     info = (await admin.get("/server_info")).json()
-                    if info["state"] == "LIVE":
+                    at_epoch = (
+                        epoch is None or int(info["command_line_options"]["restart_epoch"]) == epoch
+                    )
+                    if info["state"] == "LIVE" and at_epoch:
                         listeners = (await admin.get("/listeners?format=json")).json()
                         self.ports = {
                             item["name"]: item["local_address"]["socket_address"]["port_value"]
@@ -204,8 +233,9 @@ class Envoy:
         raise TimeoutError("envoy did not become LIVE")
 
     def admin_http(self) -> httpx.AsyncClient:
+        no_reuse = httpx.Limits(max_keepalive_connections=0)  # always reach the current epoch
         return httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket)),
+            transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket), limits=no_reuse),
             base_url="http://admin",
             timeout=5.0,
         )

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.harness.envoy import free_port
+
 COMMAND = [sys.executable, "-m", "shutdown_manager"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SidecarProcess:
