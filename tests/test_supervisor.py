@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -67,9 +68,9 @@ class Supervised:
 
 
 @pytest.fixture
-async def supervised(workdir: Path, backend: Backend) -> list[Supervised]:
+def supervised() -> Iterator[list[Supervised]]:
     started: list[Supervised] = []
-    yield started  # type: ignore[misc]
+    yield started
     for item in started:
         item.kill()
 
