@@ -95,16 +95,17 @@ def bootstrap(
             }
         ]
     }
+    # The probe listener exposes only Envoy's /ready and /stats, proxied to the admin socket,
+    # so load balancers health-check Envoy without reaching the admin API itself.
     probe_route = {
         "virtual_hosts": [
             {
                 "name": "probe",
                 "domains": ["*"],
                 "routes": [
-                    {
-                        "match": {"path": "/ready"},
-                        "direct_response": {"status": 200, "body": {"inline_string": "LIVE"}},
-                    }
+                    {"match": {"path": "/ready"}, "route": {"cluster": "envoy_admin"}},
+                    {"match": {"prefix": "/stats"}, "route": {"cluster": "envoy_admin"}},
+                    {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                 ],
             }
         ]
@@ -126,6 +127,21 @@ def bootstrap(
                 _listener("probe", address, [_hcm("probe", probe_route)], ports),
             ],
             "clusters": [
+                {
+                    "name": "envoy_admin",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "envoy_admin",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": {"pipe": {"path": str(admin_socket)}}}}
+                                ]
+                            }
+                        ],
+                    },
+                },
                 {
                     "name": "backend",
                     "type": "STATIC",
@@ -149,7 +165,7 @@ def bootstrap(
                             }
                         ],
                     },
-                }
+                },
             ],
         },
     }
@@ -164,6 +180,8 @@ class Envoy:
     drain_time_s: int = 30
     extra_args: list[str] = field(default_factory=list)
     address: str = "127.0.0.1"
+    pin_ports: bool = False
+    """Pick free ports up front (a load balancer's config, or a hot restart, needs them)."""
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -187,8 +205,8 @@ class Envoy:
         listener ports are picked now (free ones) so that every epoch binds the same."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "envoy.json"
-        if hot_restart and not self.ports:
-            self.ports = {name: free_port() for name in LISTENERS}
+        if (hot_restart or self.pin_ports) and not self.ports:
+            self.ports = {name: free_port(self.address) for name in LISTENERS}
         document = bootstrap(self.admin_socket, self.backend_port, self.address, self.ports)
         config.write_text(json.dumps(document))
         return [

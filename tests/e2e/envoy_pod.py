@@ -1,0 +1,105 @@
+"""The Envoy pod our manifests declare, as processes for the pod runner.
+
+Containers: Envoy (`--drain-strategy immediate`, admin on a unix socket in a directory the
+two containers share) with a preStop httpGet on the sidecar's `/shutdown`; the sidecar
+(`shutdown-manager serve`) with `shutdown-manager drain` as its preStop exec hook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.e2e.pod import Container, ExecHook, HttpGetHook, Pod
+from tests.harness.envoy import Envoy, free_port
+from tests.harness.sidecar import COMMAND
+
+MIN_DRAIN = 2.0
+DRAIN_TIMEOUT = 8.0
+GRACE_PERIOD = 10.0
+
+
+@dataclass
+class EnvoyPod:
+    pod: Pod
+    envoy: Envoy
+    sidecar_port: int
+    shared: Path
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    async def start(self) -> EnvoyPod:
+        self.pod.start()
+        await self.envoy.wait_live()
+        return self
+
+
+def policy_flags(min_drain: float, drain_timeout: float) -> list[str]:
+    return [
+        "--min-drain-duration", f"{min_drain}s",
+        "--drain-timeout", f"{drain_timeout}s",
+        "--ignore-listener", "probe",
+    ]  # fmt: skip
+
+
+def envoy_pod(
+    workdir: Path,
+    backend_port: int,
+    address: str = "127.0.0.1",
+    min_drain: float = MIN_DRAIN,
+    drain_timeout: float = DRAIN_TIMEOUT,
+    grace_period: float = GRACE_PERIOD,
+    name: str = "envoy",
+) -> EnvoyPod:
+    shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
+    shared.mkdir(parents=True, exist_ok=True)
+    envoy = Envoy(
+        workdir=shared,
+        backend_port=backend_port,
+        drain_time_s=int(drain_timeout),
+        address=address,
+        pin_ports=address != "127.0.0.1",
+    )
+    sidecar_port = free_port()
+    control = str(shared / "shutdown-manager.sock")
+    policy = policy_flags(min_drain, drain_timeout)
+    ready = ["--ready-file", str(shared / "drained")]
+    sidecar = Container(
+        name="shutdown-manager",
+        argv=[
+            *COMMAND,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{sidecar_port}",
+            "--admin-address",
+            envoy.admin_address,
+            "--control-socket",
+            control,
+            "--log-format",
+            "json",
+            *policy,
+            *ready,
+        ],
+        pre_stop=ExecHook(
+            [
+                *COMMAND,
+                "drain",
+                "--control-socket",
+                control,
+                "--admin-address",
+                envoy.admin_address,
+                *policy,
+                *ready,
+            ]
+        ),
+        log_path=shared / "shutdown-manager.log",
+    )
+    proxy = Container(
+        name="envoy",
+        argv=envoy.argv(),
+        pre_stop=HttpGetHook(port=sidecar_port, path="/shutdown"),
+    )
+    pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
+    return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared)

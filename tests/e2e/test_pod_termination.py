@@ -1,0 +1,94 @@
+"""A real pod's termination, the kubelet's way, under every kind of client: zero failed
+requests, and the pod gone within max(minimum drain, slowest client's own end) + 1 s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.envoy_pod import GRACE_PERIOD, MIN_DRAIN, EnvoyPod, envoy_pod
+from tests.e2e.pod import TerminationReport
+from tests.e2e.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
+from tests.harness.backend import Backend
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class LocalTarget:
+    def __init__(self, pod: EnvoyPod) -> None:
+        self.pod = pod
+
+    def url(self, path: str = "/") -> str:
+        return self.pod.envoy.url(path)
+
+    @property
+    def tcp_port(self) -> int:
+        return self.pod.envoy.ports["tcp_passthrough"]
+
+    async def delete(self) -> TerminationReport:
+        return await self.pod.pod.delete()
+
+
+def drain_outcome(pod: EnvoyPod) -> dict[str, object]:
+    """The drain's final event as the sidecar logged it (the hook's own output is invisible)."""
+    lines = (pod.shared / "shutdown-manager.log").read_text().splitlines()
+    finished = [json.loads(x) for x in lines if '"event": "finished"' in x]
+    assert len(finished) == 1, lines
+    return finished[0]
+
+
+async def start_pod(pods: list[EnvoyPod], workdir: Path, backend: Backend, **kw: float) -> EnvoyPod:
+    pod = envoy_pod(workdir, backend.port, **kw)  # type: ignore[arg-type]
+    pods.append(pod)
+    return await pod.start()
+
+
+@pytest.mark.parametrize(
+    "scenario", list(DRAINING_SCENARIOS.values()), ids=list(DRAINING_SCENARIOS)
+)
+async def test_pod_terminates_with_zero_failed_requests(
+    scenario: Scenario, workdir: Path, backend: Backend, pods: list[EnvoyPod]
+) -> None:
+    pod = await start_pod(pods, workdir, backend)
+    result: Result = await scenario(LocalTarget(pod))
+    report = result.report
+    assert isinstance(report, TerminationReport)
+
+    assert result.failed == 0, result.tally.errors
+    assert result.tally.ok > 0
+    envoy, sidecar = report.containers["envoy"], report.containers["shutdown-manager"]
+    assert envoy.hook_result == "ok"
+    assert sidecar.hook_result == "ok", "the drain hook exits 0 when drained"
+    assert not report.killed, "nothing waits for SIGKILL"
+    assert envoy.sigterm_at is not None
+    assert sidecar.hook_started is not None
+    assert envoy.sigterm_at >= sidecar.hook_started + MIN_DRAIN, "no SIGTERM before the minimum"
+    natural = max(MIN_DRAIN, result.natural_end - result.deleted_at)
+    assert report.duration <= natural + 1.0, (report.duration, natural)
+    assert drain_outcome(pod)["outcome"] in ("drained", "quiescent")
+
+
+async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_reported(
+    workdir: Path, backend: Backend, pods: list[EnvoyPod]
+) -> None:
+    pod = await start_pod(
+        pods, workdir, backend, min_drain=0.5, drain_timeout=1.5, grace_period=2.5
+    )
+    result = await long_streams(LocalTarget(pod))  # streams end 3 s after deletion
+    report = result.report
+    assert isinstance(report, TerminationReport)
+    assert report.duration <= 2.5 + 0.5
+    sidecar = report.containers["shutdown-manager"]
+    assert sidecar.hook_exit == 3, "the hook says the deadline passed"
+    outcome = drain_outcome(pod)
+    assert outcome["outcome"] == "timed_out"
+    assert outcome["connections"] == 3
+    assert "3 connections left" in str(outcome["message"])
+
+
+def test_grace_period_default_fits_the_drain_timeout() -> None:
+    from tests.e2e.envoy_pod import DRAIN_TIMEOUT
+
+    assert MIN_DRAIN < DRAIN_TIMEOUT < GRACE_PERIOD
