@@ -36,7 +36,8 @@ def drain_outcome(pod: EnvoyPod) -> dict[str, object]:
     lines = (pod.shared / "shutdown-manager.log").read_text().splitlines()
     finished = [json.loads(x) for x in lines if '"event": "finished"' in x]
     assert len(finished) == 1, lines
-    return finished[0]
+    outcome: dict[str, object] = finished[0]
+    return outcome
 
 
 async def start_pod(pods: list[EnvoyPod], workdir: Path, backend: Backend, **kw: float) -> EnvoyPod:
