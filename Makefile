@@ -18,13 +18,13 @@ $(STAMP): $(PY) pyproject.toml
 
 # Debian packages the tests use: h2load (an HTTP/2 client that honours graceful GOAWAY).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := nghttp2-client
+DEBIAN_PACKAGES := nghttp2-client haproxy
 
 setup: $(STAMP) debian
 	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
 
 debian:
-	@command -v h2load >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
+	@command -v h2load >/dev/null && command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
 
 lint: setup
 	$(VENV)/bin/ruff check shutdown_manager tests bench

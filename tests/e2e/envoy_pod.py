@@ -52,7 +52,9 @@ def envoy_pod(
     drain_timeout: float = DRAIN_TIMEOUT,
     grace_period: float = GRACE_PERIOD,
     name: str = "envoy",
+    ports: dict[str, int] | None = None,
 ) -> EnvoyPod:
+    """`ports` pins Envoy's listener ports (a load balancer's config names them)."""
     shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
     shared.mkdir(parents=True, exist_ok=True)
     envoy = Envoy(
@@ -61,6 +63,7 @@ def envoy_pod(
         drain_time_s=int(drain_timeout),
         address=address,
         pin_ports=address != "127.0.0.1",
+        ports=dict(ports or {}),
     )
     sidecar_port = free_port()
     control = str(shared / "shutdown-manager.sock")

@@ -1,0 +1,75 @@
+"""Roll three Envoy "nodes" one after another behind a real HAProxy, under continuous load.
+
+HAProxy health-checks each node's probe listener (`/ready`, proxied to Envoy's admin API):
+the drain fails Envoy's health check, HAProxy takes the node out, the pod ends, a new pod
+takes its place on the same address, and HAProxy brings it back. No request may fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
+from tests.e2e.pod import TerminationReport
+from tests.harness.backend import Backend
+from tests.harness.clients import Tally, steady_load
+from tests.harness.haproxy import CHECK_INTERVAL_MS, HAProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+MIN_DRAIN = 1.0
+"""Well above HAProxy's detection time (one failed check, 100 ms apart)."""
+
+
+async def test_rolling_restart_behind_haproxy_fails_no_request(
+    workdir: Path, backend: Backend, pods: list[EnvoyPod]
+) -> None:
+    nodes: dict[str, EnvoyPod] = {}
+    for index, address in enumerate(NODES):
+        pod = envoy_pod(
+            workdir, backend.port, address=address, min_drain=MIN_DRAIN, name=f"n{index}"
+        )
+        pods.append(pod)
+        nodes[f"n{index}"] = await pod.start()
+    proxy = HAProxy(
+        workdir,
+        {
+            name: (pod.envoy.address, pod.envoy.ports["ingress_http"], pod.envoy.ports["probe"])
+            for name, pod in nodes.items()
+        },
+    )
+    try:
+        await proxy.start()
+        stop, tally = asyncio.Event(), Tally()
+        load = [
+            asyncio.create_task(steady_load(proxy.url, stop, tally, pause=0.005)) for _ in range(4)
+        ]
+        reports: list[TerminationReport] = []
+        for name, old in nodes.items():
+            await asyncio.sleep(0.5)
+            reports.append(await old.pod.delete())
+            new = envoy_pod(
+                workdir / f"{name}-next",
+                backend.port,
+                address=old.envoy.address,
+                min_drain=MIN_DRAIN,
+                name=name,
+                ports=old.envoy.ports,
+            )
+            pods.append(new)
+            nodes[name] = await new.start()
+            await asyncio.sleep(3 * CHECK_INTERVAL_MS / 1000)  # HAProxy's `rise 2`
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*load)
+    finally:
+        proxy.stop()
+    assert tally.failed == 0, tally.errors[:5]
+    assert tally.ok > 300
+    for report in reports:
+        assert not report.killed
+        assert report.containers["shutdown-manager"].hook_result == "ok"
