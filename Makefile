@@ -43,7 +43,7 @@ readme: setup
 	$(PY) -m shutdown_manager.reference README.md
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,199 +1,325 @@
-"""`make demo`: a real Envoy under mixed load, terminated the kubelet's way, with a report.
+"""`make demo`: an Envoy pod under mixed load, terminated the kubelet's way, with a report.
 
-The story, on this machine, in about 20 seconds:
+The story, on this machine, in under half a minute:
 
-1. An aiohttp backend, a real Envoy 1.40 (admin on a unix socket) and the sidecar
-   (`shutdown-manager serve`) start; mixed clients send load: HTTP/1.1 keep-alive, HTTP/2
-   multiplexed (h2load), a long streaming response, a TCP-proxy tunnel and an idle pooled
-   client.
-2. The pod is deleted: as the kubelet does, Envoy's preStop httpGet (`/shutdown`) and the
-   sidecar's preStop exec (`shutdown-manager drain`) start in parallel.
-3. Load keeps arriving for 2.5 s (endpoints and load balancers have not caught up), then
-   stops; the long clients finish on their own.
-4. When `/shutdown` answers, Envoy gets SIGTERM; the report shows every client's failures
-   (there must be none), the drain's outcome and how long release took.
+1. A backend, and a pod of real processes started by the kubelet-faithful pod runner: Envoy
+   1.40 (static bootstrap; admin on a unix socket in the pod's shared directory) and the
+   `shutdown-manager serve` sidecar, wired as our manifests wire them.
+2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed (h2load), long streaming
+   responses, a TCP-proxy tunnel, an idle pooled client, and fresh connections.
+3. The pod is deleted: both preStop hooks start in parallel (Envoy's httpGet `/shutdown`,
+   the sidecar's exec `shutdown-manager drain`); each container gets SIGTERM when its own
+   hook returns; SIGKILL waits at the grace period. New requests keep arriving for 1.5 s
+   (endpoints and load balancers catching up), then stop; long clients end on their own.
+4. A live line shows the drain; the report shows every client's outcome, the pod's timeline
+   and the drain's result, and `--timeline FILE.png` plots connections and requests.
 
 Exit status 0 only with zero failed requests.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
+from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
-from tests.harness.clients import (
-    LoadResult,
-    Tally,
-    TcpConnection,
-    h2load,
-    http_client,
-    steady_load,
-    streaming_request,
-)
-from tests.harness.envoy import Envoy
-from tests.harness.sidecar import SidecarProcess, run_hook
+from tests.harness.clients import Tally, TcpConnection, h2load, http_client, streaming_request
 
-LOAD_BEFORE = 2.0
+LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""
 
-ENDPOINTS_LAG = 2.5
-"""Seconds new requests keep arriving after deletion (kube-proxy, load balancers)."""
+ENDPOINTS_LAG = 1.5
+"""Seconds new requests keep arriving after deletion."""
 
 MIN_DRAIN = 3.0
+GRACE = 15.0
+
+console = Console()
 
 
-async def tcp_user(port: int, tally: Tally, until: float) -> None:
-    tunnel = await TcpConnection(port).open()
-    try:
-        while time.monotonic() < until:
-            if await tunnel.request():
-                tally.ok += 1
-            else:
-                tally.failed += 1
-            await asyncio.sleep(0.3)
-    except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-        tally.fail(exc)
-    finally:
-        await tunnel.close()
+@dataclass
+class Timeline:
+    """Samples for the PNG: active connections, and request outcomes per moment."""
+
+    start: float = field(default_factory=time.monotonic)
+    connections: list[tuple[float, int]] = field(default_factory=list)
+    requests: list[tuple[float, bool]] = field(default_factory=list)
+
+    def request(self, ok: bool) -> None:
+        self.requests.append((time.monotonic() - self.start, ok))
 
 
-async def idle_user(url: str, tally: Tally, again_at: float) -> None:
-    """One request, idle in the pool, one more mid-drain."""
-    async with http_client() as client:
-        for when in (0.0, again_at):
-            await asyncio.sleep(max(0.0, when - time.monotonic()))
-            try:
-                tally.record(await client.get(url))
-            except httpx.HTTPError as exc:
-                tally.fail(exc)
+class Clients:
+    """All the demo's clients, each with its own tally."""
+
+    def __init__(self, pod: EnvoyPod, timeline: Timeline) -> None:
+        self.pod = pod
+        self.timeline = timeline
+        self.stop = asyncio.Event()
+        self.tallies: dict[str, Tally] = {}
+
+    def tally(self, name: str) -> Tally:
+        return self.tallies.setdefault(name, Tally())
+
+    def _record(self, tally: Tally, ok: bool, error: object = None) -> None:
+        if ok:
+            tally.ok += 1
+        else:
+            tally.failed += 1
+            tally.errors.append(repr(error))
+        self.timeline.request(ok)
+
+    async def keepalive(self) -> None:
+        tally = self.tally("HTTP/1.1 keep-alive (x4)")
+        async with http_client() as client:
+            while not self.stop.is_set():
+                try:
+                    response = await client.get(self.pod.envoy.url("/slow?s=0.02"))
+                    self._record(tally, response.status_code == 200, response.status_code)
+                except httpx.HTTPError as exc:
+                    self._record(tally, False, exc)
+
+    async def fresh_connections(self) -> None:
+        tally = self.tally("new connection per request")
+        while not self.stop.is_set():
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                try:
+                    response = await client.get(self.pod.envoy.url())
+                    self._record(tally, response.status_code == 200, response.status_code)
+                except httpx.HTTPError as exc:
+                    self._record(tally, False, exc)
+            await asyncio.sleep(0.05)
+
+    async def idle_pool(self, again_at: float) -> None:
+        tally = self.tally("idle pooled, sends mid-drain")
+        async with http_client() as client:
+            for when in (0.0, again_at):
+                await asyncio.sleep(max(0.0, when - time.monotonic()))
+                try:
+                    response = await client.get(self.pod.envoy.url())
+                    self._record(tally, response.status_code == 200, response.status_code)
+                except httpx.HTTPError as exc:
+                    self._record(tally, False, exc)
+
+    async def tunnel(self, until: float) -> None:
+        tally = self.tally("TCP proxy tunnel")
+        tunnel = await TcpConnection(self.pod.envoy.ports["tcp_passthrough"]).open()
+        try:
+            while time.monotonic() < until:
+                self._record(tally, await tunnel.request())
+                await asyncio.sleep(0.25)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            self._record(tally, False, exc)
+        finally:
+            await tunnel.close()
+
+    async def streams(self) -> None:
+        tally = self.tally("streaming responses (x2)")
+        await asyncio.gather(
+            *(streaming_request(self.pod.envoy.url("/stream?n=12&d=0.5"), tally) for _ in range(2))
+        )
+
+    async def http2(self) -> None:
+        tally = self.tally("HTTP/2 multiplexed (h2load)")
+        result = await h2load(self.pod.envoy.url(), seconds=LOAD_BEFORE + ENDPOINTS_LAG)
+        tally.ok, tally.failed = result.succeeded, result.not_ok
 
 
-async def progress(sidecar: SidecarProcess, done: asyncio.Event, started: float) -> None:
-    """A live line on a terminal; a line per change in a log."""
-    live = sys.stdout.isatty()
-    last = None
-    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+async def sample(pod: EnvoyPod, timeline: Timeline, done: asyncio.Event) -> None:
+    """Active connections, read through the probe listener's /stats (never the admin API)."""
+    url = f"http://127.0.0.1:{pod.envoy.ports['probe']}/stats"
+    params = {
+        "format": "json",
+        "filter": r"^listener\.(ingress_http|tcp_passthrough)\.downstream_cx_active$",
+    }
+    async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
         while not done.is_set():
             try:
-                status = (await client.get(f"{sidecar.url}/status")).json()
-            except httpx.HTTPError:
-                break
-            event = status.get("last_event") or {}
-            connections = event.get("connections")
-            shown = "-" if connections is None else str(connections)
-            line = (
-                f"  drain: {status['phase']:<8} active connections: {shown:<4} "
-                f"elapsed: {time.monotonic() - started:5.2f}s"
-            )
-            if live:
-                print("\r" + line, end="", flush=True)
-            elif (status["phase"], shown) != last:
-                print(line, flush=True)
-            last = (status["phase"], shown)
-            await asyncio.sleep(0.1)
-    if live:
-        print()
+                stats = (await client.get(url, params=params)).json()["stats"]
+                total = sum(int(s["value"]) for s in stats)
+                timeline.connections.append((time.monotonic() - timeline.start, total))
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.05)
 
 
-async def demo(work: Path) -> int:
+def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Text:
+    latest = timeline.connections[-1][1] if timeline.connections else 0
+    if started is None:
+        return Text(f"serving: {latest} active connections", style="green")
+    elapsed = time.monotonic() - started
+    return Text(
+        f"draining: {latest} active connections, {elapsed:4.1f}s since deletion", style="yellow"
+    )
+
+
+async def story(work: Path, timeline_png: Path | None) -> int:
     backend = await Backend().start()
-    envoy = Envoy(workdir=work / "envoy", backend_port=backend.port, drain_time_s=25)
-    sidecar = SidecarProcess(
-        work, "", "--min-drain-duration", f"{MIN_DRAIN}s", "--drain-timeout", "20s",
-        "--ignore-listener", "probe",
-    )  # fmt: skip
+    pod = envoy_pod(
+        work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE
+    )
     try:
-        await envoy.start()
-        sidecar.args[sidecar.args.index("--admin-address") + 1] = envoy.admin_address
-        await sidecar.start()
-        print(f"Envoy 1.40 at {envoy.url()} with the shutdown-manager sidecar;")
-        print(f"mixed load for {LOAD_BEFORE:g}s (HTTP/1.1, HTTP/2, streaming, TCP proxy, idle)")
-        return await run_story(envoy, sidecar)
+        await pod.start()
+        console.print(
+            f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar"
+        )
+        return await run(pod, timeline_png)
     finally:
-        sidecar.kill()
-        envoy.stop()
+        pod.pod.kill()
         await backend.stop()
 
 
-async def run_story(envoy: Envoy, sidecar: SidecarProcess) -> int:
-    tallies = {
-        name: Tally()
-        for name in ("HTTP/1.1 keep-alive x4", "streaming", "TCP proxy", "idle pooled")
-    }
-    stop = asyncio.Event()
+async def run(pod: EnvoyPod, timeline_png: Path | None) -> int:
+    timeline = Timeline()
+    clients = Clients(pod, timeline)
     begin = time.monotonic()
     deleted_at = begin + LOAD_BEFORE
-    tasks = [
-        *(
-            asyncio.create_task(
-                steady_load(
-                    envoy.url("/slow?s=0.02"), stop, tallies["HTTP/1.1 keep-alive x4"], pause=0
-                )
-            )
-            for _ in range(4)
-        ),
-        asyncio.create_task(
-            streaming_request(envoy.url("/stream?n=9&d=0.6"), tallies["streaming"])
-        ),
-        asyncio.create_task(
-            tcp_user(envoy.ports["tcp_passthrough"], tallies["TCP proxy"], deleted_at + 3.5)
-        ),
-        asyncio.create_task(idle_user(envoy.url(), tallies["idle pooled"], deleted_at + 1.0)),
-    ]
-    h2 = asyncio.create_task(h2load(envoy.url(), seconds=LOAD_BEFORE + ENDPOINTS_LAG))
-    await asyncio.sleep(LOAD_BEFORE)
-
-    print("pod deleted: preStop hooks start in parallel (Envoy: GET /shutdown, sidecar: drain)")
     done = asyncio.Event()
-    started = time.monotonic()
-    ticker = asyncio.create_task(progress(sidecar, done, started))
-    async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-        envoy_hook = asyncio.create_task(client.get(f"{sidecar.url}/shutdown"))
-        sidecar_hook = asyncio.create_task(
-            run_hook("--control-socket", str(sidecar.control_socket))
-        )
+    sampler = asyncio.create_task(sample(pod, timeline, done))
+    tasks = [
+        *(asyncio.create_task(clients.keepalive()) for _ in range(4)),
+        asyncio.create_task(clients.fresh_connections()),
+        asyncio.create_task(clients.idle_pool(deleted_at + 1.0)),
+        asyncio.create_task(clients.tunnel(deleted_at + 2.5)),
+        asyncio.create_task(clients.streams()),
+        asyncio.create_task(clients.http2()),
+    ]
+    started: float | None = None
+    with Live(status_line(pod, None, timeline), console=console, refresh_per_second=10) as live:
+        ticker = asyncio.create_task(_refresh(live, pod, lambda: started, timeline, done))
+        await asyncio.sleep(LOAD_BEFORE)
+        console.print("[bold]Pod deleted[/]: preStop hooks start in parallel")
+        started = time.monotonic()
+        deletion = asyncio.create_task(pod.pod.delete())
         await asyncio.sleep(ENDPOINTS_LAG)
-        stop.set()  # endpoints updated: no new requests reach this pod
-        released = (await envoy_hook).json()
-        released_at = time.monotonic()
-    envoy.kill(15)  # the kubelet's SIGTERM once Envoy's hook returned
-    hook_status, _ = await sidecar_hook
-    done.set()
-    await ticker
-    await asyncio.gather(*tasks)
-    h2_result: LoadResult = await h2
-    return report(tallies, h2_result, released, released_at - started, hook_status)
-
-
-def report(
-    tallies: dict[str, Tally], h2: LoadResult, status: dict[str, object], took: float, hook: int
-) -> int:
-    rows = [(name, t.ok, t.failed) for name, t in tallies.items()]
-    rows.append(("HTTP/2 multiplexed (h2load)", h2.succeeded, h2.not_ok))
-    failed = sum(row[2] for row in rows)
-    print()
-    print(f"{'client':<30}{'ok':>8}{'failed':>8}")
-    for name, ok, bad in rows:
-        print(f"{name:<30}{ok:>8}{bad:>8}")
-    print()
-    print(f"drain outcome:   {status.get('outcome')} ({status.get('detail')})")
-    print(f"Envoy released:  {took:.2f}s after deletion (minimum drain {MIN_DRAIN:g}s)")
-    print(f"sidecar hook:    exit {hook}")
-    print(f"failed requests: {failed}")
+        clients.stop.set()
+        console.print("Endpoints updated: no new requests reach this pod")
+        report = await deletion
+        done.set()
+        await ticker
+    await asyncio.gather(*tasks, sampler)
+    failed = print_report(clients, report, pod, started - timeline.start)
+    if timeline_png is not None:
+        plot(timeline, started - timeline.start, report.gone_at - timeline.start, timeline_png)
     return 0 if failed == 0 else 1
 
 
+async def _refresh(
+    live: Live, pod: EnvoyPod, started: object, timeline: Timeline, done: asyncio.Event
+) -> None:
+    while not done.is_set():
+        live.update(status_line(pod, started(), timeline))  # type: ignore[operator]
+        await asyncio.sleep(0.1)
+
+
+def print_report(clients: Clients, report: TerminationReport, pod: EnvoyPod, deleted: float) -> int:
+    table = Table(title="Requests by client")
+    for column in ("client", "ok", "failed"):
+        table.add_column(column, justify="left" if column == "client" else "right")
+    failed = 0
+    for name, tally in clients.tallies.items():
+        failed += tally.failed
+        style = "red" if tally.failed else "green"
+        table.add_row(name, str(tally.ok), f"[{style}]{tally.failed}[/]")
+    console.print(table)
+
+    pod_table = Table(title="Pod termination (seconds after deletion)")
+    for column in ("container", "preStop hook", "hook result", "SIGTERM", "exited", "SIGKILL"):
+        pod_table.add_column(column)
+    for name, entry in report.containers.items():
+
+        def at(value: float | None) -> str:
+            return "-" if value is None else f"{value - report.deleted_at:5.2f}"
+
+        hook = f"{at(entry.hook_started)} -> {at(entry.hook_ended)}"
+        pod_table.add_row(
+            name,
+            hook,
+            entry.hook_result,
+            at(entry.sigterm_at),
+            at(entry.exited_at),
+            at(entry.sigkill_at),
+        )
+    console.print(pod_table)
+
+    outcome = _drain_outcome(pod)
+    console.print(
+        f"Drain: [bold]{outcome.get('outcome')}[/] after {outcome.get('elapsed')}s "
+        f"({outcome.get('message')}); minimum drain {MIN_DRAIN:g}s, grace period {GRACE:g}s"
+    )
+    console.print(f"Pod gone {report.duration:.2f}s after deletion")
+    verdict = (
+        "[green]zero failed requests[/]" if failed == 0 else f"[red]{failed} failed requests[/]"
+    )
+    console.print(f"Result: {verdict}")
+    return failed
+
+
+def _drain_outcome(pod: EnvoyPod) -> dict[str, object]:
+    for line in reversed((pod.shared / "shutdown-manager.log").read_text().splitlines()):
+        if '"event": "finished"' in line:
+            event: dict[str, object] = json.loads(line)
+            return event
+    return {}
+
+
+def plot(timeline: Timeline, deleted: float, gone: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5))
+    xs, ys = zip(*timeline.connections, strict=True) if timeline.connections else ((), ())
+    top.step(xs, ys, where="post")
+    top.set_ylabel("active connections")
+    buckets: dict[int, list[int]] = {}
+    for moment, ok in timeline.requests:
+        slot = buckets.setdefault(int(moment * 10), [0, 0])
+        slot[0 if ok else 1] += 1
+    slots = sorted(buckets)
+    bottom.bar([s / 10 for s in slots], [buckets[s][0] for s in slots], width=0.1, label="ok")
+    bottom.bar(
+        [s / 10 for s in slots],
+        [buckets[s][1] for s in slots],
+        width=0.1,
+        label="failed",
+        color="red",
+    )
+    bottom.set_ylabel("requests / 100 ms")
+    bottom.set_xlabel("seconds")
+    for axis in (top, bottom):
+        axis.axvline(deleted, color="orange", linestyle="--", label="deleted")
+        axis.axvline(deleted + MIN_DRAIN, color="grey", linestyle=":", label="minimum drain")
+        axis.axvline(gone, color="black", linestyle="--", label="pod gone")
+    bottom.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    console.print(f"Timeline written to {path}")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Terminate an Envoy pod under mixed load.")
+    parser.add_argument("--timeline", type=Path, help="write a PNG timeline here")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="demo-", dir="/tmp") as tmp:
-        return asyncio.run(demo(Path(tmp)))
+        return asyncio.run(story(Path(tmp), args.timeline))
 
 
 if __name__ == "__main__":
