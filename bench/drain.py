@@ -34,7 +34,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.anchors import contour, envoy_gateway
-from shutdown_manager.admin import AdminClient, parse_admin_address
+from bench.scenario_table import scenario_rows
+from shutdown_manager.address import parse_admin_address
+from shutdown_manager.admin import AdminClient
 from shutdown_manager.stats import ListenerFilter
 from tests.harness.backend import Backend
 from tests.harness.clients import Tally, TcpConnection, steady_load, streaming_request
@@ -316,7 +318,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, sections: set[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-", dir="/tmp") as tmp:
         root = Path(tmp)
         counter = iter(range(10_000))
@@ -324,57 +326,68 @@ async def main(runs: int) -> None:
         def work() -> Path:
             return root / str(next(counter))
 
-        rows: list[list[str]] = []
-        for policy, label in (
-            ("ours", "envoy-lifecycle (kernel wake-up, 4 Hz admin)"),
-            ("envoy_gateway", "Envoy Gateway policy (1 s, listeners)"),
-            ("contour", "Contour policy (5 s, HTTP managers only)"),
-        ):
-            stream = [await release_after_stream(policy, work()) for _ in range(runs)]
-            tcp = [await release_with_tcp(policy, work()) for _ in range(max(1, runs // 3))]
-            rates = [s.admin_rate for s in stream if s.admin_rate is not None]
-            rows.append(
-                [
-                    label,
-                    summarize(stream),
-                    summarize(tcp),
-                    f"{max(rates):.1f}/s" if rates else "-",
-                ]
+        if "latency" in sections:
+            await latency_section(runs, work)
+        if "scenarios" in sections:
+            header, rows = await scenario_rows(work)
+            print("\n### Pod termination by scenario, ours against the anchors' policies\n")
+            print(table(header, rows))
+        if "matrix" in sections:
+            print("\n### Drain-method matrix (Envoy 1.40, --drain-strategy immediate, drain 5 s)\n")
+            matrix = [await matrix_row(trigger, work()) for trigger in TRIGGERS]
+            print(
+                table(
+                    [
+                        "trigger",
+                        "idle HTTP/1.1 closed after",
+                        "idle HTTP/2 closed after",
+                        "idle TCP proxy closed after",
+                        "busy client failures",
+                    ],
+                    matrix,
+                )
             )
-        ours_p50 = _p50(rows[0][1])
-        for row in rows:
-            p50 = _p50(row[1])
-            row.append(f"{p50 / ours_p50:.0f}x" if ours_p50 and p50 else "-")
-        print("### Release latency (condition met -> release), p50 / worst\n")
-        print(
-            table(
-                [
-                    "policy",
-                    f"stream ends ({runs} runs)",
-                    "TCP-proxy connection",
-                    "admin req/s (max)",
-                    "p50 vs ours",
-                ],
-                rows,
-            )
+
+
+async def latency_section(runs: int, work: Callable[[], Path]) -> None:
+    """Release latency of one streaming client, repeated; then the sidecar's footprint."""
+    rows: list[list[str]] = []
+    for policy, label in (
+        ("ours", "envoy-lifecycle (kernel wake-up, 4 Hz admin)"),
+        ("envoy_gateway", "Envoy Gateway policy (1 s, listeners)"),
+        ("contour", "Contour policy (5 s, HTTP managers only)"),
+    ):
+        stream = [await release_after_stream(policy, work()) for _ in range(runs)]
+        tcp = [await release_with_tcp(policy, work()) for _ in range(max(1, runs // 3))]
+        rates = [s.admin_rate for s in stream if s.admin_rate is not None]
+        rows.append(
+            [
+                label,
+                summarize(stream),
+                summarize(tcp),
+                f"{max(rates):.1f}/s" if rates else "-",
+            ]
         )
-        print("\n### Sidecar footprint (`shutdown-manager serve`)\n")
-        stats = await footprint(work())
-        print(table(list(stats), [list(stats.values())]))
-        print("\n### Drain-method matrix (Envoy 1.40, --drain-strategy immediate, drain 5 s)\n")
-        matrix = [await matrix_row(trigger, work()) for trigger in TRIGGERS]
-        print(
-            table(
-                [
-                    "trigger",
-                    "idle HTTP/1.1 closed after",
-                    "idle HTTP/2 closed after",
-                    "idle TCP proxy closed after",
-                    "busy client failures",
-                ],
-                matrix,
-            )
+    ours_p50 = _p50(rows[0][1])
+    for row in rows:
+        p50 = _p50(row[1])
+        row.append(f"{p50 / ours_p50:.0f}x" if ours_p50 and p50 else "-")
+    print("### Release latency (condition met -> release), p50 / worst\n")
+    print(
+        table(
+            [
+                "policy",
+                f"stream ends ({runs} runs)",
+                "TCP-proxy connection",
+                "admin req/s (max)",
+                "p50 vs ours",
+            ],
+            rows,
         )
+    )
+    print("\n### Sidecar footprint (`shutdown-manager serve`)\n")
+    stats = await footprint(work())
+    print(table(list(stats), [list(stats.values())]))
 
 
 def _p50(cell: str) -> float:
@@ -388,5 +401,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=10, help="drains per policy (default 10)")
     parser.add_argument("--quick", action="store_true", help="3 runs per policy")
+    parser.add_argument(
+        "--only",
+        choices=["latency", "scenarios", "matrix"],
+        action="append",
+        help="run only these sections (repeatable; default: all)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(3 if args.quick else args.runs))
+    sections = set(args.only or ["latency", "scenarios", "matrix"])
+    asyncio.run(main(3 if args.quick else args.runs, sections))

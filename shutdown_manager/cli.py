@@ -1,12 +1,13 @@
 """Command line: `shutdown-manager serve` (the sidecar) and `shutdown-manager drain` (the hook).
 
 User mistakes end in one line on stderr and a non-zero status, never a traceback.
+Heavy modules (asyncio, aiohttp, httpx) are imported only by the commands that use them: the
+preStop hook's start-up time delays the drain.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from collections.abc import Sequence
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from shutdown_manager import __version__
-from shutdown_manager.admin import AdminAddress, parse_admin_address
-from shutdown_manager.drain import HEARTBEAT, MIN_POLL_INTERVAL, DrainPolicy
+from shutdown_manager.address import AdminAddress, parse_admin_address
 from shutdown_manager.hook import run_hook
 from shutdown_manager.logs import configure
+from shutdown_manager.policy import HEARTBEAT, MIN_POLL_INTERVAL, DrainPolicy
 
 HELP_WIDTH = 100
 """Fixed help width, so the README reference generated from it is the same everywhere."""
@@ -258,15 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_format, args.log_level)
     if args.command in ("serve", "run"):
         return _serve(prog, args, policy)
-    return asyncio.run(
-        run_hook(
-            args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
-        )
+    return run_hook(
+        args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
     )
 
 
 def _serve(prog: str, args: argparse.Namespace, policy: DrainPolicy) -> int:
-    # Imported here: the hook must start fast (it delays the drain), and needs no aiohttp.
+    import asyncio
+
     from shutdown_manager.server import ServeConfig, Sidecar, StartupError
     from shutdown_manager.supervisor import EnvoyCommandError, Supervisor
 

@@ -5,62 +5,74 @@ progress (kept short: the kubelet shows none of it, the server logs all of it). 
 server cannot be reached, or dies mid-stream, the hook drains by itself with the same engine
 and writes the ready marker so `/shutdown` waiters are still released.
 
+The drain (and its minimum duration) starts when the sidecar hears from the hook, so the
+usual path uses the standard library only: no asyncio, no httpx. The engine is imported
+only when the hook must drain alone.
+
 Exit status: 0 drained (or only idle connections left), 3 deadline passed with connections
 left, 4 Envoy was gone or unreachable, 1 internal failure.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-
-from shutdown_manager.admin import AdminAddress, AdminClient
-from shutdown_manager.drain import DrainEngine, DrainEvent, DrainPolicy
-from shutdown_manager.logs import get_logger, log_event
-from shutdown_manager.readiness import ReadyFile
+from shutdown_manager.address import AdminAddress
+from shutdown_manager.policy import DrainPolicy
 
 CONNECT_TIMEOUT = 2.0
 """Seconds to reach the sidecar before draining alone: it answers in milliseconds if alive."""
-
-log = get_logger("hook")
 
 
 class SidecarUnavailable(Exception):
     """The sidecar server could not be asked, or stopped answering mid-drain."""
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("shutdown-manager", timeout=CONNECT_TIMEOUT)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(self._path)
+        sock.settimeout(None)  # the drain itself may take as long as its deadline
+        self.sock = sock
+
+
 def format_progress(event: dict[str, Any]) -> str:
     return f"[{event.get('elapsed', 0):7.2f}s] {event.get('message', '')}"
 
 
-async def ask_sidecar(control_socket: Path, out: TextIO) -> int:
+def ask_sidecar(control_socket: Path, out: TextIO) -> int:
     """Stream the sidecar's drain; return the exit status it ended with."""
-    transport = httpx.AsyncHTTPTransport(uds=str(control_socket))
-    timeout = httpx.Timeout(CONNECT_TIMEOUT, read=None)
+    connection = _UnixConnection(control_socket)
     try:
-        async with (
-            httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as client,
-            client.stream("POST", "http://shutdown-manager/drain") as response,
-        ):
-            if response.status_code != 200:
-                raise SidecarUnavailable(f"sidecar answered {response.status_code}")
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                print(format_progress(event), file=out, flush=True)
-                if event.get("event") == "finished":
-                    return int(event["exit_code"])
-    except (httpx.HTTPError, OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+        connection.request("POST", "/drain")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise SidecarUnavailable(f"sidecar answered {response.status}")
+        while line := response.readline():
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            print(format_progress(event), file=out, flush=True)
+            if event.get("event") == "finished":
+                return int(event["exit_code"])
+    except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
         raise SidecarUnavailable(str(exc) or type(exc).__name__) from exc
+    finally:
+        connection.close()
     raise SidecarUnavailable("sidecar closed the stream before the drain ended")
 
 
-async def drain_alone(
+def drain_alone(
     admin_address: AdminAddress,
     policy: DrainPolicy,
     ready_file: Path | None,
@@ -68,21 +80,31 @@ async def drain_alone(
     out: TextIO,
 ) -> int:
     """The same drain, run in the hook's own process."""
+    import asyncio
+
+    from shutdown_manager.admin import AdminClient
+    from shutdown_manager.drain import DrainEngine, DrainEvent
+    from shutdown_manager.logs import log_event
+    from shutdown_manager.readiness import ReadyFile
+
     marker = ReadyFile(ready_file)
 
     def relay(event: DrainEvent) -> None:
         print(format_progress(event.to_dict()), file=out, flush=True)
 
-    async with AdminClient(admin_address, timeout=admin_timeout) as admin:
-        engine = DrainEngine(admin, policy, [relay, log_event, marker.observe])
-        try:
-            report = await engine.run()
-        except Exception as exc:  # a bug must still write the marker and exit non-zero
-            report = engine.fail(exc)
-    return report.outcome.exit_code
+    async def drain() -> int:
+        async with AdminClient(admin_address, timeout=admin_timeout) as admin:
+            engine = DrainEngine(admin, policy, [relay, log_event, marker.observe])
+            try:
+                report = await engine.run()
+            except Exception as exc:  # a bug must still write the marker and exit non-zero
+                report = engine.fail(exc)
+        return report.outcome.exit_code
+
+    return asyncio.run(drain())
 
 
-async def run_hook(
+def run_hook(
     control_socket: Path,
     admin_address: AdminAddress,
     policy: DrainPolicy,
@@ -91,8 +113,12 @@ async def run_hook(
     out: TextIO = sys.stdout,
 ) -> int:
     try:
-        return await ask_sidecar(control_socket, out)
+        return ask_sidecar(control_socket, out)
     except SidecarUnavailable as exc:
-        log.warning("sidecar at %s unavailable (%s): draining from the hook", control_socket, exc)
+        from shutdown_manager.logs import get_logger
+
+        get_logger("hook").warning(
+            "sidecar at %s unavailable (%s): draining from the hook", control_socket, exc
+        )
         print(f"sidecar unavailable ({exc}): draining from the hook", file=out, flush=True)
-    return await drain_alone(admin_address, policy, ready_file, admin_timeout, out)
+    return drain_alone(admin_address, policy, ready_file, admin_timeout, out)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shutdown_manager.admin import AdminAddress, AdminClient, AdminError, EnvoyUnreachable
+from shutdown_manager.address import AdminAddress
+from shutdown_manager.admin import AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
-from shutdown_manager.drain import DrainEngine, DrainPolicy, DrainReport, Listener
+from shutdown_manager.drain import DrainEngine, DrainReport, Listener
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
+from shutdown_manager.policy import DrainPolicy
 from shutdown_manager.readiness import ReadyFile
 
 RESTORE_RETRY = 1.0

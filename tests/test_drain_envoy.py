@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from shutdown_manager.admin import AdminClient, parse_admin_address
-from shutdown_manager.drain import DrainEngine, DrainEvent, DrainPolicy, DrainReport, Outcome
+from shutdown_manager.address import parse_admin_address
+from shutdown_manager.admin import AdminClient
+from shutdown_manager.drain import DrainEngine, DrainEvent, DrainReport, Outcome
+from shutdown_manager.policy import DrainPolicy
 from tests.harness.clients import (
     Tally,
     TcpConnection,

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from shutdown_manager.drain import AdminBudget, DrainPolicy, Outcome
+from shutdown_manager.drain import AdminBudget, Outcome
+from shutdown_manager.policy import DrainPolicy
 
 
 def test_admin_budget_allows_ten_calls_in_any_second() -> None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from shutdown_manager.admin import AdminClient, parse_admin_address
-from shutdown_manager.drain import DrainEngine, DrainPolicy, DrainReport, Outcome
+from shutdown_manager.address import parse_admin_address
+from shutdown_manager.admin import AdminClient
+from shutdown_manager.drain import DrainEngine, DrainReport, Outcome
+from shutdown_manager.policy import DrainPolicy
 from tests.harness.clients import http_client
 from tests.harness.envoy import Envoy
 from tests.harness.fake_admin import GarbageStatsAdmin, HungAdmin
