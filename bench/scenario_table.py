@@ -8,9 +8,10 @@ load and is terminated:
   wait on them; Envoy gets SIGTERM when they return.
 
 Measured: failed requests; release latency (condition met -> Envoy gets SIGTERM, where the
-condition is the later of the policy's minimum drain and Envoy's last connection closing,
-seen by a 20 ms sampler on the probe listener's /stats); total termination time; admin
-requests; and, for our sidecar, peak RSS and CPU time.
+condition is the later of the policy's minimum drain, counted from when the policy was
+invoked, and Envoy's last connection closing, seen by a 20 ms sampler on the probe
+listener's /stats); total termination time; admin requests; and, for our sidecar, peak RSS
+and CPU time.
 """
 
 from __future__ import annotations
@@ -177,7 +178,12 @@ async def _ours(scenario: Scenario, work: Path, backend: Backend) -> Row:
         assert isinstance(report, TerminationReport)
         return Row(
             failed=result.failed,
-            latency=_latency(result, target.released, sampler, MIN_DRAIN),
+            latency=_latency(
+                report.containers["shutdown-manager"].hook_started or result.deleted_at,
+                target.released,
+                sampler,
+                MIN_DRAIN,
+            ),
             termination=report.duration,
             admin_requests=_admin_requests(pod),
             peak_rss=target.peak_rss,
@@ -201,7 +207,7 @@ async def _anchor(scenario: Scenario, policy: str, work: Path, backend: Backend)
         assert isinstance(duration, float)
         return Row(
             failed=result.failed,
-            latency=_latency(result, target.released, sampler, minimum),
+            latency=_latency(result.deleted_at, target.released, sampler, minimum),
             termination=duration,
             admin_requests=target.admin_requests,
         )
@@ -209,9 +215,13 @@ async def _anchor(scenario: Scenario, policy: str, work: Path, backend: Backend)
         envoy.stop()
 
 
-def _latency(result: Result, released: float, sampler: Sampler, minimum: float) -> float | None:
-    """Release minus the moment it became safe; None if released while connections remained."""
-    condition = max(result.deleted_at + minimum, sampler.last_nonzero)
+def _latency(started: float, released: float, sampler: Sampler, minimum: float) -> float | None:
+    """Release minus the moment it became safe; None if released while connections remained.
+
+    `started` is when the policy was invoked: deletion for the in-process anchor models, the
+    moment the runner started our exec hook for ours (so neither pays for the runner's own
+    scheduling; ours still pays for starting a Python process, which the models do not)."""
+    condition = max(started + minimum, sampler.last_nonzero)
     if sampler.last_nonzero > released:
         return None
     return released - condition

@@ -15,12 +15,11 @@ left, 4 Envoy was gone or unreachable, 1 internal failure.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from shutdown_manager.address import AdminAddress
 from shutdown_manager.policy import DrainPolicy
@@ -33,42 +32,42 @@ class SidecarUnavailable(Exception):
     """The sidecar server could not be asked, or stopped answering mid-drain."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("shutdown-manager", timeout=CONNECT_TIMEOUT)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(self._path)
-        sock.settimeout(None)  # the drain itself may take as long as its deadline
-        self.sock = sock
-
-
 def format_progress(event: dict[str, Any]) -> str:
     return f"[{event.get('elapsed', 0):7.2f}s] {event.get('message', '')}"
 
 
+def _request_drain(control_socket: Path) -> BinaryIO:
+    """POST /drain as HTTP/1.0: the answer then streams unchunked until the server closes."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    sock.connect(str(control_socket))
+    sock.sendall(b"POST /drain HTTP/1.0\r\nHost: shutdown-manager\r\nContent-Length: 0\r\n\r\n")
+    sock.settimeout(None)  # the drain itself may take as long as its deadline
+    stream = sock.makefile("rb")
+    sock.close()  # the file object keeps the connection open
+    status = stream.readline().split()
+    if len(status) < 2 or status[1] != b"200":
+        raise SidecarUnavailable(
+            f"sidecar answered {b' '.join(status[1:]).decode(errors='replace')!r}"
+        )
+    while stream.readline().strip():  # headers
+        pass
+    return stream
+
+
 def ask_sidecar(control_socket: Path, out: TextIO) -> int:
     """Stream the sidecar's drain; return the exit status it ended with."""
-    connection = _UnixConnection(control_socket)
     try:
-        connection.request("POST", "/drain")
-        response = connection.getresponse()
-        if response.status != 200:
-            raise SidecarUnavailable(f"sidecar answered {response.status}")
-        while line := response.readline():
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            print(format_progress(event), file=out, flush=True)
-            if event.get("event") == "finished":
-                return int(event["exit_code"])
-    except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+        with _request_drain(control_socket) as stream:
+            for line in stream:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                print(format_progress(event), file=out, flush=True)
+                if event.get("event") == "finished":
+                    return int(event["exit_code"])
+    except (OSError, ValueError, KeyError) as exc:
         raise SidecarUnavailable(str(exc) or type(exc).__name__) from exc
-    finally:
-        connection.close()
     raise SidecarUnavailable("sidecar closed the stream before the drain ended")
 
 
