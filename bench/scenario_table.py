@@ -32,7 +32,7 @@ from shutdown_manager.admin import AdminClient
 from shutdown_manager.stats import ListenerFilter
 from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
-from tests.e2e.scenarios import DRAINING_SCENARIOS, Result, Scenario
+from tests.e2e.scenarios import DRAINING_SCENARIOS, Scenario
 from tests.harness.backend import Backend
 from tests.harness.envoy import Envoy
 

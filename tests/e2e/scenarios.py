@@ -119,9 +119,12 @@ async def idle_pool_sends_again(target: Target) -> Result:
 
     async def clients() -> None:
         async with http_client() as client:
-            result.tally.record(await client.get(target.url()))
-            await asyncio.sleep(WARM_UP + ENDPOINTS_LAG)
-            result.tally.record(await client.get(target.url()))
+            for pause in (0.0, WARM_UP + ENDPOINTS_LAG):
+                await asyncio.sleep(pause)
+                try:
+                    result.tally.record(await client.get(target.url()))
+                except httpx.HTTPError as exc:
+                    result.tally.fail(exc)
             result.natural_end = time.monotonic()
 
     return await _delete_during(target, result, clients())
