@@ -31,7 +31,6 @@ from typing import Any
 from shutdown_manager.admin import (
     AdminClient,
     AdminError,
-    AdminProtocolError,
     EnvoyUnreachable,
 )
 from shutdown_manager.policy import (
@@ -308,8 +307,7 @@ class DrainEngine:
         except EnvoyUnreachable as exc:
             return self._from_sockets(str(exc), unreachable=True)
         except (AdminError, StatsError) as exc:
-            message = str(exc) if isinstance(exc, AdminProtocolError) else f"{exc}"
-            return self._from_sockets(message, unreachable=False)
+            return self._from_sockets(str(exc), unreachable=False)
         count = count_connections(values, self._filter)
         self._track_requests(count, time.monotonic())
         return Reading(source="admin", connections=count.total, count=count)
