@@ -16,15 +16,15 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# Debian packages the tests use: h2load (an HTTP/2 client that honours graceful GOAWAY).
+# Debian packages the tests use: HAProxy (the external load balancer of the rolling restart).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := nghttp2-client haproxy
+DEBIAN_PACKAGES := haproxy
 
 setup: $(STAMP) debian
 	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
 
 debian:
-	@command -v h2load >/dev/null && command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
+	@command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
 
 lint: setup
 	$(VENV)/bin/ruff check shutdown_manager tests bench

@@ -20,9 +20,13 @@ CONTOUR_INTERVAL = 5.0
 ENVOY_GATEWAY_INTERVAL = 1.0
 
 
+SKIPPED_MANAGERS = ("http.admin.", "http.probe.")
+"""Contour leaves out its admin and stats/health listeners; `probe` is ours."""
+
+
 async def _http_connections(admin: AdminClient) -> int:
     values = parse_stats(await admin.stats(r"^http\..*\.downstream_cx_active$"))
-    return sum(v for k, v in values.items() if k != "http.admin.downstream_cx_active")
+    return sum(v for k, v in values.items() if not k.startswith(SKIPPED_MANAGERS))
 
 
 async def _listener_connections(admin: AdminClient, ignore: ListenerFilter) -> int:

@@ -5,7 +5,7 @@ The story, on this machine, in under half a minute:
 1. A backend, and a pod of real processes started by the kubelet-faithful pod runner: Envoy
    1.40 (static bootstrap; admin on a unix socket in the pod's shared directory) and the
    `shutdown-manager serve` sidecar, wired as our manifests wire them.
-2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed (h2load), long streaming
+2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed, long streaming
    responses, a TCP-proxy tunnel, an idle pooled client, and fresh connections.
 3. The pod is deleted: both preStop hooks start in parallel (Envoy's httpGet `/shutdown`,
    the sidecar's exec `shutdown-manager drain`); each container gets SIGTERM when its own
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
-from tests.harness.clients import Tally, TcpConnection, h2load, http_client, streaming_request
+from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
+from tests.harness.h2client import h2_load
 
 LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""
@@ -136,9 +137,9 @@ class Clients:
         )
 
     async def http2(self) -> None:
-        tally = self.tally("HTTP/2 multiplexed (h2load)")
-        result = await h2load(self.pod.envoy.url(), seconds=LOAD_BEFORE + ENDPOINTS_LAG)
-        tally.ok, tally.failed = result.succeeded, result.not_ok
+        await h2_load(
+            self.pod.envoy.url(), self.stop, self.tally("HTTP/2 multiplexed (2x8 streams)")
+        )
 
 
 async def sample(pod: EnvoyPod, timeline: Timeline, done: asyncio.Event) -> None:

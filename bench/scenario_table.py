@@ -87,23 +87,24 @@ class Sampler:
 
 
 class OurTarget:
+    """Our pod, with the sidecar's footprint measured over the termination."""
+
     def __init__(self, pod: EnvoyPod) -> None:
         self.pod = pod
         self.released = 0.0
-
-    def url(self, path: str = "/") -> str:
-        return self.pod.envoy.url(path)
+        self.peak_rss = 0
+        self.cpu: float | None = None
+        self.url = pod.url
 
     @property
     def tcp_port(self) -> int:
-        return self.pod.envoy.ports["tcp_passthrough"]
+        return self.pod.tcp_port
 
     async def delete(self) -> TerminationReport:
         sidecar = self.pod.pod.containers[1]
         assert sidecar.proc is not None
         process = psutil.Process(sidecar.proc.pid)
         cpu_before = sum(process.cpu_times()[:2])
-        self.peak_rss = 0
         watcher = asyncio.create_task(self._watch(process))
         report = await self.pod.pod.delete()
         watcher.cancel()

@@ -14,12 +14,12 @@ from shutdown_manager.policy import DrainPolicy
 from tests.harness.clients import (
     Tally,
     TcpConnection,
-    h2load,
     http_client,
     steady_load,
     streaming_request,
 )
 from tests.harness.envoy import Envoy
+from tests.harness.h2client import h2_load
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,15 +110,21 @@ async def test_idle_client_sending_again_mid_drain_is_served_and_closed(envoy: E
 
 
 async def test_http2_multiplexed_client_is_counted_and_never_fails(envoy: Envoy) -> None:
-    events: list[DrainEvent] = []
-    load = asyncio.create_task(h2load(envoy.url(), seconds=3, clients=2, streams=8))
+    stop, tally = asyncio.Event(), Tally()
+    load = asyncio.create_task(h2_load(envoy.url(), stop, tally, streams=8, connections=2))
     await asyncio.sleep(0.5)
     assert await count_now(envoy) == 2, "both HTTP/2 connections counted"
-    report = await drain(envoy, events, min_drain_duration=0.5, drain_timeout=20, quiet_period=0)
-    result = await load
+    drainer = asyncio.create_task(
+        drain(envoy, min_drain_duration=1.0, drain_timeout=20, quiet_period=0)
+    )
+    await asyncio.sleep(0.5)
+    stop.set()
+    opened = await load
+    report = await drainer
     assert report.outcome is Outcome.DRAINED
-    assert result.not_ok == 0, result.summary
-    assert result.succeeded > 0
+    assert tally.failed == 0, tally.errors
+    assert tally.ok > 0
+    assert opened > 2, "GOAWAY made the client move to new connections"
 
 
 async def test_long_streaming_response_holds_the_drain_until_it_ends(envoy: Envoy) -> None:

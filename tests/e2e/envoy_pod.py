@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.pod import Container, ExecHook, HttpGetHook, Pod
+from tests.e2e.pod import Container, ExecHook, HttpGetHook, Pod, TerminationReport
 from tests.harness.envoy import Envoy, free_port
 from tests.harness.sidecar import COMMAND
 
@@ -34,6 +34,18 @@ class EnvoyPod:
         self.pod.start()
         await self.envoy.wait_live()
         return self
+
+    # The `Target` of tests/e2e/scenarios.py:
+
+    def url(self, path: str = "/") -> str:
+        return self.envoy.url(path)
+
+    @property
+    def tcp_port(self) -> int:
+        return self.envoy.ports["tcp_passthrough"]
+
+    async def delete(self) -> TerminationReport:
+        return await self.pod.delete()
 
 
 def policy_flags(min_drain: float, drain_timeout: float) -> list[str]:

@@ -19,11 +19,11 @@ import httpx
 from tests.harness.clients import (
     Tally,
     TcpConnection,
-    h2load,
     http_client,
     steady_load,
     streaming_request,
 )
+from tests.harness.h2client import h2_load
 
 ENDPOINTS_LAG = 1.0
 """Seconds new requests still arrive after deletion; below the pods' minimum drain."""
@@ -87,15 +87,14 @@ async def steady_http1(target: Target) -> Result:
 
 
 async def http2_multiplexed(target: Target) -> Result:
-    """h2load: two connections, eight streams each, through deletion (GOAWAY honoured)."""
-    result = Result()
+    """Two HTTP/2 connections, eight streams each, through deletion (GOAWAY honoured)."""
+    result, stop = Result(), asyncio.Event()
 
     async def clients() -> None:
-        outcome = await h2load(target.url(), seconds=WARM_UP + ENDPOINTS_LAG, clients=2, streams=8)
-        result.tally.ok += outcome.succeeded
-        result.tally.failed += outcome.not_ok
-        if outcome.not_ok:
-            result.tally.errors.append(outcome.summary)
+        load = asyncio.create_task(h2_load(target.url(), stop, result.tally))
+        await asyncio.sleep(WARM_UP + ENDPOINTS_LAG)
+        stop.set()
+        await load
 
     return await _delete_during(target, result, clients())
 

@@ -16,21 +16,6 @@ from tests.harness.backend import Backend
 pytestmark = pytest.mark.timeout(60)
 
 
-class LocalTarget:
-    def __init__(self, pod: EnvoyPod) -> None:
-        self.pod = pod
-
-    def url(self, path: str = "/") -> str:
-        return self.pod.envoy.url(path)
-
-    @property
-    def tcp_port(self) -> int:
-        return self.pod.envoy.ports["tcp_passthrough"]
-
-    async def delete(self) -> TerminationReport:
-        return await self.pod.pod.delete()
-
-
 def drain_outcome(pod: EnvoyPod) -> dict[str, object]:
     """The drain's final event as the sidecar logged it (the hook's own output is invisible)."""
     lines = (pod.shared / "shutdown-manager.log").read_text().splitlines()
@@ -53,7 +38,7 @@ async def test_pod_terminates_with_zero_failed_requests(
     scenario: Scenario, workdir: Path, backend: Backend, pods: list[EnvoyPod]
 ) -> None:
     pod = await start_pod(pods, workdir, backend)
-    result: Result = await scenario(LocalTarget(pod))
+    result: Result = await scenario(pod)
     report = result.report
     assert isinstance(report, TerminationReport)
 
@@ -77,7 +62,7 @@ async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_rep
     pod = await start_pod(
         pods, workdir, backend, min_drain=0.5, drain_timeout=1.5, grace_period=2.5
     )
-    result = await long_streams(LocalTarget(pod))  # streams end 3 s after deletion
+    result = await long_streams(pod)  # streams end 3 s after deletion
     report = result.report
     assert isinstance(report, TerminationReport)
     assert report.duration <= 2.5 + 0.5

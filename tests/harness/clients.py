@@ -17,6 +17,8 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     closes: int = 0
     """Responses that carried `Connection: close` (Envoy draining the connection)."""
+    resent: int = 0
+    """HTTP/2 requests sent again after a GOAWAY said the server never processed them."""
 
     def record(self, response: httpx.Response) -> None:
         if response.status_code == 200:
@@ -114,35 +116,3 @@ class TcpConnection:
             self.writer.close()
             with contextlib.suppress(ConnectionError):
                 await self.writer.wait_closed()
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    succeeded: int
-    failed: int
-    errored: int
-    summary: str
-
-    @property
-    def not_ok(self) -> int:
-        return self.failed + self.errored
-
-
-async def h2load(url: str, seconds: float, clients: int = 2, streams: int = 8) -> LoadResult:
-    """HTTP/2 load from nghttp2's h2load, a client that honours graceful GOAWAY.
-
-    h2load takes whole seconds, so `seconds` is rounded."""
-    proc = await asyncio.create_subprocess_exec(
-        "h2load", "-D", str(max(1, round(seconds))), "-c", str(clients), "-m", str(streams), url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    text = out.decode()
-    line = next((ln for ln in text.splitlines() if ln.startswith("requests:")), None)
-    if line is None:
-        raise RuntimeError(f"h2load printed no summary: {text[-500:]}")
-    numbers = {
-        word: int(value)
-        for value, word in (part.strip().split(" ")[:2] for part in line[9:].split(","))
-    }
-    return LoadResult(numbers["succeeded"], numbers["failed"], numbers["errored"], line)
