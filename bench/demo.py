@@ -202,7 +202,9 @@ async def run(pod: EnvoyPod, timeline_png: Path | None) -> int:
         asyncio.create_task(clients.http2()),
     ]
     started: float | None = None
-    with Live(status_line(pod, None, timeline), console=console, refresh_per_second=10) as live:
+    with Live(
+        status_line(pod, None, timeline), console=console, refresh_per_second=10, transient=True
+    ) as live:
         ticker = asyncio.create_task(_refresh(live, pod, lambda: started, timeline, done))
         await asyncio.sleep(LOAD_BEFORE)
         console.print("[bold]Pod deleted[/]: preStop hooks start in parallel")
