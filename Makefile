@@ -27,8 +27,8 @@ debian:
 	@command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
 
 lint: setup
-	$(VENV)/bin/ruff check shutdown_manager tests bench
-	$(VENV)/bin/ruff format --check shutdown_manager tests bench
+	$(VENV)/bin/ruff check shutdown_manager xds_server tests bench
+	$(VENV)/bin/ruff format --check shutdown_manager xds_server tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy

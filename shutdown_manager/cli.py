@@ -39,7 +39,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
+def help_formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.ArgumentDefaultsHelpFormatter(prog, width=HELP_WIDTH, max_help_position=34)
 
 
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="shutdown-manager",
         description="Drain Envoy gracefully before the kubelet stops it.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the sidecar: /healthz, /shutdown (wait), /metrics, /status, control socket",
         description="The long-running sidecar. Owns the drain: started by the preStop hook "
         "over the control socket, or by SIGTERM. /shutdown only waits for it to end.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     serve.add_argument(
         "--listen",
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask the sidecar over the control socket to drain and wait for the end. "
         "Exit 0: drained; 3: deadline passed with connections left; 4: Envoy gone or "
         "unreachable. If the sidecar is unreachable, drain from here and write --ready-file.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     _common(drain)
     _drain_flags(drain)
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Envoy as a child and serve the same endpoints as serve. SIGTERM/SIGINT: "
         "drain, stop Envoy, exit 0/3/4 like the hook. SIGHUP: hot restart to the next "
         "--restart-epoch with the same base id. Envoy dying on its own: exit with its status.",
-        formatter_class=_formatter,
+        formatter_class=help_formatter,
     )
     run.add_argument(
         "--listen",

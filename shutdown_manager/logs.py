@@ -47,10 +47,12 @@ def _compact(value: object) -> str:
     )
 
 
-def configure(log_format: str = "text", level: str = "info") -> logging.Logger:
+def configure(
+    log_format: str = "text", level: str = "info", logger_name: str = LOGGER_NAME
+) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    logger = logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(logger_name)
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False

@@ -6,9 +6,11 @@ import asyncio
 
 from aiohttp import web
 
+NAME = web.AppKey("name", str)
+
 
 async def _hello(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+    return web.Response(text=request.app[NAME])
 
 
 async def _slow(request: web.Request) -> web.Response:
@@ -30,15 +32,17 @@ async def _stream(request: web.Request) -> web.StreamResponse:
 class Backend:
     """An aiohttp server on 127.0.0.1 with an OS-chosen port."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "ok") -> None:
+        self.name = name
         self.port = 0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Backend:
         app = web.Application()
-        app.router.add_get("/", _hello)
+        app[NAME] = self.name
         app.router.add_get("/slow", _slow)
         app.router.add_get("/stream", _stream)
+        app.router.add_get("/{tail:.*}", _hello)  # any other path answers with the name
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -1,0 +1,258 @@
+"""The xDS server and Envoys fed by it, as real processes; manifests written like kubectl would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.harness.envoy import envoy_binary, free_port
+
+XDS = [sys.executable, "-m", "xds_server"]
+
+
+def service(name: str, ports: list[tuple[str, int]], namespace: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"name": n, "port": p, "targetPort": p} for n, p in ports]},
+    }
+
+
+def endpoint_slice(
+    service_name: str,
+    port_name: str,
+    port: int,
+    addresses: list[str],
+    ready: bool = True,
+    namespace: str = "default",
+    suffix: str = "a",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-{suffix}",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": ready}} for a in addresses],
+    }
+
+
+def ingress(
+    name: str, rules: list[dict[str, Any]], namespace: str = "default", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"rules": rules, **spec},
+    }
+
+
+def rule(host: str | None, *paths: tuple[str, str, str, int | str]) -> dict[str, Any]:
+    """paths: (path, pathType, service, port number or name)."""
+    body: dict[str, Any] = {
+        "http": {
+            "paths": [
+                {
+                    "path": p,
+                    "pathType": t,
+                    "backend": {
+                        "service": {
+                            "name": s,
+                            "port": ({"number": port} if isinstance(port, int) else {"name": port}),
+                        }
+                    },
+                }
+                for p, t, s, port in paths
+            ]
+        }
+    }
+    if host:
+        body["host"] = host
+    return body
+
+
+def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -> None:
+    """Atomically, as a deploy tool would: a reader never sees half a file."""
+    tmp = directory / f".{name}.tmp"
+    tmp.write_text(yaml.safe_dump_all(objects))
+    tmp.rename(directory / f"{name}.yaml")
+
+
+class XdsServer:
+    def __init__(self, workdir: Path, manifests: Path, *flags: str) -> None:
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.envoy_http_port = free_port()
+        self.log_path = workdir / f"xds-{self.grpc_port}.log"
+        self.args = [
+            *XDS,
+            "serve",
+            "--manifests",
+            str(manifests),
+            "--listen",
+            f"127.0.0.1:{self.grpc_port}",
+            "--http-listen",
+            f"127.0.0.1:{self.http_port}",
+            "--envoy-address",
+            "127.0.0.1",
+            "--envoy-http-port",
+            str(self.envoy_http_port),
+            "--envoy-https-port",
+            str(free_port()),
+            "--insecure",
+            "--log-format",
+            "json",
+            *flags,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 20) -> XdsServer:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.log())
+                try:
+                    if (
+                        await client.get(f"http://127.0.0.1:{self.http_port}/readyz")
+                    ).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return (await client.get(f"http://127.0.0.1:{self.http_port}/metrics")).text
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class XdsEnvoy:
+    """An Envoy whose whole config comes from the xDS server (bootstrap by `xds-server`)."""
+
+    def __init__(self, workdir: Path, server: XdsServer, node: str, sotw: bool = False) -> None:
+        self.workdir = workdir / node
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.server = server
+        self.node = node
+        self.sotw = sotw
+        self.admin_socket = self.workdir / "admin.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> XdsEnvoy:
+        bootstrap = self.workdir / "bootstrap.json"
+        result = subprocess.run(  # noqa: ASYNC221 - a quick one-shot command
+            [
+                *XDS,
+                "bootstrap",
+                str(bootstrap),
+                "--xds-address",
+                f"127.0.0.1:{self.server.grpc_port}",
+                "--admin-socket",
+                str(self.admin_socket),
+                "--node-id",
+                self.node,
+                "--insecure",
+                "--probe-port",
+                str(free_port()),
+                *(["--sotw"] if self.sotw else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        self.proc = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(bootstrap),
+                "--disable-hot-restart",
+                "--drain-strategy",
+                "immediate",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+                "--log-path",
+                str(self.workdir / "envoy.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        await self.wait_listener()
+        return self
+
+    def admin(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket)),
+            base_url="http://admin",
+            timeout=5,
+        )
+
+    async def stats(self, pattern: str) -> dict[str, int]:
+        async with self.admin() as admin:
+            body = (await admin.get("/stats", params={"format": "json", "filter": pattern})).json()
+        return {s["name"]: int(s["value"]) for s in body["stats"] if "value" in s}
+
+    async def wait_listener(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                async with self.admin() as admin:
+                    listeners = (await admin.get("/listeners?format=json")).json()
+                if any(x["name"] == "ingress_http" for x in listeners["listener_statuses"]):
+                    return
+            except (httpx.HTTPError, OSError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.05)
+        raise TimeoutError(
+            (self.workdir / "envoy.log").read_text()[-2000:]
+            if (self.workdir / "envoy.log").exists()
+            else "no log"
+        )
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.server.envoy_http_port}{path}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj)

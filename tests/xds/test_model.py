@@ -1,0 +1,199 @@
+"""Kubernetes objects in, model and Envoy resources out: tables and properties."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.route.v3 import route_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.harness.xds import endpoint_slice, ingress, rule, service
+from xds_server.cache import Snapshot
+from xds_server.model import EXACT, PREFIX, build
+from xds_server.sources import KubeObject, parse_documents
+from xds_server.translate import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    EnvoyPorts,
+    referenced_clusters,
+    resources,
+)
+
+
+def objects(*bodies: dict[str, Any]) -> list[KubeObject]:
+    import yaml
+
+    return parse_documents(yaml.safe_dump_all(list(bodies)), "test.yaml").objects
+
+
+BASE = (
+    service("a", [("http", 80)]),
+    endpoint_slice("a", "http", 9000, ["10.0.0.1", "10.0.0.2"]),
+    service("b", [("http", 80), ("admin", 81)]),
+    endpoint_slice("b", "http", 9001, ["10.0.1.1"]),
+)
+
+
+def test_precedence_longest_path_first_and_exact_before_prefix() -> None:
+    model = build(
+        objects(
+            *BASE,
+            ingress(
+                "i",
+                [
+                    rule(
+                        "foo.example.com",
+                        ("/", "Prefix", "a", 80),
+                        ("/api", "Prefix", "a", 80),
+                        ("/api", "Exact", "b", "http"),
+                        ("/api/v2", "ImplementationSpecific", "b", 80),
+                    )
+                ],
+            ),
+        ),
+        None,
+    )
+    routes = [(r.path, r.kind) for r in model.hosts["foo.example.com"].routes]
+    assert routes == [("/api/v2", PREFIX), ("/api", EXACT), ("/api", PREFIX), ("/", PREFIX)]
+
+
+def test_hosts_exact_then_wildcard_then_catch_all() -> None:
+    model = build(
+        objects(
+            *BASE,
+            ingress(
+                "i",
+                [
+                    rule("*.example.com", ("/", "Prefix", "a", 80)),
+                    rule(None, ("/", "Prefix", "a", 80)),
+                    rule("foo.example.com", ("/", "Prefix", "b", 80)),
+                ],
+            ),
+        ),
+        None,
+    )
+    assert [h.name for h in model.sorted_hosts()] == ["foo.example.com", "*.example.com", "*"]
+
+
+def test_ready_endpoints_only_at_the_named_slice_port() -> None:
+    model = build(
+        objects(
+            service("c", [("web", 80)]),
+            endpoint_slice("c", "web", 7000, ["10.0.2.1"]),
+            endpoint_slice("c", "web", 7000, ["10.0.2.2"], ready=False, suffix="b"),
+            ingress("i", [rule(None, ("/", "Prefix", "c", "web"))]),
+        ),
+        None,
+    )
+    (endpoints,) = model.clusters.values()
+    assert [(e.address, e.port) for e in endpoints] == [("10.0.2.1", 7000)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (
+            ingress("x", [rule(None, ("/", "Prefix", "missing", 80))]),
+            "Service default/missing not found",
+        ),
+        (ingress("x", [rule(None, ("/", "Prefix", "a", 99))]), "has no port 99"),
+        (ingress("x", [rule(None, ("nope", "Prefix", "a", 80))]), "must start with /"),
+        (ingress("x", [rule(None, ("/", "Regex", "a", 80))]), "pathType must be"),
+        (ingress("x", [rule("a.*.com", ("/", "Prefix", "a", 80))]), "one leading label"),
+        (ingress("x", []), "no rules and no defaultBackend"),
+    ],
+)
+def test_an_invalid_ingress_is_rejected_in_one_line_and_the_rest_is_kept(
+    bad: dict[str, Any], says: str
+) -> None:
+    good = ingress("good", [rule("ok.example.com", ("/", "Prefix", "a", 80))])
+    model = build(objects(*BASE, good, bad), None)
+    assert "ok.example.com" in model.hosts
+    (error,) = model.errors
+    assert error.startswith("test.yaml: Ingress default/x: ")
+    assert says in error
+    assert "\n" not in error
+
+
+def test_ingress_class_by_name_annotation_and_default() -> None:
+    ours = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {
+            "name": "envoy",
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
+        },
+    }
+    named = ingress(
+        "named", [rule("n.example.com", ("/", "Prefix", "a", 80))], ingressClassName="envoy"
+    )
+    other = ingress(
+        "other", [rule("o.example.com", ("/", "Prefix", "a", 80))], ingressClassName="nginx"
+    )
+    classless = ingress("classless", [rule("c.example.com", ("/", "Prefix", "a", 80))])
+    model = build(objects(*BASE, ours, named, other, classless), "envoy")
+    assert set(model.hosts) == {"n.example.com", "c.example.com"}
+
+
+def test_default_backend_is_the_catch_all() -> None:
+    body = ingress("d", [], defaultBackend={"service": {"name": "b", "port": {"number": 80}}})
+    model = build(objects(*BASE, body), None)
+    assert [(h.name, [r.upstream.cluster for r in h.routes]) for h in model.sorted_hosts()] == [
+        ("*", ["default/b/http"])
+    ]
+
+
+def test_resources_reference_only_what_they_define() -> None:
+    model = build(objects(*BASE, ingress("i", [rule(None, ("/", "Prefix", "a", 80))])), None)
+    out = resources(model, EnvoyPorts("127.0.0.1", 8080, 8443))
+    assert set(out[LISTENER]) == {"ingress_http"}
+    assert referenced_clusters(out[ROUTE]) == set(out[CLUSTER]) == set(out[ENDPOINT])
+
+
+def test_versions_are_content_hashes_stable_across_builds() -> None:
+    model = build(objects(*BASE, ingress("i", [rule(None, ("/", "Prefix", "a", 80))])), None)
+    first = Snapshot.build(resources(model, EnvoyPorts()), 1)
+    second = Snapshot.build(
+        resources(
+            build(objects(*BASE, ingress("i", [rule(None, ("/", "Prefix", "a", 80))])), None),
+            EnvoyPorts(),
+        ),
+        7,
+    )
+    for type_url in (LISTENER, ROUTE, CLUSTER, ENDPOINT):
+        assert first.version(type_url) == second.version(type_url)
+
+
+paths = st.from_regex(r"/[a-z]{1,4}(/[a-z]{1,4}){0,2}", fullmatch=True)
+hosts = st.one_of(st.none(), st.from_regex(r"(\*\.)?[a-z]{1,5}\.example\.com", fullmatch=True))
+path_rules = st.tuples(
+    paths,
+    st.sampled_from(["Exact", "Prefix", "ImplementationSpecific"]),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from([80, "http"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(hosts, st.lists(path_rules, min_size=1, max_size=5)), min_size=1, max_size=6)
+)
+def test_translation_never_duplicates_names_and_every_cluster_exists(
+    rules: list[tuple[str | None, list[tuple[str, str, str, int | str]]]],
+) -> None:
+    bodies = [ingress(f"i{n}", [rule(host, *paths)]) for n, (host, paths) in enumerate(rules)]
+    model = build(objects(*BASE, *bodies), None)
+    assert not model.errors
+    out = resources(model, EnvoyPorts())
+    snapshot = Snapshot.build(out, 1)  # raises on a dangling reference
+    for route_config in out[ROUTE].values():
+        assert isinstance(route_config, route_pb2.RouteConfiguration)
+        names = [vhost.name for vhost in route_config.virtual_hosts]
+        assert len(names) == len(set(names))
+        domains = [d for v in route_config.virtual_hosts for d in v.domains]
+        assert len(domains) == len(set(domains))
+    assert referenced_clusters(out[ROUTE]) <= set(snapshot.entries(CLUSTER))

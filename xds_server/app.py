@@ -1,0 +1,201 @@
+"""`xds-server serve`: the control plane's process life, in three phases like the sidecar's.
+
+startup() binds gRPC and HTTP; main_loop() turns every change of the manifests into a
+snapshot (sources -> model -> translate -> cache) until SIGTERM; shutdown() stops accepting,
+gives streams a bounded grace to finish so proxies move to another replica, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from xds_server import model as model_mod
+from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotStore
+from xds_server.metrics import XdsMetrics
+from xds_server.server import AggregatedDiscovery
+from xds_server.sources import DirectorySource, Loaded
+from xds_server.translate import EnvoyPorts, resources
+
+STOP_GRACE = 5.0
+"""Seconds streams get to finish on SIGTERM before they are cut (proxies reconnect elsewhere)."""
+
+MAX_MESSAGE = 64 * 2**20
+"""Largest gRPC message either way: a 10,000-route config fits many times over."""
+
+GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Streams are re-balanced across replicas: gRPC adds +-10% jitter to the age itself.
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 60_000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+
+log = logging.getLogger("xds_server")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    manifests: Path
+    grpc_host: str
+    grpc_port: int
+    http_host: str
+    http_port: int
+    ports: EnvoyPorts
+    ingress_class: str | None
+    certs_dir: Path | None
+
+
+class StartupError(Exception):
+    """A problem the operator must fix (port taken, unreadable certificates)."""
+
+
+class ControlPlane:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = XdsMetrics()
+        self.store = SnapshotStore()
+        self.servicer = AggregatedDiscovery(self.store, self.metrics)
+        self.source = DirectorySource(config.manifests)
+        self.should_exit = asyncio.Event()
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self._serial = 0
+
+    async def serve(self) -> int:
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def startup(self) -> None:
+        if not self.config.manifests.is_dir():
+            raise StartupError(f"manifests directory {self.config.manifests} does not exist")
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
+        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        try:
+            if self.config.certs_dir is None:
+                self.grpc_port = server.add_insecure_port(address)
+            else:
+                self.grpc_port = server.add_secure_port(
+                    address, _server_credentials(self.config.certs_dir)
+                )
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from exc
+        await server.start()
+        self._server = server
+        await self._start_http()
+        log.info(
+            "xds-server listening: gRPC %s, HTTP %s:%d",
+            address,
+            self.config.http_host,
+            self.http_port,
+        )
+
+    async def main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.should_exit.set)
+        feeder = asyncio.create_task(self._feed())
+        await self.should_exit.wait()
+        feeder.cancel()
+
+    async def shutdown(self) -> None:
+        log.info(
+            "stopping: no new streams; open streams get %.0fs to move to another replica",
+            STOP_GRACE,
+        )
+        if self._server is not None:
+            await self._server.stop(STOP_GRACE)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("xds-server stopped")
+
+    async def _feed(self) -> None:
+        async for loaded in self.source.watch():
+            self.apply(loaded)
+
+    def apply(self, loaded: Loaded) -> bool:
+        """Build and publish the snapshot for a set of objects; keep the last good on error."""
+        seen = time.monotonic()
+        built = model_mod.build(loaded.objects, self.config.ingress_class)
+        for error in loaded.errors + built.errors:
+            self.metrics.rejected.inc()
+            log.error("rejected: %s", error)
+        try:
+            snapshot = Snapshot.build(resources(built, self.config.ports), self._serial + 1)
+        except InconsistentSnapshot as exc:
+            log.error("snapshot not published, the last good one stays: %s", exc)
+            return False
+        if not self.store.publish(snapshot):
+            return False
+        self._serial = snapshot.serial
+        self.metrics.snapshots.inc()
+        self.metrics.ready.set(1)
+        asyncio.get_running_loop().create_task(self._observe_convergence(snapshot, seen))
+        return True
+
+    async def _observe_convergence(self, snapshot: Snapshot, seen: float) -> None:
+        """Change seen -> every connected proxy has ACKed it (or a newer snapshot came)."""
+        deadline = seen + 30
+        while time.monotonic() < deadline and self.store.current is snapshot:
+            if all(stream.converged(snapshot) for stream in self.servicer.streams):
+                self.metrics.convergence.observe(time.monotonic() - seen)
+                return
+            await asyncio.sleep(0.005)
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.config.http_host}:{self.config.http_port}: {exc.strerror}"
+            ) from exc
+        self.http_port = int(self._runner.addresses[0][1])
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready = self.store.current.serial > 0
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+
+def _server_credentials(certs_dir: Path) -> grpc.ServerCredentials:
+    """mTLS: the server's pair, and only clients signed by the CA (rotation is the certs issue)."""
+    try:
+        key = (certs_dir / "tls.key").read_bytes()
+        cert = (certs_dir / "tls.crt").read_bytes()
+        ca = (certs_dir / "ca.crt").read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read certificates in {certs_dir}: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )

@@ -1,0 +1,201 @@
+"""Command line: `xds-server serve` (the control plane) and `xds-server bootstrap` (Envoy's
+bootstrap). User mistakes end in one line on stderr and a non-zero status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shutdown_manager.cli import OneLineParser, help_formatter, host_port
+from shutdown_manager.logs import configure
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
+    return value
+
+
+def _directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {text}")
+    return path
+
+
+def _security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--certs-dir",
+        type=_directory,
+        metavar="DIR",
+        help="mutual TLS with certificates from DIR (tls.crt, tls.key, ca.crt; a Kubernetes "
+        "secret volume layout)",
+    )
+    group.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC: must be asked for explicitly"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="xds-server",
+        description="Kubernetes Ingress manifests -> Envoy config over ADS (SotW and delta).",
+        formatter_class=help_formatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the control plane",
+        formatter_class=help_formatter,
+        description="Serve ADS from a directory of Kubernetes manifests, reloaded on change.",
+    )
+    serve.add_argument(
+        "--manifests",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory of YAML/JSON manifests (Ingress, IngressClass, Service, "
+        "EndpointSlice, Secret)",
+    )
+    serve.add_argument(
+        "--listen",
+        type=host_port,
+        default="0.0.0.0:8001",
+        metavar="HOST:PORT",
+        help="gRPC (ADS) address",
+    )
+    serve.add_argument(
+        "--http-listen",
+        type=host_port,
+        default="0.0.0.0:8081",
+        metavar="HOST:PORT",
+        help="/healthz, /readyz and /metrics",
+    )
+    serve.add_argument(
+        "--envoy-address", default="0.0.0.0", help="address Envoy's ingress listeners bind"
+    )
+    serve.add_argument("--envoy-http-port", type=_port, default=8080, help="ingress_http port")
+    serve.add_argument("--envoy-https-port", type=_port, default=8443, help="ingress_https port")
+    serve.add_argument(
+        "--envoy-probe-port",
+        type=_port,
+        default=8002,
+        help="probe listener port (it lives in the bootstrap)",
+    )
+    serve.add_argument(
+        "--ingress-class",
+        default=None,
+        help="serve only Ingresses of this class (and class-less ones if this "
+        "IngressClass is the default); all when unset",
+    )
+    _security(serve)
+    _logging(serve)
+    boot = commands.add_parser(
+        "bootstrap",
+        help="write Envoy's bootstrap",
+        formatter_class=help_formatter,
+        description="Write Envoy's bootstrap JSON atomically: admin on a unix socket, ADS to the "
+        "xDS server (delta unless --sotw), the probe listener, mTLS through watched SDS files.",
+    )
+    boot.add_argument("out", type=Path, help="where to write the bootstrap")
+    boot.add_argument(
+        "--xds-address", type=host_port, required=True, metavar="HOST:PORT", help="the xDS server"
+    )
+    boot.add_argument(
+        "--admin-socket",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="unix socket of Envoy's admin API",
+    )
+    boot.add_argument(
+        "--node-id", default=os.environ.get("POD_NAME"), help="Envoy's node id (default: $POD_NAME)"
+    )
+    boot.add_argument(
+        "--node-cluster",
+        default=os.environ.get("ENVOY_CLUSTER", "envoy"),
+        help="Envoy's node cluster (default: $ENVOY_CLUSTER or envoy)",
+    )
+    boot.add_argument("--probe-port", type=_port, default=8002, help="probe listener port")
+    boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    _security(boot)
+    _logging(boot)
+    return parser
+
+
+def _logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="least severe level logged",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prog = f"xds-server {args.command}"
+    configure(args.log_format, args.log_level, logger_name="xds_server")
+    if args.command == "bootstrap":
+        return _bootstrap(prog, args)
+    import asyncio
+
+    from xds_server.app import ControlPlane, ServeConfig, StartupError
+    from xds_server.translate import EnvoyPorts
+
+    (grpc_host, grpc_port), (http_host, http_port) = args.listen, args.http_listen
+    config = ServeConfig(
+        manifests=args.manifests,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        http_host=http_host,
+        http_port=http_port,
+        ports=EnvoyPorts(args.envoy_address, args.envoy_http_port, args.envoy_https_port),
+        ingress_class=args.ingress_class,
+        certs_dir=args.certs_dir,
+    )
+    try:
+        return asyncio.run(ControlPlane(config).serve())
+    except StartupError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _bootstrap(prog: str, args: argparse.Namespace) -> int:
+    from xds_server.bootstrap import BootstrapConfig, write
+
+    if not args.node_id:
+        print(f"{prog}: error: --node-id is required (or set POD_NAME)", file=sys.stderr)
+        return 2
+    host, port = args.xds_address
+    config = BootstrapConfig(
+        xds_host=host,
+        xds_port=port,
+        admin_socket=args.admin_socket,
+        node_id=args.node_id,
+        node_cluster=args.node_cluster,
+        certs_dir=args.certs_dir,
+        sotw=args.sotw,
+        probe_port=args.probe_port,
+    )
+    try:
+        write(args.out, config)
+    except OSError as exc:
+        print(f"{prog}: error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""ADS over grpc.aio: state-of-the-world and delta streams, one task per stream.
+
+How it streams (what to send is the snapshot's business):
+
+* Order, make before break: clusters, endpoints, secrets, listeners, routes. A cluster that
+  routes the proxy has ACKed still use is kept (and its endpoints) until a route update
+  without it is ACKed, then removed.
+* Nothing is sent when nothing changed for that proxy; versions are content hashes.
+* NACKs (`error_detail`) are logged and counted per node; the rejected version is parked,
+  never re-sent, until the input changes.
+* SotW: stale nonces get no answer; listeners and clusters carry the full set. Delta: only
+  what changed plus `removed_resources`; subscription changes are honoured whatever nonce.
+* No lock is held while sending: each stream has its own queue and task; a slow or stuck
+  proxy only delays itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from xds_server.cache import Entry, Snapshot, SnapshotStore, type_version
+from xds_server.metrics import XdsMetrics
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, referenced_clusters
+
+WILDCARD_TYPES = {LISTENER, CLUSTER}
+log = logging.getLogger("xds_server.ads")
+_nonces = itertools.count(1)
+
+
+@dataclass
+class TypeState:
+    """One resource type on one stream."""
+
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    open_request: bool = False
+    nonce: str = ""
+    sent: dict[str, str] = field(default_factory=dict)  # name -> version sent (pending ACK)
+    acked: dict[str, str] = field(default_factory=dict)  # name -> version the proxy has
+    acked_entries: dict[str, Entry] = field(default_factory=dict)
+    sent_entries: dict[str, Entry] = field(default_factory=dict)
+    parked: set[tuple[str, str]] = field(default_factory=set)  # NACKed (name, version)
+    parked_version: str | None = None  # SotW: a NACKed type version
+    acked_version: str | None = None  # SotW: the type version the proxy has
+    responded: bool = False  # the first request of a type is always answered, even if empty
+    subscribed_seen: bool = False
+
+
+class Stream:
+    """Shared bookkeeping of one proxy's stream (both flavours)."""
+
+    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.node = "?"
+        self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+
+    def retained_clusters(self) -> set[str]:
+        """Clusters the proxy's ACKed routes still send traffic to."""
+        routes = {name: entry.message for name, entry in self.types[ROUTE].acked_entries.items()}
+        return referenced_clusters(routes)
+
+    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+        state = self.types[type_url]
+        entries = dict(snapshot.entries(type_url))
+        if type_url in (CLUSTER, ENDPOINT):
+            for name in self.retained_clusters() - set(entries):
+                kept = self.types[type_url].acked_entries.get(name)
+                if kept is not None:
+                    entries[name] = kept
+        if state.wildcard:
+            return entries
+        return {name: entry for name, entry in entries.items() if name in state.names}
+
+    def converged(self, snapshot: Snapshot) -> bool:
+        """The proxy has ACKed everything it subscribed to, as of `snapshot`."""
+        for type_url, state in self.types.items():
+            if not state.subscribed_seen:
+                continue  # never asked for this type
+            wanted = self.wanted(type_url, snapshot)
+            if {n: e.version for n, e in wanted.items()} != self._has(state):
+                return False
+        return True
+
+    def _has(self, state: TypeState) -> dict[str, str]:
+        return {n: e.version for n, e in state.acked_entries.items()}
+
+    def nack(self, type_url: str, error: status_pb2.Status) -> None:
+        self.metrics.nacks.labels(self.node, type_url.rsplit(".", 1)[-1]).inc()
+        log.warning(
+            "NACK from %s for %s: %s (parked until the input changes)",
+            self.node,
+            type_url.rsplit(".", 1)[-1],
+            error.message.splitlines()[0][:300] if error.message else "?",
+        )
+
+
+class SotwStream(Stream):
+    def handle(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot) -> None:
+        if request.node.id:
+            self.node = request.node.id
+        state = self.types.get(request.type_url)
+        if state is None:
+            return
+        if request.response_nonce and request.response_nonce != state.nonce:
+            return  # stale: a newer response is on its way
+        if request.HasField("error_detail"):
+            self.nack(request.type_url, request.error_detail)
+            state.parked_version = type_version(state.sent_entries)
+        elif request.response_nonce:
+            state.acked_entries = dict(state.sent_entries)
+            state.acked_version = type_version(state.acked_entries)
+        state.wildcard = request.type_url in WILDCARD_TYPES and not list(request.resource_names)
+        state.names = set(request.resource_names)
+        state.subscribed_seen = True
+        state.open_request = True
+        self.push(snapshot)
+
+    def push(self, snapshot: Snapshot) -> None:
+        for type_url in PUSH_ORDER:
+            state = self.types[type_url]
+            if not state.open_request:
+                continue
+            entries = self.wanted(type_url, snapshot)
+            version = type_version(entries)
+            if version in (state.acked_version, state.parked_version):
+                continue  # the proxy has it, or rejected exactly this
+            state.nonce = str(next(_nonces))
+            state.sent_entries = entries
+            state.open_request = False
+            self.metrics.pushes.labels(type_url.rsplit(".", 1)[-1]).inc()
+            self.out.put_nowait(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version,
+                    resources=[e.resource for e in entries.values()],
+                    type_url=type_url,
+                    nonce=state.nonce,
+                )
+            )
+
+
+class DeltaStream(Stream):
+    def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
+        if request.node.id:
+            self.node = request.node.id
+        state = self.types.get(request.type_url)
+        if state is None:
+            return
+        self._subscriptions(request, state)
+        if request.response_nonce and request.response_nonce == state.nonce:
+            if request.HasField("error_detail"):
+                self.nack(request.type_url, request.error_detail)
+                state.parked |= set(state.sent.items())
+            else:
+                for name, version in state.sent.items():
+                    if version:
+                        state.acked[name] = version
+                        state.acked_entries[name] = state.sent_entries[name]
+                    else:
+                        state.acked.pop(name, None)
+                        state.acked_entries.pop(name, None)
+            state.sent, state.sent_entries = {}, {}
+        state.open_request = True
+        self.push(snapshot)
+
+    def _subscriptions(
+        self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState
+    ) -> None:
+        subscribe = set(request.resource_names_subscribe)
+        if not state.subscribed_seen and request.type_url in WILDCARD_TYPES and not subscribe:
+            state.wildcard = True  # legacy wildcard: an empty first subscription
+        state.subscribed_seen = True
+        if "*" in subscribe:
+            state.wildcard = True
+            subscribe.discard("*")
+        state.names |= subscribe
+        for name in request.resource_names_unsubscribe:
+            if name == "*":
+                state.wildcard = False
+            state.names.discard(name)
+            state.acked.pop(name, None)
+            state.acked_entries.pop(name, None)
+        for name, version in request.initial_resource_versions.items():
+            state.acked.setdefault(name, version)
+
+    def push(self, snapshot: Snapshot) -> None:
+        for type_url in PUSH_ORDER:
+            state = self.types[type_url]
+            if not state.open_request or state.sent:
+                continue
+            wanted = self.wanted(type_url, snapshot)
+            changed = [
+                e
+                for n, e in wanted.items()
+                if state.acked.get(n) != e.version and (n, e.version) not in state.parked
+            ]
+            removed = [n for n in state.acked if n not in wanted]
+            if not changed and not removed and state.responded:
+                continue
+            state.responded = True
+            state.nonce = str(next(_nonces))
+            state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
+            state.sent_entries = {e.name: e for e in changed}
+            state.open_request = False
+            self.metrics.pushes.labels(type_url.rsplit(".", 1)[-1]).inc()
+            self.out.put_nowait(
+                discovery_pb2.DeltaDiscoveryResponse(
+                    system_version_info=snapshot.version(type_url),
+                    resources=[
+                        discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
+                        for e in changed
+                    ],
+                    removed_resources=removed,
+                    type_url=type_url,
+                    nonce=state.nonce,
+                )
+            )
+
+
+class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.streams: set[Stream] = set()
+
+    async def StreamAggregatedResources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        async for response in self._serve(SotwStream(self.store, self.metrics), requests):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        async for response in self._serve(DeltaStream(self.store, self.metrics), requests):
+            yield response
+
+    async def _serve(
+        self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        self.streams.add(stream)
+        self.metrics.proxies.inc()
+        reader = asyncio.create_task(self._read(stream, requests))
+        watcher = asyncio.create_task(self._watch(stream))
+        try:
+            while True:
+                getter = asyncio.ensure_future(stream.out.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                yield getter.result()
+        finally:
+            reader.cancel()
+            watcher.cancel()
+            self.streams.discard(stream)
+            self.metrics.proxies.dec()
+
+    async def _read(self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]) -> None:
+        async for request in requests:
+            stream.handle(request, self.store.current)
+
+    async def _watch(self, stream: SotwStream | DeltaStream) -> None:
+        serial = self.store.current.serial
+        while True:
+            snapshot = await self.store.wait_after(serial)
+            serial = snapshot.serial
+            stream.push(snapshot)

@@ -1,0 +1,152 @@
+"""Kubernetes objects from a directory of manifests (the API source comes later).
+
+Every `*.yaml`/`*.yml`/`*.json` file may hold several documents. A file that does not parse
+keeps its previous objects (the last good config stays), and every rejected file or object
+gets one log line naming the file, kind and name. The directory is polled: a change is a
+different (name, size, mtime) set, so an atomic rename, an edit in place and a kubelet-style
+`..data` swap are all seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KNOWN_KINDS = {
+    ("networking.k8s.io/v1", "Ingress"),
+    ("networking.k8s.io/v1", "IngressClass"),
+    ("v1", "Service"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+    ("v1", "Secret"),
+}
+SUFFIXES = (".yaml", ".yml", ".json")
+POLL_INTERVAL = 0.1
+"""Seconds between looks at the directory: a change reaches Envoy well within this."""
+
+
+@dataclass(frozen=True)
+class KubeObject:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    body: dict[str, Any]
+    source: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+@dataclass
+class Loaded:
+    objects: list[KubeObject] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_documents(text: str, source: str) -> Loaded:
+    """Objects of one file; raise ValueError when the file itself does not parse."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    loaded = Loaded()
+    for document in documents:
+        items = (
+            document.get("items")
+            if isinstance(document, dict) and document.get("kind", "").endswith("List")
+            else [document]
+        )
+        for item in items or []:
+            obj, error = _object(item, source)
+            if error:
+                loaded.errors.append(error)
+            elif obj is not None:
+                loaded.objects.append(obj)
+    return loaded
+
+
+def _object(item: Any, source: str) -> tuple[KubeObject | None, str | None]:
+    if not isinstance(item, dict):
+        return None, f"{source}: a document is not a mapping"
+    api_version, kind = item.get("apiVersion"), item.get("kind")
+    metadata = item.get("metadata") or {}
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    label = f"{source}: {kind or '?'} {name or '?'}"
+    if not isinstance(api_version, str) or not isinstance(kind, str) or not isinstance(name, str):
+        return None, f"{label}: needs apiVersion, kind and metadata.name"
+    if (api_version, kind) not in KNOWN_KINDS:
+        return None, None  # other kinds are not ours: ignored silently
+    namespace = metadata.get("namespace") or "default"
+    return KubeObject(api_version, kind, str(namespace), name, item, source), None
+
+
+class DirectorySource:
+    """All objects of a directory, re-read when it changes; per-file last good content."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._good: dict[Path, list[KubeObject]] = {}
+        self._stamp: tuple[tuple[str, int, int], ...] = ()
+
+    def _files(self) -> list[Path]:
+        return sorted(
+            p
+            for p in self.directory.rglob("*")
+            if p.suffix in SUFFIXES and p.is_file() and ".." not in p.parts
+        )
+
+    def stamp(self) -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in self._files():
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((str(path), info.st_size, info.st_mtime_ns))
+        return tuple(found)
+
+    def load(self) -> Loaded:
+        """Read everything now: rejected files keep their last good objects."""
+        result = Loaded()
+        present = set()
+        for path in self._files():
+            present.add(path)
+            source = str(path.relative_to(self.directory))
+            try:
+                loaded = parse_documents(path.read_text(), source)
+            except (ValueError, OSError, UnicodeDecodeError) as exc:
+                result.errors.append(
+                    str(exc) if isinstance(exc, ValueError) else f"{source}: {exc}"
+                )
+                result.objects.extend(self._good.get(path, []))
+                continue
+            self._good[path] = loaded.objects
+            result.objects.extend(loaded.objects)
+            result.errors.extend(loaded.errors)
+        for gone in set(self._good) - present:
+            del self._good[gone]
+        return result
+
+    async def watch(self) -> AsyncIterator[Loaded]:
+        """The objects now, then again after every change."""
+        while True:
+            stamp = self.stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                yield self.load()
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+def digest(objects: list[KubeObject]) -> str:
+    """A content digest of a set of objects, to tell a real change from a touch."""
+    hasher = hashlib.sha256()
+    for obj in sorted(objects, key=lambda o: (o.key, o.source)):
+        hasher.update(repr((obj.key, obj.body)).encode())
+    return hasher.hexdigest()
