@@ -1,0 +1,152 @@
+"""The ADS server with many synthetic proxies over real gRPC, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.ads_client import SyntheticProxy
+from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
+from xds_server.app import ControlPlane, ServeConfig
+from xds_server.translate import ROUTE, EnvoyPorts
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def many_routes(count: int, backend: str = "a") -> list[dict[str, Any]]:
+    paths = [(f"/r{n}", "Prefix", backend, 80) for n in range(count)]
+    return [
+        service("a", [("http", 80)]),
+        endpoint_slice("a", "http", 9000, ["127.0.0.1"]),
+        service("b", [("http", 80)]),
+        endpoint_slice("b", "http", 9001, ["127.0.0.1"]),
+        ingress("many", [rule("example.com", *paths)]),
+    ]
+
+
+@pytest.fixture
+async def plane(manifests: Path) -> AsyncIterator[ControlPlane]:
+    config = ServeConfig(manifests, "127.0.0.1", 0, "127.0.0.1", 0, EnvoyPorts(), None, None)
+    control = ControlPlane(config)
+    await control.startup()
+    feeder = asyncio.create_task(control._feed())
+    yield control
+    feeder.cancel()
+    await control.shutdown()
+
+
+def route_version(plane: ControlPlane) -> str:
+    return plane.store.current.entries(ROUTE)["ingress_http"].version
+
+
+async def changed(plane: ControlPlane, serial: int) -> None:
+    await asyncio.wait_for(plane.store.wait_after(serial), 10)
+
+
+async def test_a_stuck_proxy_never_delays_the_others(manifests: Path, plane: ControlPlane) -> None:
+    write_manifests(manifests, "app", many_routes(3000))
+    await changed(plane, 0)
+    address = f"127.0.0.1:{plane.grpc_port}"
+    stuck = await SyntheticProxy(address, "stuck", stuck=True).start()
+    proxies = [await SyntheticProxy(address, f"p{n}").start() for n in range(30)]
+    try:
+        first = route_version(plane)
+        assert all([await p.has_route_version(first, 20) for p in proxies])
+        serial = plane.store.current.serial
+        write_manifests(manifests, "app", many_routes(3000, backend="b"))
+        await changed(plane, serial)
+        second = route_version(plane)
+        assert second != first
+        assert all([await p.has_route_version(second, 10) for p in proxies])
+        assert "xds_connected_proxies 31.0" in plane.metrics.render().decode()
+    finally:
+        for proxy in [stuck, *proxies]:
+            await proxy.stop()
+
+
+async def test_nothing_is_sent_when_nothing_changed(manifests: Path, plane: ControlPlane) -> None:
+    write_manifests(manifests, "app", many_routes(10))
+    await changed(plane, 0)
+    proxy = await SyntheticProxy(f"127.0.0.1:{plane.grpc_port}", "p").start()
+    try:
+        assert await proxy.has_route_version(route_version(plane), 10)
+        await asyncio.sleep(0.3)
+        responses, serial = proxy.responses, plane.store.current.serial
+        write_manifests(manifests, "app", many_routes(10))  # same content, new file
+        (manifests / "unrelated.yaml").write_text(
+            "kind: ConfigMap\napiVersion: v1\nmetadata: {name: x}\n"
+        )
+        await asyncio.sleep(0.5)
+        assert plane.store.current.serial == serial, "no new snapshot for the same content"
+        assert proxy.responses == responses, "and nothing sent"
+    finally:
+        await proxy.stop()
+
+
+async def test_a_burst_of_changes_is_coalesced_and_the_last_one_wins(
+    manifests: Path, plane: ControlPlane
+) -> None:
+    write_manifests(manifests, "app", many_routes(10))
+    await changed(plane, 0)
+    proxy = await SyntheticProxy(f"127.0.0.1:{plane.grpc_port}", "p").start()
+    try:
+        start = plane.store.current.serial
+        for count in range(11, 41):
+            write_manifests(manifests, "app", many_routes(count))
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        assert plane.store.current.serial - start < 30, "bursts coalesce"
+        assert await proxy.has_route_version(route_version(plane), 10), "the last state arrives"
+        assert (
+            len(plane.store.current.entries(ROUTE)["ingress_http"].message.virtual_hosts[0].routes)
+            == 40
+        )
+    finally:
+        await proxy.stop()
+
+
+async def test_invalid_files_are_rejected_and_the_last_good_config_stays(
+    manifests: Path, plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_manifests(manifests, "app", many_routes(5))
+    await changed(plane, 0)
+    good = route_version(plane)
+    (manifests / "app.yaml").write_text("apiVersion: v1\nkind: [unclosed\n")
+    (manifests / "other.yaml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: broken}\nspec: {}\n"
+    )
+    await asyncio.sleep(0.5)
+    assert route_version(plane) == good, "the last good objects of app.yaml stay"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(e.startswith("rejected: app.yaml: not valid YAML") for e in errors), errors
+    assert any("other.yaml: Ingress default/broken: has no rules" in e for e in errors), errors
+    assert all("\n" not in e for e in errors)
+
+
+async def test_sigterm_stops_accepting_and_exits_within_the_grace(
+    workdir: Path, manifests: Path
+) -> None:
+    write_manifests(manifests, "app", many_routes(5))
+    server = await XdsServer(workdir, manifests).start()
+    proxy = await SyntheticProxy(f"127.0.0.1:{server.grpc_port}", "p").start()
+    try:
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            while server.proc.poll() is None:  # noqa: ASYNC110 - a child process
+                await asyncio.sleep(0.05)
+        assert server.proc.returncode == 0
+        assert time.monotonic() - started < 5 + 3
+        assert "stopping: no new streams" in server.log()
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.stop()
+        server.stop()
