@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.route.v3 import route_pb2
 
 from tests.harness.ads_client import SyntheticProxy
 from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
@@ -104,10 +105,9 @@ async def test_a_burst_of_changes_is_coalesced_and_the_last_one_wins(
         await asyncio.sleep(0.5)
         assert plane.store.current.serial - start < 30, "bursts coalesce"
         assert await proxy.has_route_version(route_version(plane), 10), "the last state arrives"
-        assert (
-            len(plane.store.current.entries(ROUTE)["ingress_http"].message.virtual_hosts[0].routes)
-            == 40
-        )
+        routes = plane.store.current.entries(ROUTE)["ingress_http"].message
+        assert isinstance(routes, route_pb2.RouteConfiguration)
+        assert len(routes.virtual_hosts[0].routes) == 40
     finally:
         await proxy.stop()
 
