@@ -93,10 +93,14 @@ def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -
 
 
 class XdsServer:
-    def __init__(self, workdir: Path, manifests: Path, *flags: str) -> None:
+    def __init__(
+        self, workdir: Path, manifests: Path, *flags: str, certs_dir: Path | None = None
+    ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.envoy_http_port = free_port()
+        self.envoy_https_port = free_port()
+        security = ["--certs-dir", str(certs_dir)] if certs_dir else ["--insecure"]
         self.log_path = workdir / f"xds-{self.grpc_port}.log"
         self.args = [
             *XDS,
@@ -112,8 +116,8 @@ class XdsServer:
             "--envoy-http-port",
             str(self.envoy_http_port),
             "--envoy-https-port",
-            str(free_port()),
-            "--insecure",
+            str(self.envoy_https_port),
+            *security,
             "--log-format",
             "json",
             *flags,
@@ -160,7 +164,15 @@ class XdsServer:
 class XdsEnvoy:
     """An Envoy whose whole config comes from the xDS server (bootstrap by `xds-server`)."""
 
-    def __init__(self, workdir: Path, server: XdsServer, node: str, sotw: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        server: XdsServer,
+        node: str,
+        sotw: bool = False,
+        certs_dir: Path | None = None,
+    ) -> None:
+        self.certs_dir = certs_dir
         self.workdir = workdir / node
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server = server
@@ -182,7 +194,7 @@ class XdsEnvoy:
                 str(self.admin_socket),
                 "--node-id",
                 self.node,
-                "--insecure",
+                *(["--certs-dir", str(self.certs_dir)] if self.certs_dir else ["--insecure"]),
                 "--probe-port",
                 str(free_port()),
                 *(["--sotw"] if self.sotw else []),

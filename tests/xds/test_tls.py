@@ -1,0 +1,150 @@
+"""TLS both ways: Ingress TLS served by SNI with certificates over SDS, and Envoy talking to
+the xDS server over mutual TLS set up by `xds-server bootstrap --certs-dir`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from tests.harness.backend import Backend
+from tests.harness.pki import Authority
+from tests.harness.xds import (
+    XdsEnvoy,
+    XdsServer,
+    endpoint_slice,
+    ingress,
+    rule,
+    service,
+    write_manifests,
+)
+from xds_server.translate import LISTENER
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def tls_secret(name: str, certificate: bytes, key: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {
+            "tls.crt": base64.b64encode(certificate).decode(),
+            "tls.key": base64.b64encode(key).decode(),
+        },
+    }
+
+
+async def https_get(port: int, host: str, ca: bytes) -> tuple[str, list[str]]:
+    """GET / over TLS with SNI `host`: the body and the DNS names of the served certificate."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=host
+    )
+    peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    names = x509.load_der_x509_certificate(peer).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
+    writer.close()
+    return body, names.value.get_values_for_type(x509.DNSName)
+
+
+async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
+    workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
+) -> None:
+    ca = Authority()
+    foo, bar = ca.issue("foo", ["foo.example.com"]), ca.issue("bar", ["bar.example.com"])
+    objects: list[dict[str, Any]] = []
+    for name in "ab":
+        objects += [
+            service(name, [("http", 80)]),
+            endpoint_slice(name, "http", backends[name].port, ["127.0.0.1"]),
+        ]
+    objects += [
+        tls_secret("foo-tls", foo.certificate, foo.key),
+        tls_secret("bar-tls", bar.certificate, bar.key),
+        ingress(
+            "web",
+            [
+                rule("foo.example.com", ("/", "Prefix", "a", 80)),
+                rule("bar.example.com", ("/", "Prefix", "b", 80)),
+            ],
+            tls=[
+                {"hosts": ["foo.example.com"], "secretName": "foo-tls"},
+                {"hosts": ["bar.example.com"], "secretName": "bar-tls"},
+            ],
+        ),
+    ]
+    write_manifests(manifests, "app", objects)
+    server = await XdsServer(workdir, manifests).start()
+    processes.append(server)
+    envoy = XdsEnvoy(workdir, server, "tls-node")
+    processes.append(envoy)
+    await envoy.start()
+    for _ in range(100):  # the https listener warms until its secrets arrive
+        try:
+            body, names = await https_get(server.envoy_https_port, "foo.example.com", ca.pem)
+            break
+        except (OSError, ssl.SSLError):
+            await asyncio.sleep(0.1)
+    assert (body, names) == ("a", ["foo.example.com"])
+    assert await https_get(server.envoy_https_port, "bar.example.com", ca.pem) == (
+        "b",
+        ["bar.example.com"],
+    )
+
+
+async def test_envoy_gets_its_config_over_mutual_tls_and_strangers_are_refused(
+    workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
+) -> None:
+    ca = Authority()
+    server_dir = ca.write_dir(
+        workdir / "server-certs", ca.issue("xds-server", ["xds-server", "127.0.0.1"])
+    )
+    client_dir = ca.write_dir(workdir / "envoy-certs", ca.issue("envoy", ["envoy"], client=True))
+    write_manifests(
+        manifests,
+        "app",
+        [
+            service("a", [("http", 80)]),
+            endpoint_slice("a", "http", backends["a"].port, ["127.0.0.1"]),
+            ingress("i", [rule(None, ("/", "Prefix", "a", 80))]),
+        ],
+    )
+    server = await XdsServer(workdir, manifests, certs_dir=server_dir).start()
+    processes.append(server)
+    envoy = XdsEnvoy(workdir, server, "mtls-node", certs_dir=client_dir)
+    processes.append(envoy)
+    await envoy.start()  # waits for ingress_http, which only the server can give
+    assert (await envoy.stats(r"^cluster\.xds_cluster\.ssl\.handshake$"))[
+        "cluster.xds_cluster.ssl.handshake"
+    ] >= 1
+
+    other = Authority("someone-else")
+    for client in (None, other.issue("envoy", ["envoy"], client=True)):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.pem,
+            private_key=client.key if client else None,
+            certificate_chain=client.certificate if client else None,
+        )
+        options = [("grpc.ssl_target_name_override", "xds-server")]
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{server.grpc_port}", credentials, options
+        ) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.DeltaAggregatedResources(
+                iter([discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER)])
+            )
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for _ in call:
+                    pass
