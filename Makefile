@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup debian demo bench readme clean
+.PHONY: test lint typecheck pytest setup debian demo bench bench-xds readme clean
 
 test: setup lint typecheck pytest
 
@@ -38,6 +38,9 @@ pytest: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain.py
+
+bench-xds: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/xds.py
 
 readme: setup
 	$(PY) -m shutdown_manager.reference README.md

@@ -23,20 +23,20 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def render() -> str:
-    parser = build_parser()
-    parts = [
-        START,
-        "",
-        "```text",
-        "$ shutdown-manager --help",
-        parser.format_help().rstrip(),
-        "```",
-    ]
+def _command(program: str, parser: argparse.ArgumentParser) -> list[str]:
+    parts = [f"### `{program}`", "", "```text", f"$ {program} --help"]
+    parts += [parser.format_help().rstrip(), "```"]
     for name, sub in _subparsers(parser).items():
-        parts += ["", f"#### `shutdown-manager {name}`", "", "```text"]
-        parts += [f"$ shutdown-manager {name} --help", sub.format_help().rstrip(), "```"]
-    parts += ["", END]
+        parts += ["", f"#### `{program} {name}`", "", "```text"]
+        parts += [f"$ {program} {name} --help", sub.format_help().rstrip(), "```"]
+    return parts
+
+
+def render() -> str:
+    from xds_server.cli import build_parser as build_xds_parser
+
+    parts = [START, "", *_command("shutdown-manager", build_parser()), ""]
+    parts += [*_command("xds-server", build_xds_parser()), "", END]
     return "\n".join(parts)
 
 

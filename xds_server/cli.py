@@ -116,13 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="unix socket of Envoy's admin API",
     )
+    boot.add_argument("--node-id", default=None, help="Envoy's node id; $POD_NAME when not given")
     boot.add_argument(
-        "--node-id", default=os.environ.get("POD_NAME"), help="Envoy's node id (default: $POD_NAME)"
-    )
-    boot.add_argument(
-        "--node-cluster",
-        default=os.environ.get("ENVOY_CLUSTER", "envoy"),
-        help="Envoy's node cluster (default: $ENVOY_CLUSTER or envoy)",
+        "--node-cluster", default=None, help="Envoy's node cluster; $ENVOY_CLUSTER or envoy"
     )
     boot.add_argument("--probe-port", type=_port, default=8002, help="probe listener port")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
@@ -175,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _bootstrap(prog: str, args: argparse.Namespace) -> int:
     from xds_server.bootstrap import BootstrapConfig, write
 
-    if not args.node_id:
+    node_id = args.node_id or os.environ.get("POD_NAME")
+    node_cluster = args.node_cluster or os.environ.get("ENVOY_CLUSTER", "envoy")
+    if not node_id:
         print(f"{prog}: error: --node-id is required (or set POD_NAME)", file=sys.stderr)
         return 2
     host, port = args.xds_address
@@ -183,8 +181,8 @@ def _bootstrap(prog: str, args: argparse.Namespace) -> int:
         xds_host=host,
         xds_port=port,
         admin_socket=args.admin_socket,
-        node_id=args.node_id,
-        node_cluster=args.node_cluster,
+        node_id=node_id,
+        node_cluster=node_cluster,
         certs_dir=args.certs_dir,
         sotw=args.sotw,
         probe_port=args.probe_port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,11 @@ KNOWN_KINDS = {
     ("v1", "Secret"),
 }
 SUFFIXES = (".yaml", ".yml", ".json")
-POLL_INTERVAL = 0.1
-"""Seconds between looks at the directory: a change reaches Envoy well within this."""
+POLL_INTERVAL = 0.05
+"""Seconds between looks at the directory (a stat per file): the delay a change may wait."""
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when present: ten times faster on big manifests."""
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,24 @@ class Loaded:
     errors: list[str] = field(default_factory=list)
 
 
-def parse_documents(text: str, source: str) -> Loaded:
-    """Objects of one file; raise ValueError when the file itself does not parse."""
+def _documents(text: str, source: str) -> list[Any]:
+    """JSON (a subset of YAML) parses 50x faster, so a JSON file is read as JSON."""
+    if source.endswith(".json") or text.lstrip().startswith(("{", "[")):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # YAML flow style can look like JSON; let the YAML parser judge
+        else:
+            return [document] if document is not None else []
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=_LOADER) if doc is not None]
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def parse_documents(text: str, source: str) -> Loaded:
+    """Objects of one file; raise ValueError when the file itself does not parse."""
+    documents = _documents(text, source)
     loaded = Loaded()
     for document in documents:
         items = (
@@ -93,6 +109,7 @@ class DirectorySource:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._good: dict[Path, list[KubeObject]] = {}
+        self._parsed: dict[Path, tuple[tuple[int, int], Loaded]] = {}  # only changed files re-parse
         self._stamp: tuple[tuple[str, int, int], ...] = ()
 
     def _files(self) -> list[Path]:
@@ -120,7 +137,7 @@ class DirectorySource:
             present.add(path)
             source = str(path.relative_to(self.directory))
             try:
-                loaded = parse_documents(path.read_text(), source)
+                loaded = self._parse(path, source)
             except (ValueError, OSError, UnicodeDecodeError) as exc:
                 result.errors.append(
                     str(exc) if isinstance(exc, ValueError) else f"{source}: {exc}"
@@ -132,7 +149,19 @@ class DirectorySource:
             result.errors.extend(loaded.errors)
         for gone in set(self._good) - present:
             del self._good[gone]
+        for gone in set(self._parsed) - present:
+            del self._parsed[gone]
         return result
+
+    def _parse(self, path: Path, source: str) -> Loaded:
+        info = path.stat()
+        stamp = (info.st_size, info.st_mtime_ns)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        loaded = parse_documents(path.read_text(), source)
+        self._parsed[path] = (stamp, loaded)
+        return loaded
 
     async def watch(self) -> AsyncIterator[Loaded]:
         """The objects now, then again after every change."""

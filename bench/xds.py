@@ -1,0 +1,352 @@
+"""xDS benchmark: how fast one changed route reaches Envoy, and what it costs.
+
+Run: `make bench-xds` (or `python bench/xds.py [--quick] [--churn SECONDS]`). Prints:
+
+1. Change -> first successful request through a real Envoy (delta ADS), p50/p99, for 100,
+   1,000 and 10,000 routes: one route's backend is changed in the manifests (an atomic
+   rename, as a deploy tool writes), and a client polls that path until the new backend
+   answers. Includes the server's own change detection (it polls the directory).
+2. Change -> all ACKed, for 100 synthetic delta proxies on the same server.
+3. Bytes one change costs a proxy, SotW against delta, through the server's real stream code.
+4. Server CPU and peak RSS over the run, and RSS before and after `--churn` seconds of
+   continuous changes (it must not grow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+# This file's name shadows the `xds` package the Envoy protos import: drop its directory.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from tests.harness.ads_client import SyntheticProxy
+from tests.harness.backend import Backend
+from tests.harness.xds import (
+    XdsEnvoy,
+    XdsServer,
+    endpoint_slice,
+    ingress,
+    rule,
+    service,
+    write_manifests,
+)
+from xds_server import model
+from xds_server.cache import Snapshot
+from xds_server.metrics import XdsMetrics
+from xds_server.server import DeltaStream, SotwStream
+from xds_server.sources import parse_documents
+from xds_server.translate import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    EnvoyPorts,
+    resources,
+)
+
+
+def routes_manifest(
+    count: int, flipped: int | None, ports: dict[str, int], services: int = 0
+) -> list[dict[str, Any]]:
+    """`count` routes over 10 hosts to backend a, route `flipped` (if any) to b; with
+    `services`, the routes spread over that many more services (fake endpoints)."""
+    objects: list[dict[str, Any]] = []
+    for name in "ab":
+        objects += [
+            service(name, [("http", 80)]),
+            endpoint_slice(name, "http", ports[name], ["127.0.0.1"]),
+        ]
+    extra = [f"s{n}" for n in range(services)]
+    for name in extra:
+        objects += [service(name, [("http", 80)]), endpoint_slice(name, "http", 9100, ["10.1.0.1"])]
+    per_host = max(1, count // 10)
+    rules = []
+    for host in range((count + per_host - 1) // per_host):
+        paths = []
+        for n in range(host * per_host, min(count, (host + 1) * per_host)):
+            target = "b" if n == flipped else (extra[n % services] if services else "a")
+            paths.append((f"/r{n}", "Prefix", target, 80))
+        rules.append(rule(f"h{host}.example.com", *paths))
+    objects.append(ingress("bench", rules))
+    return objects
+
+
+def prepared(manifests: Path, objects: list[dict[str, Any]]) -> Path:
+    """The manifests rendered to a hidden file now, so that only the rename is timed."""
+    import yaml
+
+    tmp = manifests / ".routes.next"
+    tmp.write_text(yaml.safe_dump_all(objects))
+    return tmp
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]:
+    backends = {name: await Backend(name).start() for name in "ab"}
+    ports = {name: b.port for name, b in backends.items()}
+    manifests = work / "manifests"
+    manifests.mkdir(parents=True)
+    write_manifests(manifests, "routes", routes_manifest(count, None, ports))
+    server = await XdsServer(work, manifests).start()
+    envoy = XdsEnvoy(work, server, f"bench-{count}")
+    process = psutil.Process(server.proc.pid if server.proc else 0)
+    samples: list[float] = []
+    peak = 0
+    try:
+        await envoy.start()
+        per_host = max(1, count // 10)
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            await _until(client, envoy.url("/r0"), "h0.example.com", "a")
+            cpu_before = sum(process.cpu_times()[:2])
+            for run in range(runs):
+                target = (run * 7919) % count
+                host = f"h{target // per_host}.example.com"
+                ready = prepared(manifests, routes_manifest(count, target, ports))
+                started = time.monotonic()
+                ready.rename(manifests / "routes.yaml")
+                await _until(client, envoy.url(f"/r{target}"), host, "b")
+                samples.append(time.monotonic() - started)
+                peak = max(peak, process.memory_info().rss)
+            cpu = sum(process.cpu_times()[:2]) - cpu_before
+        fanout = await fan_out(server, manifests, count, ports, runs=max(3, runs // 3))
+    finally:
+        envoy.stop()
+        server.stop()
+        for backend in backends.values():
+            await backend.stop()
+    return {
+        "routes": f"{count:,}",
+        "change -> request p50": f"{statistics.median(samples) * 1000:.0f} ms",
+        "p99": f"{pct(samples, 0.99) * 1000:.0f} ms",
+        "100 proxies ACKed p50 / p99": fanout,
+        "server CPU per change": f"{cpu / runs * 1000:.0f} ms",
+        "server peak RSS": f"{peak / 2**20:.0f} MiB",
+    }
+
+
+async def _until(
+    client: httpx.AsyncClient, url: str, host: str, body: str, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = await client.get(url, headers={"Host": host})
+            if response.status_code == 200 and response.text == body:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.002)
+    raise TimeoutError(f"{url} never answered {body}")
+
+
+async def fan_out(
+    server: XdsServer, manifests: Path, count: int, ports: dict[str, int], runs: int
+) -> str:
+    address = f"127.0.0.1:{server.grpc_port}"
+    proxies = [await SyntheticProxy(address, f"synthetic-{n}").start() for n in range(100)]
+    samples: list[float] = []
+    try:
+        await _all_have_some_route(proxies)
+        for run in range(runs):
+            before = {id(p): p.routes.get("ingress_http") for p in proxies}
+            ready = prepared(manifests, routes_manifest(count, (run * 31) % count, ports))
+            started = time.monotonic()
+            ready.rename(manifests / "routes.yaml")
+            while not all(
+                p.routes.get("ingress_http") not in (None, before[id(p)]) for p in proxies
+            ):
+                if time.monotonic() - started > 60:
+                    raise TimeoutError("fan-out did not complete")
+                await asyncio.sleep(0.002)
+            samples.append(time.monotonic() - started)
+    finally:
+        for proxy in proxies:
+            await proxy.stop()
+    return f"{statistics.median(samples) * 1000:.0f} / {pct(samples, 0.99) * 1000:.0f} ms"
+
+
+async def _all_have_some_route(proxies: list[SyntheticProxy]) -> None:
+    deadline = time.monotonic() + 60
+    while not all("ingress_http" in p.routes for p in proxies):
+        if time.monotonic() > deadline:
+            raise TimeoutError("proxies did not sync")
+        await asyncio.sleep(0.01)
+
+
+# -- bytes per change: the server's own stream code, in process --------------------------
+
+
+def _snapshot(count: int, flipped: int | None, endpoints: int, serial: int) -> Snapshot:
+    import yaml
+
+    ports = {"a": 9000, "b": 9001}
+    objects = routes_manifest(count, flipped, ports, services=BYTES_SERVICES)
+    addresses = [f"10.0.{i // 250}.{i % 250}" for i in range(endpoints)]
+    objects[5] = endpoint_slice("s0", "http", 9100, addresses)  # after a, b and s0's Service
+    loaded = parse_documents(yaml.safe_dump_all(objects), "bench.yaml")
+    built = model.build(loaded.objects, None)
+    return Snapshot.build(resources(built, EnvoyPorts()), serial)
+
+
+def _sync(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> None:
+    """Bring a stream to `snapshot` the way Envoy would: request every type, ACK everything."""
+    names = {
+        CLUSTER: [],
+        LISTENER: [],
+        ENDPOINT: list(snapshot.entries(CLUSTER)),
+        ROUTE: ["ingress_http"],
+    }
+    for type_url in PUSH_ORDER:
+        if type_url not in names:
+            continue
+        if isinstance(stream, SotwStream):
+            stream.handle(
+                discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names[type_url]),
+                snapshot,
+            )
+        else:
+            stream.handle(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url, resource_names_subscribe=names[type_url]
+                ),
+                snapshot,
+            )
+    _drain_acks(stream, snapshot)
+
+
+def _drain_acks(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> int:
+    sent = 0
+    while not stream.out.empty():
+        response = stream.out.get_nowait()
+        sent += response.ByteSize()
+        if isinstance(stream, SotwStream):
+            stream.handle(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=response.type_url,
+                    version_info=response.version_info,
+                    response_nonce=response.nonce,
+                    resource_names=list(stream.types[response.type_url].names),
+                ),
+                snapshot,
+            )
+        else:
+            stream.handle(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=response.type_url, response_nonce=response.nonce
+                ),
+                snapshot,
+            )
+    return sent
+
+
+BYTES_SERVICES = 50
+"""Services the routes spread over in the bytes table (SotW resends all of them)."""
+
+
+def bytes_per_change(count: int) -> dict[str, str]:
+    base = _snapshot(count, None, 100, 1)
+    changes = {
+        "one route": _snapshot(count, 1, 100, 2),
+        "one endpoint": _snapshot(count, None, 101, 2),
+    }
+    row = {"routes": f"{count:,}"}
+    for label, changed in changes.items():
+        for flavour in (SotwStream, DeltaStream):
+            from xds_server.cache import SnapshotStore
+
+            stream = flavour(SnapshotStore(), XdsMetrics())
+            _sync(stream, base)
+            stream.push(changed)
+            row[f"{label}: {'SotW' if flavour is SotwStream else 'delta'}"] = (
+                f"{_drain_acks(stream, changed) / 1024:.1f} KiB"
+            )
+    return row
+
+
+async def churn(seconds: float, work: Path) -> dict[str, str]:
+    """RSS of the server before and after `seconds` of changes every 50 ms (100 routes)."""
+    manifests = work / "churn"
+    manifests.mkdir(parents=True)
+    ports = {"a": 9000, "b": 9001}
+    write_manifests(manifests, "routes", routes_manifest(1000, None, ports))
+    server = await XdsServer(work, manifests).start()
+    proxies = [
+        await SyntheticProxy(f"127.0.0.1:{server.grpc_port}", f"c{n}").start() for n in range(10)
+    ]
+    try:
+        process = psutil.Process(server.proc.pid if server.proc else 0)
+        await asyncio.sleep(1)
+        warm = time.monotonic() + min(10.0, seconds / 4)
+        end = time.monotonic() + seconds
+        step, before = 0, 0
+        while time.monotonic() < end:
+            if not before and time.monotonic() > warm:
+                before = process.memory_info().rss
+            step += 1
+            write_manifests(manifests, "routes", routes_manifest(1000, step % 1000, ports))
+            await asyncio.sleep(0.05)
+        after = process.memory_info().rss
+    finally:
+        for proxy in proxies:
+            await proxy.stop()
+        server.stop()
+    return {
+        "churn": f"{seconds:g} s, {step} changes, 10 proxies",
+        "RSS after warm-up": f"{before / 2**20:.1f} MiB",
+        "RSS at the end": f"{after / 2**20:.1f} MiB",
+    }
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+async def main(quick: bool, churn_seconds: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-xds-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        sizes = (
+            ((100, 20), (1_000, 20), (10_000, 10))
+            if not quick
+            else ((100, 5), (1_000, 5), (10_000, 3))
+        )
+        rows = [await change_to_request(count, runs, root / str(count)) for count, runs in sizes]
+        print("### One changed route, through a real Envoy (delta ADS)\n")
+        print(table(rows))
+        print(
+            f"\n### Bytes one change costs a proxy "
+            f"({BYTES_SERVICES} clusters, 100 endpoints in one)\n"
+        )
+        print(table([bytes_per_change(count) for count, _ in sizes]))
+        if churn_seconds:
+            print("\n### Server memory under churn\n")
+            print(table([await churn(churn_seconds, root)]))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="xDS control-plane benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    parser.add_argument("--churn", type=float, default=600, help="seconds of churn (0: skip)")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.churn))
