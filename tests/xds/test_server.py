@@ -108,9 +108,9 @@ async def test_a_burst_of_changes_is_coalesced_and_the_last_one_wins(
         assert await proxy.has_route_version(route_version(plane), 10), "the last state arrives"
         await asyncio.sleep(0.1)
         metrics = plane.metrics.render().decode()
-        count = re.search(r"^xds_convergence_seconds_count ([0-9.]+)$", metrics, re.M)
-        assert count is not None
-        assert float(count.group(1)) >= 1, "change seen -> all proxies ACKed, measured"
+        measured = re.search(r"^xds_convergence_seconds_count ([0-9.]+)$", metrics, re.M)
+        assert measured is not None
+        assert float(measured.group(1)) >= 1, "change seen -> all proxies ACKed, measured"
         routes = plane.store.current.entries(ROUTE)["ingress_http"].message
         assert isinstance(routes, route_pb2.RouteConfiguration)
         assert len(routes.virtual_hosts[0].routes) == 40
