@@ -2,9 +2,10 @@
 
 The story, on this machine, in under half a minute:
 
-1. A backend, and a pod of real processes started by the kubelet-faithful pod runner: Envoy
-   1.40 (static bootstrap; admin on a unix socket in the pod's shared directory) and the
-   `shutdown-manager serve` sidecar, wired as our manifests wire them.
+1. A backend, `xds-server` reading a directory of Kubernetes manifests (Service,
+   EndpointSlice, Ingress), and a pod of real processes started by the kubelet-faithful pod
+   runner: Envoy 1.40 (bootstrap from `xds-server bootstrap`, routes over delta ADS, admin on a
+   unix socket in the pod's shared directory) and the `shutdown-manager serve` sidecar.
 2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed, long streaming
    responses, a TCP-proxy tunnel, an idle pooled client, and fresh connections.
 3. The pod is deleted: both preStop hooks start in parallel (Envoy's httpGet `/shutdown`,
@@ -41,6 +42,7 @@ from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
 from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
 from tests.harness.h2client import h2_load
+from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
 
 LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""
@@ -172,17 +174,28 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
 
 async def story(work: Path, timeline_png: Path | None) -> int:
     backend = await Backend().start()
+    manifests = work / "manifests"
+    manifests.mkdir()
+    write_manifests(manifests, "app", [
+        service("backend", [("http", 80)]),
+        endpoint_slice("backend", "http", backend.port, ["127.0.0.1"]),
+        ingress("demo", [rule(None, ("/", "Prefix", "backend", 80))]),
+    ])  # fmt: skip
+    xds = await XdsServer(work, manifests).start()
     pod = envoy_pod(
-        work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE
-    )
+        work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
+        xds=xds,
+    )  # fmt: skip
     try:
         await pod.start()
         console.print(
-            f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar"
+            f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar; "
+            f"its routes come from xds-server (delta ADS) reading {manifests.name}/"
         )
         return await run(pod, timeline_png)
     finally:
         pod.pod.kill()
+        xds.stop()
         await backend.stop()
 
 

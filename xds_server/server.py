@@ -2,9 +2,10 @@
 
 How it streams (what to send is the snapshot's business):
 
-* Order, make before break: clusters, endpoints, secrets, listeners, routes. A cluster that
-  routes the proxy has ACKed still use is kept (and its endpoints) until a route update
-  without it is ACKed, then removed.
+* Order, make before break: clusters, endpoints, secrets, listeners, routes. Routes are held
+  until the proxy has ACKed every cluster they use and that cluster's endpoints (a warming
+  cluster is unknown to Envoy's router: 503). A cluster that routes the proxy has ACKed still
+  use is kept (and its endpoints) until a route update without it is ACKed, then removed.
 * Nothing is sent when nothing changed for that proxy; versions are content hashes.
 * NACKs (`error_detail`) are logged and counted per node; the rejected version is parked,
   never re-sent, until the input changes.
@@ -82,6 +83,15 @@ class Stream:
             return entries
         return {name: entry for name, entry in entries.items() if name in state.names}
 
+    def ready_for(self, type_url: str, entries: dict[str, Entry]) -> bool:
+        """Routes wait until the proxy has ACKed every cluster they use, and its endpoints:
+        a cluster still warming is unknown to Envoy's router, which would answer 503."""
+        if type_url != ROUTE:
+            return True
+        used = referenced_clusters({name: entry.message for name, entry in entries.items()})
+        warm = set(self.types[CLUSTER].acked_entries) & set(self.types[ENDPOINT].acked_entries)
+        return used <= warm
+
     def converged(self, snapshot: Snapshot) -> bool:
         """The proxy has ACKed everything it subscribed to, as of `snapshot`."""
         for type_url, state in self.types.items():
@@ -135,6 +145,8 @@ class SotwStream(Stream):
             version = type_version(entries)
             if version in (state.acked_version, state.parked_version):
                 continue  # the proxy has it, or rejected exactly this
+            if not self.ready_for(type_url, entries):
+                continue  # sent once the clusters it uses are warm
             state.nonce = str(next(_nonces))
             state.sent_entries = entries
             state.open_request = False
@@ -199,6 +211,8 @@ class DeltaStream(Stream):
             if not state.open_request or state.sent:
                 continue
             wanted = self.wanted(type_url, snapshot)
+            if not self.ready_for(type_url, wanted):
+                continue  # sent once the clusters it uses are warm
             changed = [
                 e
                 for n, e in wanted.items()

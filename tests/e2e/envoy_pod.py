@@ -2,17 +2,22 @@
 
 Containers: Envoy (`--drain-strategy immediate`, admin on a unix socket in a directory the
 two containers share) with a preStop httpGet on the sidecar's `/shutdown`; the sidecar
-(`shutdown-manager serve`) with `shutdown-manager drain` as its preStop exec hook.
+(`shutdown-manager serve`) with `shutdown-manager drain` as its preStop exec hook. Envoy's
+config comes from an xDS server when one is given (as deployed), else a static bootstrap.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.pod import Container, ExecHook, HttpGetHook, Pod, TerminationReport
-from tests.harness.envoy import Envoy, free_port
+from tests.harness.envoy import Envoy, free_port, tcp_listener
 from tests.harness.sidecar import COMMAND
+from tests.harness.xds import XDS, XdsServer
 
 MIN_DRAIN = 2.0
 DRAIN_TIMEOUT = 8.0
@@ -65,8 +70,10 @@ def envoy_pod(
     grace_period: float = GRACE_PERIOD,
     name: str = "envoy",
     ports: dict[str, int] | None = None,
+    xds: XdsServer | None = None,
 ) -> EnvoyPod:
-    """`ports` pins Envoy's listener ports (a load balancer's config names them)."""
+    """`ports` pins Envoy's listener ports (a load balancer's config names them); with `xds`,
+    Envoy's config comes from that xDS server instead of a static bootstrap."""
     shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
     shared.mkdir(parents=True, exist_ok=True)
     envoy = Envoy(
@@ -77,6 +84,8 @@ def envoy_pod(
         pin_ports=address != "127.0.0.1",
         ports=dict(ports or {}),
     )
+    if xds is not None:
+        envoy.config, envoy.ports = xds_bootstrap(xds, envoy, name)
     sidecar_port = free_port()
     control = str(shared / "shutdown-manager.sock")
     policy = policy_flags(min_drain, drain_timeout)
@@ -118,3 +127,22 @@ def envoy_pod(
     )
     pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
     return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared)
+
+
+def xds_bootstrap(xds: XdsServer, envoy: Envoy, name: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """`xds-server bootstrap`'s output, plus a static TCP-proxy listener (Ingress has none)."""
+    path = envoy.workdir / "xds-bootstrap.json"
+    probe = envoy.ports.get("probe") or free_port()  # pinned ports are kept
+    tcp = envoy.ports.get("tcp_passthrough") or free_port(envoy.address)
+    subprocess.run(
+        [*XDS, "bootstrap", str(path), "--xds-address", f"127.0.0.1:{xds.grpc_port}",
+         "--admin-socket", str(envoy.admin_socket), "--node-id", name, "--insecure",
+         "--probe-port", str(probe)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    document: dict[str, Any] = json.loads(path.read_text())
+    listener, cluster = tcp_listener(envoy.address, tcp, envoy.backend_port)
+    document["static_resources"]["listeners"].append(listener)
+    document["static_resources"]["clusters"].append(cluster)
+    ports = {"ingress_http": xds.envoy_http_port, "tcp_passthrough": tcp, "probe": probe}
+    return document, ports

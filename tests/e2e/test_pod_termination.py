@@ -12,6 +12,7 @@ from tests.e2e.envoy_pod import GRACE_PERIOD, MIN_DRAIN, EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
 from tests.e2e.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
 from tests.harness.backend import Backend
+from tests.harness.xds import XdsServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,8 +26,11 @@ def drain_outcome(pod: EnvoyPod) -> dict[str, object]:
     return outcome
 
 
-async def start_pod(pods: list[EnvoyPod], workdir: Path, backend: Backend, **kw: float) -> EnvoyPod:
-    pod = envoy_pod(workdir, backend.port, **kw)  # type: ignore[arg-type]
+async def start_pod(
+    pods: list[EnvoyPod], workdir: Path, backend: Backend, xds: XdsServer, **kw: float
+) -> EnvoyPod:
+    """The pod as deployed: its Envoy gets its whole HTTP config from the xDS server."""
+    pod = envoy_pod(workdir, backend.port, xds=xds, **kw)  # type: ignore[arg-type]
     pods.append(pod)
     return await pod.start()
 
@@ -35,9 +39,9 @@ async def start_pod(pods: list[EnvoyPod], workdir: Path, backend: Backend, **kw:
     "scenario", list(DRAINING_SCENARIOS.values()), ids=list(DRAINING_SCENARIOS)
 )
 async def test_pod_terminates_with_zero_failed_requests(
-    scenario: Scenario, workdir: Path, backend: Backend, pods: list[EnvoyPod]
+    scenario: Scenario, workdir: Path, backend: Backend, pods: list[EnvoyPod], xds: XdsServer
 ) -> None:
-    pod = await start_pod(pods, workdir, backend)
+    pod = await start_pod(pods, workdir, backend, xds)
     result: Result = await scenario(pod)
     report = result.report
     assert isinstance(report, TerminationReport)
@@ -57,10 +61,10 @@ async def test_pod_terminates_with_zero_failed_requests(
 
 
 async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_reported(
-    workdir: Path, backend: Backend, pods: list[EnvoyPod]
+    workdir: Path, backend: Backend, pods: list[EnvoyPod], xds: XdsServer
 ) -> None:
     pod = await start_pod(
-        pods, workdir, backend, min_drain=0.5, drain_timeout=1.5, grace_period=2.5
+        pods, workdir, backend, xds, min_drain=0.5, drain_timeout=1.5, grace_period=2.5
     )
     result = await long_streams(pod)  # streams end 3 s after deletion
     report = result.report

@@ -62,6 +62,31 @@ def _hcm(stat_prefix: str, route_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def tcp_listener(address: str, port: int, backend_port: int) -> list[dict[str, Any]]:
+    """The TCP-proxy listener and its cluster: what Ingress cannot express, for tests."""
+    tcp_proxy = {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "passthrough", "cluster": "tcp"},
+    }
+    listener = _listener("tcp_passthrough", address, [tcp_proxy], {"tcp_passthrough": port})
+    cluster = _static_cluster(
+        "tcp", {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}
+    )
+    return [listener, cluster]
+
+
+def _static_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
 def _listener(
     name: str, address: str, filters: list[dict[str, Any]], ports: dict[str, int]
 ) -> dict[str, Any]:
@@ -127,45 +152,11 @@ def bootstrap(
                 _listener("probe", address, [_hcm("probe", probe_route)], ports),
             ],
             "clusters": [
-                {
-                    "name": "envoy_admin",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "envoy_admin",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {"endpoint": {"address": {"pipe": {"path": str(admin_socket)}}}}
-                                ]
-                            }
-                        ],
-                    },
-                },
-                {
-                    "name": "backend",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "backend",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": backend_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                },
+                _static_cluster("envoy_admin", {"pipe": {"path": str(admin_socket)}}),
+                _static_cluster(
+                    "backend",
+                    {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}},
+                ),
             ],
         },
     }
@@ -182,6 +173,8 @@ class Envoy:
     address: str = "127.0.0.1"
     pin_ports: bool = False
     """Pick free ports up front (a load balancer's config, or a hot restart, needs them)."""
+    config: dict[str, Any] | None = None
+    """A bootstrap to use instead of the static one (e.g. from `xds-server bootstrap`)."""
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -207,7 +200,9 @@ class Envoy:
         config = self.workdir / "envoy.json"
         if (hot_restart or self.pin_ports) and not self.ports:
             self.ports = {name: free_port(self.address) for name in LISTENERS}
-        document = bootstrap(self.admin_socket, self.backend_port, self.address, self.ports)
+        document = self.config or bootstrap(
+            self.admin_socket, self.backend_port, self.address, self.ports
+        )
         config.write_text(json.dumps(document))
         return [
             envoy_binary(),

@@ -94,11 +94,16 @@ def write_manifests(directory: Path, name: str, objects: list[dict[str, Any]]) -
 
 class XdsServer:
     def __init__(
-        self, workdir: Path, manifests: Path, *flags: str, certs_dir: Path | None = None
+        self,
+        workdir: Path,
+        manifests: Path,
+        *flags: str,
+        certs_dir: Path | None = None,
+        envoy_address: str = "127.0.0.1",
     ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
-        self.envoy_http_port = free_port()
+        self.envoy_http_port = free_port(envoy_address)
         self.envoy_https_port = free_port()
         security = ["--certs-dir", str(certs_dir)] if certs_dir else ["--insecure"]
         self.log_path = workdir / f"xds-{self.grpc_port}.log"
@@ -112,7 +117,7 @@ class XdsServer:
             "--http-listen",
             f"127.0.0.1:{self.http_port}",
             "--envoy-address",
-            "127.0.0.1",
+            envoy_address,
             "--envoy-http-port",
             str(self.envoy_http_port),
             "--envoy-https-port",
