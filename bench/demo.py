@@ -42,7 +42,7 @@ from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
 from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
 from tests.harness.h2client import h2_load
-from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
+from tests.harness.xds import serve_one_backend
 
 LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""
@@ -174,14 +174,7 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
 
 async def story(work: Path, timeline_png: Path | None) -> int:
     backend = await Backend().start()
-    manifests = work / "manifests"
-    manifests.mkdir()
-    write_manifests(manifests, "app", [
-        service("backend", [("http", 80)]),
-        endpoint_slice("backend", "http", backend.port, ["127.0.0.1"]),
-        ingress("demo", [rule(None, ("/", "Prefix", "backend", 80))]),
-    ])  # fmt: skip
-    xds = await XdsServer(work, manifests).start()
+    xds = await serve_one_backend(work / "xds", backend.port)
     pod = envoy_pod(
         work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
         xds=xds,
@@ -190,7 +183,7 @@ async def story(work: Path, timeline_png: Path | None) -> int:
         await pod.start()
         console.print(
             f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar; "
-            f"its routes come from xds-server (delta ADS) reading {manifests.name}/"
+            "its routes come from xds-server (delta ADS) reading a directory of manifests"
         )
         return await run(pod, timeline_png)
     finally:

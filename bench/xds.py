@@ -234,27 +234,42 @@ def _sync(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> None:
 
 
 def _drain_acks(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> int:
+    """ACK every response as Envoy does, and follow a cluster update with the endpoint
+    subscription Envoy sends for it (delta: the new names; SotW: the whole list)."""
     sent = 0
     while not stream.out.empty():
         response = stream.out.get_nowait()
         sent += response.ByteSize()
+        clusters = list(stream.types[CLUSTER].sent_entries) if response.type_url == CLUSTER else []
         if isinstance(stream, SotwStream):
-            stream.handle(
-                discovery_pb2.DiscoveryRequest(
-                    type_url=response.type_url,
-                    version_info=response.version_info,
-                    response_nonce=response.nonce,
-                    resource_names=list(stream.types[response.type_url].names),
-                ),
-                snapshot,
+            names = list(stream.types[response.type_url].names)
+            ack = discovery_pb2.DiscoveryRequest(
+                type_url=response.type_url,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+                resource_names=names,
             )
+            stream.handle(ack, snapshot)
+            endpoints = stream.types[ENDPOINT]
+            if clusters and set(clusters) != endpoints.names:
+                resubscribe = discovery_pb2.DiscoveryRequest(
+                    type_url=ENDPOINT,
+                    version_info=endpoints.acked_version or "",
+                    response_nonce=endpoints.nonce,
+                    resource_names=sorted(clusters),
+                )
+                stream.handle(resubscribe, snapshot)
         else:
-            stream.handle(
-                discovery_pb2.DeltaDiscoveryRequest(
-                    type_url=response.type_url, response_nonce=response.nonce
-                ),
-                snapshot,
+            ack_delta = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=response.type_url, response_nonce=response.nonce
             )
+            stream.handle(ack_delta, snapshot)
+            new = [n for n in clusters if n not in stream.types[ENDPOINT].names]
+            if new:
+                subscribe = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=ENDPOINT, resource_names_subscribe=new
+                )
+                stream.handle(subscribe, snapshot)
     return sent
 
 

@@ -98,6 +98,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="unix socket (mode 0600) through which the hook asks the sidecar to drain",
     )
+    add_logging_flags(parser)
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, the same for every long-running command."""
     parser.add_argument(
         "--log-format", choices=["text", "json"], default="text", help="log line format"
     )

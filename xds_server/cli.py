@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shutdown_manager.cli import OneLineParser, help_formatter, host_port
+from shutdown_manager.cli import OneLineParser, add_logging_flags, help_formatter, host_port
 from shutdown_manager.logs import configure
 
 
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "IngressClass is the default); all when unset",
     )
     _security(serve)
-    _logging(serve)
+    add_logging_flags(serve)
     boot = commands.add_parser(
         "bootstrap",
         help="write Envoy's bootstrap",
@@ -123,20 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--probe-port", type=_port, default=8002, help="probe listener port")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
     _security(boot)
-    _logging(boot)
+    add_logging_flags(boot)
     return parser
-
-
-def _logging(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="log line format"
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default="info",
-        help="least severe level logged",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

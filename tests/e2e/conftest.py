@@ -9,7 +9,7 @@ import pytest
 
 from tests.e2e.envoy_pod import EnvoyPod
 from tests.harness.backend import Backend
-from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
+from tests.harness.xds import XdsServer, serve_one_backend
 
 
 @pytest.fixture
@@ -23,13 +23,6 @@ def pods(workdir: Path) -> Iterator[list[EnvoyPod]]:
 @pytest.fixture
 async def xds(workdir: Path, backend: Backend) -> AsyncIterator[XdsServer]:
     """An xDS server routing every path of every host to the backend."""
-    manifests = workdir / "manifests"
-    manifests.mkdir()
-    write_manifests(manifests, "app", [
-        service("backend", [("http", 80)]),
-        endpoint_slice("backend", "http", backend.port, ["127.0.0.1"]),
-        ingress("all", [rule(None, ("/", "Prefix", "backend", 80))]),
-    ])  # fmt: skip
-    server = await XdsServer(workdir, manifests).start()
+    server = await serve_one_backend(workdir / "xds", backend.port)
     yield server
     server.stop()

@@ -17,7 +17,7 @@ from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
 from tests.harness.clients import Tally, steady_load
 from tests.harness.haproxy import CHECK_INTERVAL_MS, HAProxy
-from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
+from tests.harness.xds import XdsServer, serve_one_backend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ async def test_rolling_restart_behind_haproxy_fails_no_request(
     servers: dict[str, XdsServer] = {}
     for index, address in enumerate(NODES):
         name = f"n{index}"
-        servers[name] = await xds_for(workdir / f"xds-{name}", backend, address)
+        servers[name] = await serve_one_backend(workdir / f"xds-{name}", backend.port, address)
         pod = envoy_pod(
             workdir, backend.port, address=address, min_drain=MIN_DRAIN, name=name,
             xds=servers[name],
@@ -81,15 +81,3 @@ async def test_rolling_restart_behind_haproxy_fails_no_request(
     for report in reports:
         assert not report.killed
         assert report.containers["shutdown-manager"].hook_result == "ok"
-
-
-async def xds_for(workdir: Path, backend: Backend, address: str) -> XdsServer:
-    """A node's xDS server: its Envoy's listeners bind `address` (three nodes, one host)."""
-    manifests = workdir / "manifests"
-    manifests.mkdir(parents=True)
-    write_manifests(manifests, "app", [
-        service("backend", [("http", 80)]),
-        endpoint_slice("backend", "http", backend.port, ["127.0.0.1"]),
-        ingress("all", [rule(None, ("/", "Prefix", "backend", 80))]),
-    ])  # fmt: skip
-    return await XdsServer(workdir, manifests, envoy_address=address).start()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness.envoy import free_port
+from tests.harness.envoy import free_port, stop_process
 
 CHECK_INTERVAL_MS = 100
 """Active health check every 100 ms; one failure takes a node out, two successes bring it in."""
@@ -75,10 +75,4 @@ class HAProxy:
         raise TimeoutError("haproxy did not serve")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.harness.envoy import envoy_binary, free_port
+from tests.harness.envoy import envoy_binary, free_port, stop_process
 
 XDS = [sys.executable, "-m", "xds_server"]
 
@@ -157,13 +156,7 @@ class XdsServer:
             return (await client.get(f"http://127.0.0.1:{self.http_port}/metrics")).text
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class XdsEnvoy:
@@ -262,14 +255,23 @@ class XdsEnvoy:
         return f"http://127.0.0.1:{self.server.envoy_http_port}{path}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
-def dump(obj: Any) -> str:
-    return json.dumps(obj)
+def one_backend(backend_port: int) -> list[dict[str, Any]]:
+    """Manifests that route every host and path to one backend on 127.0.0.1."""
+    return [
+        service("backend", [("http", 80)]),
+        endpoint_slice("backend", "http", backend_port, ["127.0.0.1"]),
+        ingress("all", [rule(None, ("/", "Prefix", "backend", 80))]),
+    ]
+
+
+async def serve_one_backend(
+    workdir: Path, backend_port: int, envoy_address: str = "127.0.0.1"
+) -> XdsServer:
+    """An xDS server over `one_backend` manifests, started."""
+    manifests = workdir / "manifests"
+    manifests.mkdir(parents=True)
+    write_manifests(manifests, "app", one_backend(backend_port))
+    return await XdsServer(workdir, manifests, envoy_address=envoy_address).start()

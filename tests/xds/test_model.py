@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from envoy.config.route.v3 import route_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -197,3 +199,29 @@ def test_translation_never_duplicates_names_and_every_cluster_exists(
         domains = [d for v in route_config.virtual_hosts for d in v.domains]
         assert len(domains) == len(set(domains))
     assert referenced_clusters(out[ROUTE]) <= set(snapshot.entries(CLUSTER))
+
+
+def test_a_configmap_volume_is_read_once_and_its_data_swap_is_seen(tmp_path: Path) -> None:
+    """Visible names link through `..data` to a timestamped directory, as the kubelet lays
+    out a ConfigMap volume; an update swaps `..data` with one rename."""
+    import os
+
+    from xds_server.sources import DirectorySource
+
+    def version(name: str, backend: str) -> None:
+        directory = tmp_path / f"..{name}"
+        directory.mkdir()
+        body = ingress("i", [rule(None, ("/", "Prefix", backend, 80))])
+        (directory / "app.yaml").write_text(yaml.safe_dump_all([*BASE, body]))
+        os.symlink(directory.name, tmp_path / "..data_tmp")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+
+    version("2026_11_26_1", "a")
+    os.symlink("..data/app.yaml", tmp_path / "app.yaml")
+    source = DirectorySource(tmp_path)
+    first = source.load()
+    assert len(first.objects) == 5, "each object once, not again from ..<timestamp>/"
+    version("2026_11_26_2", "b")
+    second = build(source.load().objects, None)
+    (host,) = second.hosts.values()
+    assert host.routes[0].upstream.service == "b"
