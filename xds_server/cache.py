@@ -10,8 +10,9 @@ every cluster a route uses exists and has endpoints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -26,6 +27,19 @@ class Entry:
     version: str
     resource: any_pb2.Any
     message: Message
+
+    @functools.cached_property
+    def clusters(self) -> frozenset[str]:
+        """Clusters a route configuration sends traffic to: computed once per version, not
+        once per proxy and push."""
+        return frozenset(referenced_clusters({self.name: self.message}))
+
+
+def clusters_used(entries: Iterable[Entry]) -> set[str]:
+    used: set[str] = set()
+    for entry in entries:
+        used |= entry.clusters
+    return used
 
 
 def _entry(type_url: str, name: str, message: Message) -> Entry:
@@ -70,8 +84,7 @@ class Snapshot:
         return type_version(self.entries(type_url))
 
     def check(self) -> None:
-        routes = {name: entry.message for name, entry in self.entries(ROUTE).items()}
-        missing = referenced_clusters(routes) - set(self.entries(CLUSTER))
+        missing = clusters_used(self.entries(ROUTE).values()) - set(self.entries(CLUSTER))
         if missing:
             raise InconsistentSnapshot(f"routes use unknown clusters: {sorted(missing)}")
         without = set(self.entries(CLUSTER)) - set(self.entries(ENDPOINT))

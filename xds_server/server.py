@@ -28,9 +28,9 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from xds_server.cache import Entry, Snapshot, SnapshotStore, type_version
+from xds_server.cache import Entry, Snapshot, SnapshotStore, clusters_used, type_version
 from xds_server.metrics import XdsMetrics
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, referenced_clusters
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 
 WILDCARD_TYPES = {LISTENER, CLUSTER}
 log = logging.getLogger("xds_server.ads")
@@ -68,8 +68,7 @@ class Stream:
 
     def retained_clusters(self) -> set[str]:
         """Clusters the proxy's ACKed routes still send traffic to."""
-        routes = {name: entry.message for name, entry in self.types[ROUTE].acked_entries.items()}
-        return referenced_clusters(routes)
+        return clusters_used(self.types[ROUTE].acked_entries.values())
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
         state = self.types[type_url]
@@ -88,7 +87,7 @@ class Stream:
         a cluster still warming is unknown to Envoy's router, which would answer 503."""
         if type_url != ROUTE:
             return True
-        used = referenced_clusters({name: entry.message for name, entry in entries.items()})
+        used = clusters_used(entries.values())
         warm = set(self.types[CLUSTER].acked_entries) & set(self.types[ENDPOINT].acked_entries)
         return used <= warm
 
