@@ -88,8 +88,12 @@ class Stream:
         if type_url != ROUTE:
             return True
         used = clusters_used(entries.values())
-        warm = set(self.types[CLUSTER].acked_entries) & set(self.types[ENDPOINT].acked_entries)
+        warm = self._has_names(CLUSTER) & self._has_names(ENDPOINT)
         return used <= warm
+
+    def _has_names(self, type_url: str) -> set[str]:
+        state = self.types[type_url]
+        return set(state.acked) | set(state.acked_entries)
 
     def converged(self, snapshot: Snapshot) -> bool:
         """The proxy has ACKed everything it subscribed to, as of `snapshot`."""
@@ -167,7 +171,7 @@ class DeltaStream(Stream):
         state = self.types.get(request.type_url)
         if state is None:
             return
-        self._subscriptions(request, state)
+        self._subscriptions(request, state, snapshot)
         if request.response_nonce and request.response_nonce == state.nonce:
             if request.HasField("error_detail"):
                 self.nack(request.type_url, request.error_detail)
@@ -185,7 +189,7 @@ class DeltaStream(Stream):
         self.push(snapshot)
 
     def _subscriptions(
-        self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState
+        self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState, snapshot: Snapshot
     ) -> None:
         subscribe = set(request.resource_names_subscribe)
         if not state.subscribed_seen and request.type_url in WILDCARD_TYPES and not subscribe:
@@ -201,8 +205,14 @@ class DeltaStream(Stream):
             state.names.discard(name)
             state.acked.pop(name, None)
             state.acked_entries.pop(name, None)
+        # A proxy reconnecting (to a restarted server or another replica) says what it has:
+        # that counts as ACKed, with the full entry where the content is the current one.
+        current = snapshot.entries(request.type_url)
         for name, version in request.initial_resource_versions.items():
             state.acked.setdefault(name, version)
+            entry = current.get(name)
+            if entry is not None and entry.version == version:
+                state.acked_entries.setdefault(name, entry)
 
     def push(self, snapshot: Snapshot) -> None:
         for type_url in PUSH_ORDER:

@@ -197,9 +197,8 @@ async def _pushes(server: XdsServer) -> float:
 async def test_server_restart_resyncs_without_listener_drains(
     sotw: bool, workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests, "app", [*app(backends), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])]
-    )
+    two = [("/", "Prefix", "a", 80), ("/b", "Prefix", "b", 80)]
+    write_manifests(manifests, "app", [*app(backends), ingress("i", [rule(None, *two)])])
     server, envoy = await start(processes, workdir, manifests, sotw=sotw)
     before = await envoy.stats(
         r"^listener_manager\.(listener_modified|listener_removed|total_filter_chains_draining)$"
@@ -218,6 +217,10 @@ async def test_server_restart_resyncs_without_listener_drains(
     )
     assert after == before, "same content, same versions: nothing rebuilt or drained"
     assert await who(envoy, "x", "/") == "a"
+    # The restarted server still moves traffic between clusters the proxy already had.
+    swapped = [("/", "Prefix", "b", 80), ("/b", "Prefix", "a", 80)]
+    write_manifests(manifests, "app", [*app(backends), ingress("i", [rule(None, *swapped)])])
+    await until(lambda: _serves(envoy, "b"))
 
 
 async def test_two_envoys_one_sotw_one_delta_follow_the_same_change(
