@@ -16,6 +16,12 @@ class XdsMetrics:
         self.pushes = Counter(
             "xds_pushes", "Responses sent, by resource type.", ["type"], registry=self.registry
         )
+        self.resources = Counter(
+            "xds_resources_sent",
+            "Resources sent (or removed), by type: what a change really cost.",
+            ["type"],
+            registry=self.registry,
+        )
         self.nacks = Counter(
             "xds_nacks", "Responses rejected by a proxy.", ["node", "type"], registry=self.registry
         )

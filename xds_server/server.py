@@ -108,6 +108,11 @@ class Stream:
     def _has(self, state: TypeState) -> dict[str, str]:
         return {n: e.version for n, e in state.acked_entries.items()}
 
+    def _count(self, type_url: str, resources: int) -> None:
+        kind = type_url.rsplit(".", 1)[-1]
+        self.metrics.pushes.labels(kind).inc()
+        self.metrics.resources.labels(kind).inc(resources)
+
     def nack(self, type_url: str, error: status_pb2.Status) -> None:
         self.metrics.nacks.labels(self.node, type_url.rsplit(".", 1)[-1]).inc()
         log.warning(
@@ -137,7 +142,18 @@ class SotwStream(Stream):
         state.names = set(request.resource_names)
         state.subscribed_seen = True
         state.open_request = True
+        if not request.response_nonce and request.version_info:
+            self._resumed(request.type_url, request.version_info, snapshot)
         self.push(snapshot)
+
+    def _resumed(self, type_url: str, version: str, snapshot: Snapshot) -> None:
+        """A proxy reconnecting with the version it has: versions are content hashes, so if it
+        is the current one there is nothing to send (after a restart, or from a replica)."""
+        entries = self.wanted(type_url, snapshot)
+        if type_version(entries) == version:
+            state = self.types[type_url]
+            state.acked_entries = entries
+            state.acked_version = version
 
     def push(self, snapshot: Snapshot) -> None:
         for type_url in PUSH_ORDER:
@@ -153,7 +169,7 @@ class SotwStream(Stream):
             state.nonce = str(next(_nonces))
             state.sent_entries = entries
             state.open_request = False
-            self.metrics.pushes.labels(type_url.rsplit(".", 1)[-1]).inc()
+            self._count(type_url, len(entries))
             self.out.put_nowait(
                 discovery_pb2.DiscoveryResponse(
                     version_info=version,
@@ -235,7 +251,7 @@ class DeltaStream(Stream):
             state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
             state.sent_entries = {e.name: e for e in changed}
             state.open_request = False
-            self.metrics.pushes.labels(type_url.rsplit(".", 1)[-1]).inc()
+            self._count(type_url, len(changed) + len(removed))
             self.out.put_nowait(
                 discovery_pb2.DeltaDiscoveryResponse(
                     system_version_info=snapshot.version(type_url),

@@ -184,6 +184,11 @@ async def _metric(server: XdsServer, pattern: str, at_least: float) -> bool:
     return match is not None and float(match.group(1)) >= at_least
 
 
+async def _metric_is(server: XdsServer, name: str, value: float) -> bool:
+    match = re.search(re.escape(name) + r" ([0-9.e+]+)", await server.metrics())
+    return (float(match.group(1)) if match else 0.0) == value
+
+
 async def _pushes(server: XdsServer) -> float:
     return sum(
         float(v)
@@ -216,6 +221,8 @@ async def test_server_restart_resyncs_without_listener_drains(
         r"^listener_manager\.(listener_modified|listener_removed|total_filter_chains_draining)$"
     )
     assert after == before, "same content, same versions: nothing rebuilt or drained"
+    for kind in ("Listener", "Cluster", "RouteConfiguration", "ClusterLoadAssignment"):
+        assert await _metric_is(restarted, f'xds_resources_sent_total{{type="{kind}"}}', 0), kind
     assert await who(envoy, "x", "/") == "a"
     # The restarted server still moves traffic between clusters the proxy already had.
     swapped = [("/", "Prefix", "b", 80), ("/b", "Prefix", "a", 80)]
