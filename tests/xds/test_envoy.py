@@ -254,3 +254,34 @@ async def _routes_to(envoy: XdsEnvoy, cluster: str) -> bool:
     async with envoy.admin() as admin:
         dump = (await admin.get("/config_dump", params={"resource": "dynamic_route_configs"})).text
     return f'"cluster": "{cluster}"' in dump
+
+
+async def test_only_our_ingress_class_is_served(
+    workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
+) -> None:
+    ours = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {
+            "name": "envoy",
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
+        },
+    }
+
+    def host(name: str, backend: str) -> list[dict[str, Any]]:
+        return [rule(f"{name}.example.com", ("/", "Prefix", backend, 80))]
+
+    write_manifests(manifests, "app", [
+        *app(backends), ours,
+        ingress("named", host("n", "a"), ingressClassName="envoy"),
+        ingress("other", host("o", "b"), ingressClassName="nginx"),
+        ingress("classless", host("c", "c")),
+    ])  # fmt: skip
+    server = await XdsServer(workdir, manifests, "--ingress-class", "envoy").start()
+    processes.append(server)
+    envoy = XdsEnvoy(workdir, server, "class-node")
+    processes.append(envoy)
+    await envoy.start()
+    assert await who(envoy, "n.example.com", "/") == "a"
+    assert await who(envoy, "c.example.com", "/") == "c", "the default class takes class-less"
+    assert await who(envoy, "o.example.com", "/") == "404", "another controller's Ingress"
