@@ -225,3 +225,30 @@ def test_a_configmap_volume_is_read_once_and_its_data_swap_is_seen(tmp_path: Pat
     second = build(source.load().objects, None)
     (host,) = second.hosts.values()
     assert host.routes[0].upstream.service == "b"
+
+
+def test_yaml_is_read_the_kubernetes_way_ready_no_means_not_ready() -> None:
+    """Kubernetes reads YAML 1.1-style: `no` is false. A YAML 1.2 parser would read the string
+    'no', and a not-ready endpoint would get traffic."""
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-a, labels: {kubernetes.io/service-name: s}}
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], conditions: {ready: no}}
+- {addresses: [10.0.0.2], conditions: {ready: yes}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: i}
+spec: {defaultBackend: {service: {name: s, port: {number: 80}}}}
+"""
+    built = build(parse_documents(text, "k.yaml").objects, None)
+    (endpoints,) = built.clusters.values()
+    assert [e.address for e in endpoints] == ["10.0.0.2"]
