@@ -10,7 +10,6 @@ edit in place and a kubelet-style `..data` swap are all seen.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -199,11 +198,3 @@ class DirectorySource:
     def _directories(self) -> list[Path]:
         found = [p for p in self.directory.rglob("*") if p.is_dir() and self._visible(p)]
         return [self.directory, *found]
-
-
-def digest(objects: list[KubeObject]) -> str:
-    """A content digest of a set of objects, to tell a real change from a touch."""
-    hasher = hashlib.sha256()
-    for obj in sorted(objects, key=lambda o: (o.key, o.source)):
-        hasher.update(repr((obj.key, obj.body)).encode())
-    return hasher.hexdigest()
