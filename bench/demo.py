@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
 from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
+from tests.harness.envoy import probe_connections
 from tests.harness.h2client import h2_load
 from tests.harness.xds import serve_one_backend
 
@@ -145,20 +145,11 @@ class Clients:
 
 
 async def sample(pod: EnvoyPod, timeline: Timeline, done: asyncio.Event) -> None:
-    """Active connections, read through the probe listener's /stats (never the admin API)."""
-    url = f"http://127.0.0.1:{pod.envoy.ports['probe']}/stats"
-    params = {
-        "format": "json",
-        "filter": r"^listener\.(ingress_http|tcp_passthrough)\.downstream_cx_active$",
-    }
     async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
         while not done.is_set():
-            try:
-                stats = (await client.get(url, params=params)).json()["stats"]
-                total = sum(int(s["value"]) for s in stats)
+            total = await probe_connections(client, pod.envoy.ports["probe"])
+            if total is not None:
                 timeline.connections.append((time.monotonic() - timeline.start, total))
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
             await asyncio.sleep(0.05)
 
 
@@ -267,7 +258,7 @@ def print_report(clients: Clients, report: TerminationReport, pod: EnvoyPod, del
         )
     console.print(pod_table)
 
-    outcome = _drain_outcome(pod)
+    outcome = pod.drain_outcome()
     console.print(
         f"Drain: [bold]{outcome.get('outcome')}[/] after {outcome.get('elapsed')}s "
         f"({outcome.get('message')}); minimum drain {MIN_DRAIN:g}s, grace period {GRACE:g}s"
@@ -278,14 +269,6 @@ def print_report(clients: Clients, report: TerminationReport, pod: EnvoyPod, del
     )
     console.print(f"Result: {verdict}")
     return failed
-
-
-def _drain_outcome(pod: EnvoyPod) -> dict[str, object]:
-    for line in reversed((pod.shared / "shutdown-manager.log").read_text().splitlines()):
-        if '"event": "finished"' in line:
-            event: dict[str, object] = json.loads(line)
-            return event
-    return {}
 
 
 def plot(timeline: Timeline, deleted: float, gone: float, path: Path) -> None:

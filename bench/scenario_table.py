@@ -34,7 +34,7 @@ from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
 from tests.e2e.scenarios import DRAINING_SCENARIOS, Scenario
 from tests.harness.backend import Backend
-from tests.harness.envoy import Envoy
+from tests.harness.envoy import Envoy, probe_connections
 
 MIN_DRAIN = 2.0
 """The minimum drain ours and Envoy Gateway's policy get (Contour's has none)."""
@@ -57,7 +57,7 @@ class Sampler:
     """Envoy's active connections every 20 ms, through the probe listener (not the admin)."""
 
     def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/stats"
+        self.port = port
         self.last_nonzero = 0.0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -71,18 +71,10 @@ class Sampler:
             await self._task
 
     async def _run(self) -> None:
-        params = {
-            "format": "json",
-            "filter": r"^listener\.(ingress_http|tcp_passthrough)\.downstream_cx_active$",
-        }
         async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
             while not self._stop.is_set():
-                try:
-                    stats = (await client.get(self.url, params=params)).json()["stats"]
-                    if sum(int(s["value"]) for s in stats) > 0:
-                        self.last_nonzero = time.monotonic()
-                except (httpx.HTTPError, ValueError, KeyError):
-                    pass
+                if (await probe_connections(client, self.port) or 0) > 0:
+                    self.last_nonzero = time.monotonic()
                 await asyncio.sleep(0.02)
 
 
@@ -186,7 +178,7 @@ async def _ours(scenario: Scenario, work: Path, backend: Backend) -> Row:
                 MIN_DRAIN,
             ),
             termination=report.duration,
-            admin_requests=_admin_requests(pod),
+            admin_requests=int(pod.drain_outcome()["admin_requests"]),
             peak_rss=target.peak_rss,
             cpu=target.cpu,
         )
@@ -226,15 +218,6 @@ def _latency(started: float, released: float, sampler: Sampler, minimum: float) 
     if sampler.last_nonzero > released:
         return None
     return released - condition
-
-
-def _admin_requests(pod: EnvoyPod) -> int:
-    import json
-
-    for line in reversed((pod.shared / "shutdown-manager.log").read_text().splitlines()):
-        if '"event": "finished"' in line:
-            return int(json.loads(line).get("admin_requests", 0))
-    return 0
 
 
 async def scenario_rows(work: Callable[[], Path]) -> tuple[list[str], list[list[str]]]:

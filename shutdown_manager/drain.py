@@ -127,8 +127,6 @@ class DrainReport:
     connections_left: int | None
     admin_requests: int
     detail: str
-    condition_met_at: float | None = None
-    """Monotonic time the release condition was first observed (for the benchmark)."""
 
 
 Listener = Callable[[DrainEvent], None]
@@ -238,7 +236,7 @@ class DrainEngine:
                 decided = self._decide(reading, now, min_end)
                 if decided is not None:
                     outcome, detail = decided
-                    return self._finish(outcome, reading.connections, detail, condition_met_at=now)
+                    return self._finish(outcome, reading.connections, detail)
                 if now >= deadline:
                     return self._finish(Outcome.TIMED_OUT, reading.connections, _late(reading))
                 while tick <= now:
@@ -357,7 +355,6 @@ class DrainEngine:
         outcome: Outcome,
         left: int | None,
         detail: str,
-        condition_met_at: float | None = None,
     ) -> DrainReport:
         report = DrainReport(
             outcome=outcome,
@@ -365,7 +362,6 @@ class DrainEngine:
             connections_left=left,
             admin_requests=self.admin.requests,
             detail=detail,
-            condition_met_at=condition_met_at,
         )
         self._emit(
             DrainEvent(

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from shutdown_manager.cli import duration
+from tests.harness.cli import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shutdown_manager", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("shutdown_manager", *args)
 
 
 @pytest.mark.parametrize(

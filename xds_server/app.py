@@ -28,6 +28,9 @@ from xds_server.translate import EnvoyPorts, resources
 STOP_GRACE = 5.0
 """Seconds streams get to finish on SIGTERM before they are cut (proxies reconnect elsewhere)."""
 
+CONVERGENCE_WAIT = 30.0
+"""Seconds after which a change that not every proxy ACKed is no longer measured."""
+
 MAX_MESSAGE = 64 * 2**20
 """Largest gRPC message either way: a 10,000-route config fits many times over."""
 
@@ -154,12 +157,17 @@ class ControlPlane:
 
     async def _observe_convergence(self, snapshot: Snapshot, seen: float) -> None:
         """Change seen -> every connected proxy has ACKed it (or a newer snapshot came)."""
-        deadline = seen + 30
-        while time.monotonic() < deadline and self.store.current is snapshot:
+        answered = self.servicer.answered
+        deadline = seen + CONVERGENCE_WAIT
+        while self.store.current is snapshot:
+            answered.clear()
             if all(stream.converged(snapshot) for stream in self.servicer.streams):
                 self.metrics.convergence.observe(time.monotonic() - seen)
                 return
-            await asyncio.sleep(0.005)
+            try:  # checked again only when a proxy has answered, not on a timer
+                await asyncio.wait_for(answered.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                return
 
     async def _start_http(self) -> None:
         app = web.Application()

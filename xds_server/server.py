@@ -271,6 +271,8 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         self.store = store
         self.metrics = metrics
         self.streams: set[Stream] = set()
+        self.answered = asyncio.Event()
+        """Set whenever a proxy sends a request or goes away: when convergence may change."""
 
     async def StreamAggregatedResources(
         self,
@@ -308,10 +310,12 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
             watcher.cancel()
             self.streams.discard(stream)
             self.metrics.proxies.dec()
+            self.answered.set()
 
     async def _read(self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]) -> None:
         async for request in requests:
             stream.handle(request, self.store.current)
+            self.answered.set()
 
     async def _watch(self, stream: SotwStream | DeltaStream) -> None:
         serial = self.store.current.serial

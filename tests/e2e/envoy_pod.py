@@ -52,6 +52,14 @@ class EnvoyPod:
     async def delete(self) -> TerminationReport:
         return await self.pod.delete()
 
+    def drain_outcome(self) -> dict[str, Any]:
+        """The drain's final event as the sidecar logged it (the hook's output is invisible)."""
+        lines = (self.shared / "shutdown-manager.log").read_text().splitlines()
+        finished = [json.loads(x) for x in lines if '"event": "finished"' in x]
+        assert len(finished) == 1, lines
+        outcome: dict[str, Any] = finished[0]
+        return outcome
+
 
 def policy_flags(min_drain: float, drain_timeout: float) -> list[str]:
     return [

@@ -3,7 +3,6 @@ requests, and the pod gone within max(minimum drain, slowest client's own end) +
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from tests.harness.backend import Backend
 from tests.harness.xds import XdsServer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def drain_outcome(pod: EnvoyPod) -> dict[str, object]:
-    """The drain's final event as the sidecar logged it (the hook's own output is invisible)."""
-    lines = (pod.shared / "shutdown-manager.log").read_text().splitlines()
-    finished = [json.loads(x) for x in lines if '"event": "finished"' in x]
-    assert len(finished) == 1, lines
-    outcome: dict[str, object] = finished[0]
-    return outcome
 
 
 async def start_pod(
@@ -57,7 +47,7 @@ async def test_pod_terminates_with_zero_failed_requests(
     assert envoy.sigterm_at >= sidecar.hook_started + MIN_DRAIN, "no SIGTERM before the minimum"
     natural = max(MIN_DRAIN, result.natural_end - result.deleted_at)
     assert report.duration <= natural + 1.0, (report.duration, natural)
-    assert drain_outcome(pod)["outcome"] in ("drained", "quiescent")
+    assert pod.drain_outcome()["outcome"] in ("drained", "quiescent")
 
 
 async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_reported(
@@ -72,7 +62,7 @@ async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_rep
     assert report.duration <= 2.5 + 0.5
     sidecar = report.containers["shutdown-manager"]
     assert sidecar.hook_exit == 3, "the hook says the deadline passed"
-    outcome = drain_outcome(pod)
+    outcome = pod.drain_outcome()
     assert outcome["outcome"] == "timed_out"
     assert outcome["connections"] == 3
     assert "3 connections left" in str(outcome["message"])

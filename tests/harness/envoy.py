@@ -33,6 +33,20 @@ TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy
 LISTENERS = ("ingress_http", "tcp_passthrough", "probe")
 
 
+SERVING = r"^listener\.(ingress_http|tcp_passthrough)\.downstream_cx_active$"
+
+
+async def probe_connections(client: httpx.AsyncClient, probe_port: int) -> int | None:
+    """Active connections on the serving listeners, read through the probe listener's /stats
+    (never the admin API); None when Envoy did not answer."""
+    url = f"http://127.0.0.1:{probe_port}/stats"
+    try:
+        stats = (await client.get(url, params={"format": "json", "filter": SERVING})).json()
+        return sum(int(s["value"]) for s in stats["stats"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
     """SIGTERM by PID, then SIGKILL if it does not exit in time."""
     if proc is None or proc.poll() is not None:

@@ -60,6 +60,15 @@ def ingress(
     }
 
 
+def ingress_class(name: str, default: bool = False) -> dict[str, Any]:
+    annotations = {"ingressclass.kubernetes.io/is-default-class": "true"} if default else {}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": name, "annotations": annotations},
+    }
+
+
 def rule(host: str | None, *paths: tuple[str, str, str, int | str]) -> dict[str, Any]:
     """paths: (path, pathType, service, port number or name)."""
     body: dict[str, Any] = {

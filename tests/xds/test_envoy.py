@@ -17,6 +17,7 @@ from tests.harness.xds import (
     XdsServer,
     endpoint_slice,
     ingress,
+    ingress_class,
     rule,
     service,
     write_manifests,
@@ -259,14 +260,7 @@ async def _routes_to(envoy: XdsEnvoy, cluster: str) -> bool:
 async def test_only_our_ingress_class_is_served(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    ours = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IngressClass",
-        "metadata": {
-            "name": "envoy",
-            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
-        },
-    }
+    ours = ingress_class("envoy", default=True)
 
     def host(name: str, backend: str) -> list[dict[str, Any]]:
         return [rule(f"{name}.example.com", ("/", "Prefix", backend, 80))]

@@ -11,7 +11,7 @@ from envoy.config.route.v3 import route_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.harness.xds import endpoint_slice, ingress, rule, service
+from tests.harness.xds import endpoint_slice, ingress, ingress_class, rule, service
 from xds_server.cache import Snapshot
 from xds_server.model import EXACT, PREFIX, build
 from xds_server.sources import KubeObject, parse_documents
@@ -122,14 +122,7 @@ def test_an_invalid_ingress_is_rejected_in_one_line_and_the_rest_is_kept(
 
 
 def test_ingress_class_by_name_annotation_and_default() -> None:
-    ours = {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IngressClass",
-        "metadata": {
-            "name": "envoy",
-            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
-        },
-    }
+    ours = ingress_class("envoy", default=True)
     named = ingress(
         "named", [rule("n.example.com", ("/", "Prefix", "a", 80))], ingressClassName="envoy"
     )
