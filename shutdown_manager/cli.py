@@ -28,8 +28,8 @@ DEFAULT_CONTROL_SOCKET = "/admin/shutdown-manager.sock"
 DEFAULT_LISTEN = "0.0.0.0:8090"
 DEFAULTS = DrainPolicy()
 
-_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h|d)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -44,7 +44,7 @@ def help_formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def duration(text: str) -> float:
-    """Seconds from `25`, `25s`, `500ms`, `5m` or `1h`."""
+    """Seconds from `25`, `25s`, `500ms`, `5m`, `1h` or `7d`."""
     match = _DURATION.match(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 25s, 500ms, 5m)")

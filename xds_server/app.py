@@ -8,6 +8,7 @@ gives streams a bounded grace to finish so proxies move to another replica, and 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 import time
@@ -19,14 +20,23 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from xds_server import model as model_mod
+from xds_server import pki
 from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotStore
+from xds_server.certs import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
 from xds_server.metrics import XdsMetrics
+from xds_server.rotation import Rotator, inspect
+from xds_server.secret_volume import SecretVolume
 from xds_server.server import AggregatedDiscovery
+from xds_server.server_tls import IdentityCheck, ServerTls
 from xds_server.sources import DirectorySource, Loaded
 from xds_server.translate import EnvoyPorts, resources
+from xds_server.watch import DirectoryWatcher
 
 STOP_GRACE = 5.0
 """Seconds streams get to finish on SIGTERM before they are cut (proxies reconnect elsewhere)."""
+
+CERT_CHECK = 60.0
+"""Seconds between certificate checks when nothing wakes the checker earlier."""
 
 CONVERGENCE_WAIT = 30.0
 """Seconds after which a change that not every proxy ACKed is no longer measured."""
@@ -59,6 +69,9 @@ class ServeConfig:
     ports: EnvoyPorts
     ingress_class: str | None
     certs_dir: Path | None
+    rotate: bool = False
+    client_identity: str = DEFAULT_IDENTITY
+    propagation_delay: float = 2.0
 
 
 class StartupError(Exception):
@@ -78,6 +91,9 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
+        self.tls: ServerTls | None = None
+        self.rotator: Rotator | None = None
+        self._reported: dict[str, str] = {}
 
     async def serve(self) -> int:
         await self.startup()
@@ -97,9 +113,7 @@ class ControlPlane:
             if self.config.certs_dir is None:
                 self.grpc_port = server.add_insecure_port(address)
             else:
-                self.grpc_port = server.add_secure_port(
-                    address, _server_credentials(self.config.certs_dir)
-                )
+                self.grpc_port = server.add_secure_port(address, self._credentials())
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         await server.start()
@@ -116,9 +130,12 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
-        feeder = asyncio.create_task(self._feed())
+        tasks = [asyncio.create_task(self._feed())]
+        if self.config.certs_dir is not None:
+            tasks.append(asyncio.create_task(self._certificates(self.config.certs_dir)))
         await self.should_exit.wait()
-        feeder.cancel()
+        for task in tasks:
+            task.cancel()
 
     async def shutdown(self) -> None:
         log.info(
@@ -130,6 +147,75 @@ class ControlPlane:
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("xds-server stopped")
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        """Reloading mTLS credentials; with --rotate, whatever is due is issued first."""
+        root = self.config.certs_dir
+        assert root is not None
+        if self.config.rotate:
+            self.rotator = Rotator(
+                CertDirectory(root),
+                self.config.propagation_delay,
+                on_rotate=lambda store: self.metrics.cert_rotations.labels(store).inc(),
+            )
+            try:
+                for action in self.rotator.step().actions:
+                    log.info("certificates: %s", action)
+            except (CertError, OSError) as exc:
+                raise StartupError(f"--rotate: {exc}") from exc
+        self.tls = ServerTls(SecretVolume(root / SERVER), self.metrics)
+        try:
+            credentials = self.tls.credentials()
+        except (pki.InvalidPair, OSError) as exc:
+            raise StartupError(str(exc)) from exc
+        self.servicer.admit = IdentityCheck(self.config.client_identity, self.metrics).refusal
+        return credentials
+
+    async def _certificates(self, root: Path) -> None:
+        """Renew what is due (with --rotate), pick up a swapped server pair at once, and
+        export every store's expiry, until cancelled."""
+        certs = CertDirectory(root)
+        watcher = DirectoryWatcher()
+        watcher.watch([store.path for store in certs.stores.values() if store.path.is_dir()])
+        try:
+            while True:
+                wake = pki.now() + datetime.timedelta(seconds=CERT_CHECK)
+                if self.rotator is not None:
+                    try:
+                        result = await asyncio.to_thread(self.rotator.step)
+                    except (CertError, OSError) as exc:
+                        self._report("rotator", "error", f"rotation failed: {exc}")
+                    else:
+                        for action in result.actions:
+                            log.info("certificates: %s", action)
+                        wake = min(wake, result.wake or wake)
+                if self.tls is not None:
+                    self.tls.refresh()
+                findings = await asyncio.to_thread(inspect, certs)
+                self._export(findings)
+                wake = min(
+                    [wake, *(f.expires for f in findings if f.expires and f.expires > pki.now())]
+                )
+                await watcher.changed(max(0.05, (wake - pki.now()).total_seconds()))
+        finally:
+            watcher.close()
+
+    def _export(self, findings: list[Finding]) -> None:
+        for finding in findings:
+            if finding.expires is not None:
+                self.metrics.cert_expiry.labels(finding.store).set(finding.expires.timestamp())
+            self.metrics.cert_problem.labels(finding.store).set(int(finding.level != "ok"))
+            self._report(finding.store, finding.level, finding.message)
+
+    def _report(self, store: str, level: str, message: str) -> None:
+        """Log a store's state when it changes, not on every check."""
+        if self._reported.get(store) == message:
+            return
+        self._reported[store] = message
+        if level == "ok":
+            log.info("certificate %s: %s", store, message)
+        else:
+            log.error("certificate %s needs attention: %s", store, message)
 
     async def _feed(self) -> None:
         async for loaded in self.source.watch():
@@ -194,16 +280,3 @@ class ControlPlane:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
-
-
-def _server_credentials(certs_dir: Path) -> grpc.ServerCredentials:
-    """mTLS: the server's pair, and only clients signed by the CA (rotation is the certs issue)."""
-    try:
-        key = (certs_dir / "tls.key").read_bytes()
-        cert = (certs_dir / "tls.crt").read_bytes()
-        ca = (certs_dir / "ca.crt").read_bytes()
-    except OSError as exc:
-        raise StartupError(f"cannot read certificates in {certs_dir}: {exc}") from exc
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
-    )

@@ -104,6 +104,7 @@ def _xds_cluster(config: BootstrapConfig, sds_dir: Path | None) -> dict[str, Any
         },
     }
     if config.certs_dir is not None and sds_dir is not None:
+        watched = envoy_certs(config.certs_dir)
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
@@ -113,12 +114,20 @@ def _xds_cluster(config: BootstrapConfig, sds_dir: Path | None) -> dict[str, Any
                     "tls_certificate_sds_secret_configs": [
                         {
                             "name": CLIENT_SECRET,
-                            "sds_config": _sds_file(sds_dir / "client.json", config.certs_dir),
+                            "sds_config": _sds_file(sds_dir / "client.json", watched),
                         }
                     ],
-                    "validation_context_sds_secret_config": {
-                        "name": CA_SECRET,
-                        "sds_config": _sds_file(sds_dir / "ca.json", config.certs_dir),
+                    "combined_validation_context": {
+                        # The CA alone is not enough: the server must be the server.
+                        "default_validation_context": {
+                            "match_typed_subject_alt_names": [
+                                {"san_type": "DNS", "matcher": {"exact": config.server_name}}
+                            ]
+                        },
+                        "validation_context_sds_secret_config": {
+                            "name": CA_SECRET,
+                            "sds_config": _sds_file(sds_dir / "ca.json", watched),
+                        },
                     },
                 },
             },
@@ -126,8 +135,15 @@ def _xds_cluster(config: BootstrapConfig, sds_dir: Path | None) -> dict[str, Any
     return cluster
 
 
+def envoy_certs(certs_dir: Path) -> Path:
+    """Envoy's store in the certificate directory (`xds-server certs`): DIR/envoy."""
+    return certs_dir / "envoy"
+
+
 def sds_files(certs_dir: Path) -> dict[str, dict[str, Any]]:
-    """The SDS files: secrets whose data are the certificate directory's visible names."""
+    """The SDS files: secrets whose data are the visible names of Envoy's store, so a
+    `..data` swap there is picked up at once and as a whole."""
+    certs_dir = envoy_certs(certs_dir)
     client = {
         "@type": SECRET_TYPE,
         "name": CLIENT_SECRET,

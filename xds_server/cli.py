@@ -9,8 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shutdown_manager.cli import OneLineParser, add_logging_flags, help_formatter, host_port
+from shutdown_manager.cli import (
+    OneLineParser,
+    add_logging_flags,
+    duration,
+    help_formatter,
+    host_port,
+)
 from shutdown_manager.logs import configure
+from xds_server import certs_command
+from xds_server.certs import DEFAULT_IDENTITY
 
 
 def _port(text: str) -> int:
@@ -36,8 +44,9 @@ def _security(parser: argparse.ArgumentParser) -> None:
         "--certs-dir",
         type=_directory,
         metavar="DIR",
-        help="mutual TLS with certificates from DIR (tls.crt, tls.key, ca.crt; a Kubernetes "
-        "secret volume layout)",
+        help="mutual TLS with the certificate directory DIR (`xds-server certs init`): "
+        "the server reads DIR/server, Envoy DIR/envoy, each a secret-volume layout "
+        "(tls.crt, tls.key, ca.crt)",
     )
     group.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC: must be asked for explicitly"
@@ -97,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
         "IngressClass is the default); all when unset",
     )
     _security(serve)
+    serve.add_argument(
+        "--rotate",
+        action="store_true",
+        help="with --certs-dir DIR holding the CA: renew leaves at two thirds of their "
+        "lifetime and rotate the CA when it is due, inside the server",
+    )
+    serve.add_argument(
+        "--client-identity",
+        default=DEFAULT_IDENTITY,
+        metavar="URI",
+        help="with --certs-dir: the URI SAN a client certificate must carry",
+    )
+    serve.add_argument(
+        "--propagation-delay",
+        type=duration,
+        default=2.0,
+        metavar="DURATION",
+        help="with --rotate: wait between CA rotation steps (90s or more with Secrets)",
+    )
     add_logging_flags(serve)
     boot = commands.add_parser(
         "bootstrap",
@@ -123,16 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--probe-port", type=_port, default=8002, help="probe listener port")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
     _security(boot)
+    boot.add_argument(
+        "--xds-server-name",
+        default="xds-server",
+        metavar="NAME",
+        help="with --certs-dir: SNI sent to the server and the DNS SAN its certificate must have",
+    )
     add_logging_flags(boot)
+    certs_command.add_parser(commands, formatter_class=help_formatter)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = f"xds-server {args.command}"
-    configure(args.log_format, args.log_level, logger_name="xds_server")
+    if args.command != "certs":
+        configure(args.log_format, args.log_level, logger_name="xds_server")
     if args.command == "bootstrap":
         return _bootstrap(prog, args)
+    if args.command == "certs":
+        return _certs(prog, args)
     import asyncio
 
     from xds_server.app import ControlPlane, ServeConfig, StartupError
@@ -148,7 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports=EnvoyPorts(args.envoy_address, args.envoy_http_port, args.envoy_https_port),
         ingress_class=args.ingress_class,
         certs_dir=args.certs_dir,
+        rotate=args.rotate,
+        client_identity=args.client_identity,
+        propagation_delay=args.propagation_delay,
     )
+    if args.rotate and args.certs_dir is None:
+        print(f"{prog}: error: --rotate needs --certs-dir", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(ControlPlane(config).serve())
     except StartupError as exc:
@@ -174,6 +218,7 @@ def _bootstrap(prog: str, args: argparse.Namespace) -> int:
         certs_dir=args.certs_dir,
         sotw=args.sotw,
         probe_port=args.probe_port,
+        server_name=args.xds_server_name,
     )
     try:
         write(args.out, config)
@@ -181,6 +226,17 @@ def _bootstrap(prog: str, args: argparse.Namespace) -> int:
         print(f"{prog}: error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+def _certs(prog: str, args: argparse.Namespace) -> int:
+    prog = f"{prog} {args.certs_command}"
+    try:
+        return certs_command.run(args)
+    except certs_command.CertError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"{prog}: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

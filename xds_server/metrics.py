@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 CONVERGENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -41,6 +48,45 @@ class XdsMetrics:
         )
         self.ready = Gauge(
             "xds_ready", "1 once the first snapshot is built.", registry=self.registry
+        )
+
+        self.cert_expiry = Gauge(
+            "xds_certificate_expiry_timestamp_seconds",
+            "When each stored certificate expires (alert on time() > this, or close to it).",
+            ["store"],
+            registry=self.registry,
+        )
+        self.cert_problem = Gauge(
+            "xds_certificate_problem",
+            "1 when a store holds a certificate that is invalid, expired or overdue.",
+            ["store"],
+            registry=self.registry,
+        )
+        self.cert_rotations = Counter(
+            "xds_certificate_rotations",
+            "Certificates this process issued, by store (ca, server, envoy).",
+            ["store"],
+            registry=self.registry,
+        )
+        self.cert_reloads = Counter(
+            "xds_certificate_reloads",
+            "Server pairs loaded for new handshakes without a restart.",
+            registry=self.registry,
+        )
+        self.cert_rejected = Counter(
+            "xds_certificate_rejected",
+            "Server pairs found in the store and refused (the last good one stayed).",
+            registry=self.registry,
+        )
+        self.cert_serial = Info(
+            "xds_certificate",
+            "Serial of the server certificate new handshakes get.",
+            registry=self.registry,
+        )
+        self.clients_refused = Counter(
+            "xds_clients_refused",
+            "Streams refused because the client certificate lacks the Envoy identity.",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

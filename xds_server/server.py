@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,9 +267,16 @@ class DeltaStream(Stream):
 
 
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        metrics: XdsMetrics,
+        admit: Callable[[grpc.aio.ServicerContext[Any, Any]], str | None] | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.admit = admit
+        """Returns why a stream's peer is refused (None: admitted); unset without mTLS."""
         self.streams: set[Stream] = set()
         self.answered = asyncio.Event()
         """Set whenever a proxy sends a request or goes away: when convergence may change."""
@@ -279,6 +286,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        await self._authorize(context)
         async for response in self._serve(SotwStream(self.store, self.metrics), requests):
             yield response
 
@@ -287,8 +295,15 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        await self._authorize(context)
         async for response in self._serve(DeltaStream(self.store, self.metrics), requests):
             yield response
+
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        refusal = self.admit(context) if self.admit is not None else None
+        if refusal is not None:
+            log.warning("stream from %s refused: %s", context.peer(), refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
     async def _serve(
         self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]

@@ -178,8 +178,13 @@ class XdsEnvoy:
         node: str,
         sotw: bool = False,
         certs_dir: Path | None = None,
+        hot_restart: bool = False,
     ) -> None:
         self.certs_dir = certs_dir
+        self.base_id = free_port() if hot_restart else None
+        """Unique per Envoy (a free port number), so parallel tests never share memory."""
+        self.epoch = 0
+        self.parents: list[subprocess.Popen[bytes]] = []
         self.workdir = workdir / node
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.server = server
@@ -211,25 +216,46 @@ class XdsEnvoy:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        self.proc = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c",
-                str(bootstrap),
-                "--disable-hot-restart",
-                "--drain-strategy",
-                "immediate",
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-                "--log-path",
-                str(self.workdir / "envoy.log"),
-            ],
-            stdin=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(self._argv(bootstrap), stdin=subprocess.DEVNULL)
         await self.wait_listener()
         return self
+
+    def _argv(self, bootstrap: Path) -> list[str]:
+        if self.base_id is None:
+            restart = ["--disable-hot-restart"]
+        else:
+            restart = ["--base-id", str(self.base_id), "--restart-epoch", str(self.epoch)]
+            restart += ["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+        return [
+            envoy_binary(),
+            "-c", str(bootstrap),
+            *restart,
+            "--drain-strategy", "immediate",
+            "--concurrency", "1",
+            "-l", "warning",
+            "--log-path", str(self.workdir / "envoy.log"),
+        ]  # fmt: skip
+
+    async def hot_restart(self, timeout: float = 20) -> None:
+        """Start the next epoch (it reads the bootstrap and certificates from disk now) and
+        wait until the parent has handed over and exited."""
+        assert self.base_id is not None
+        assert self.proc is not None
+        self.epoch += 1
+        self.parents.append(self.proc)
+        self.proc = subprocess.Popen(
+            self._argv(self.workdir / "bootstrap.json"), stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while any(parent.poll() is None for parent in self.parents):
+            assert time.monotonic() < deadline, "the parent epoch did not exit"
+            assert self.proc.poll() is None, "the new epoch exited"
+            await asyncio.sleep(0.05)
+
+    async def loaded_certificates(self) -> list[dict[str, Any]]:
+        """Admin /certs: the certificates Envoy has loaded now (serials, expiry)."""
+        async with self.admin() as admin:
+            return list((await admin.get("/certs")).json()["certificates"])
 
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -264,7 +290,8 @@ class XdsEnvoy:
         return f"http://127.0.0.1:{self.server.envoy_http_port}{path}"
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        for proc in [*self.parents, self.proc]:
+            stop_process(proc)
 
 
 def one_backend(backend_port: int) -> list[dict[str, Any]]:
@@ -284,3 +311,25 @@ async def serve_one_backend(
     manifests.mkdir(parents=True)
     write_manifests(manifests, "app", one_backend(backend_port))
     return await XdsServer(workdir, manifests, envoy_address=envoy_address).start()
+
+
+def app(backends: dict[str, Any], names: str = "abcd") -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = []
+    for name in names:
+        objects.append(service(name, [("http", 80)]))
+        objects.append(endpoint_slice(name, "http", backends[name].port, ["127.0.0.1"]))
+    return objects
+
+
+async def who(envoy: XdsEnvoy, host: str, path: str) -> str:
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        response = await client.get(envoy.url(path), headers={"Host": host})
+    return response.text if response.status_code == 200 else str(response.status_code)
+
+
+async def until(check: Any, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)

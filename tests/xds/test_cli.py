@@ -130,6 +130,11 @@ def test_bootstrap_with_certs_uses_watched_sds_files(workdir: Path) -> None:
     (xds,) = [c for c in document["static_resources"]["clusters"] if c["name"] == "xds_cluster"]
     context = xds["transport_socket"]["typed_config"]["common_tls_context"]
     sds = context["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]
-    assert sds["watched_directory"]["path"] == str(certs)
+    assert sds["watched_directory"]["path"] == str(certs / "envoy")
     secret = json.loads(Path(sds["path"]).read_text())["resources"][0]
-    assert secret["tls_certificate"]["certificate_chain"]["filename"] == str(certs / "tls.crt")
+    chain = secret["tls_certificate"]["certificate_chain"]["filename"]
+    assert chain == str(certs / "envoy" / "tls.crt")
+    validation = context["combined_validation_context"]["default_validation_context"]
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "xds-server"}}
+    ]

@@ -15,23 +15,18 @@ from tests.harness.clients import Tally
 from tests.harness.xds import (
     XdsEnvoy,
     XdsServer,
+    app,
     endpoint_slice,
     ingress,
     ingress_class,
     rule,
     service,
+    until,
+    who,
     write_manifests,
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def app(backends: dict[str, Backend], names: str = "abcd") -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = []
-    for name in names:
-        objects.append(service(name, [("http", 80)]))
-        objects.append(endpoint_slice(name, "http", backends[name].port, ["127.0.0.1"]))
-    return objects
 
 
 async def start(
@@ -42,20 +37,6 @@ async def start(
     envoy = XdsEnvoy(workdir, server, node, sotw=sotw)
     processes.append(envoy)
     return server, await envoy.start()
-
-
-async def who(envoy: XdsEnvoy, host: str, path: str) -> str:
-    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
-        response = await client.get(envoy.url(path), headers={"Host": host})
-    return response.text if response.status_code == 200 else str(response.status_code)
-
-
-async def until(check: Any, timeout: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("sotw", [False, True], ids=["delta", "sotw"])

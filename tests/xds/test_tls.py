@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.harness.backend import Backend
+from tests.harness.certs import init_certs
 from tests.harness.pki import Authority
 from tests.harness.xds import (
     XdsEnvoy,
@@ -25,6 +27,8 @@ from tests.harness.xds import (
     service,
     write_manifests,
 )
+from xds_server import pki
+from xds_server.certs import DEFAULT_IDENTITY
 from xds_server.translate import LISTENER
 
 pytestmark = pytest.mark.timeout(90)
@@ -107,11 +111,7 @@ async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
 async def test_envoy_gets_its_config_over_mutual_tls_and_strangers_are_refused(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    ca = Authority()
-    server_dir = ca.write_dir(
-        workdir / "server-certs", ca.issue("xds-server", ["xds-server", "127.0.0.1"])
-    )
-    client_dir = ca.write_dir(workdir / "envoy-certs", ca.issue("envoy", ["envoy"], client=True))
+    certs = init_certs(workdir / "certs")
     write_manifests(
         manifests,
         "app",
@@ -121,19 +121,30 @@ async def test_envoy_gets_its_config_over_mutual_tls_and_strangers_are_refused(
             ingress("i", [rule(None, ("/", "Prefix", "a", 80))]),
         ],
     )
-    server = await XdsServer(workdir, manifests, certs_dir=server_dir).start()
+    server = await XdsServer(workdir, manifests, certs_dir=certs.root).start()
     processes.append(server)
-    envoy = XdsEnvoy(workdir, server, "mtls-node", certs_dir=client_dir)
+    envoy = XdsEnvoy(workdir, server, "mtls-node", certs_dir=certs.root)
     processes.append(envoy)
     await envoy.start()  # waits for ingress_http, which only the server can give
     assert (await envoy.stats(r"^cluster\.xds_cluster\.ssl\.handshake$"))[
         "cluster.xds_cluster.ssl.handshake"
     ] >= 1
 
-    other = Authority("someone-else")
-    for client in (None, other.issue("envoy", ["envoy"], client=True)):
+    authority = certs.authority()
+    assert authority is not None
+    ca = authority.signer
+    same_ca_wrong_identity = pki.issue_leaf(
+        ca,
+        "envoy",
+        ["spiffe://envoy-lifecycle/someone"],
+        "client",
+        timedelta(hours=1),
+        "ecdsa-p256",
+    )
+    other = Authority("someone-else").issue("envoy", [DEFAULT_IDENTITY], client=True)
+    for client in (None, other, same_ca_wrong_identity):
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca.pem,
+            root_certificates=ca.certificate,
             private_key=client.key if client else None,
             certificate_chain=client.certificate if client else None,
         )
@@ -145,6 +156,12 @@ async def test_envoy_gets_its_config_over_mutual_tls_and_strangers_are_refused(
             call = stub.DeltaAggregatedResources(
                 iter([discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER)])
             )
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 async for _ in call:
                     pass
+            if client is same_ca_wrong_identity:  # the handshake works, the stream does not
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            else:
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    metrics = await server.metrics()
+    assert "xds_clients_refused_total 1.0" in metrics
