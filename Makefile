@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup debian demo bench bench-xds readme clean
+.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs readme clean
 
 test: setup lint typecheck pytest
 
@@ -41,6 +41,9 @@ bench: setup
 
 bench-xds: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/xds.py
+
+bench-certs: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/certs.py
 
 readme: setup
 	$(PY) -m shutdown_manager.reference README.md

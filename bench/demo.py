@@ -7,7 +7,8 @@ The story, on this machine, in under half a minute:
    runner: Envoy 1.40 (bootstrap from `xds-server bootstrap`, routes over delta ADS, admin on a
    unix socket in the pod's shared directory) and the `shutdown-manager serve` sidecar.
 2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed, long streaming
-   responses, a TCP-proxy tunnel, an idle pooled client, and fresh connections.
+   responses, a TCP-proxy tunnel, an idle pooled client, and fresh connections. Halfway
+   through, the mTLS certificates of Envoy and xds-server are rotated under the load.
 3. The pod is deleted: both preStop hooks start in parallel (Envoy's httpGet `/shutdown`,
    the sidecar's exec `shutdown-manager drain`); each container gets SIGTERM when its own
    hook returns; SIGKILL waits at the grace period. New requests keep arriving for 1.5 s
@@ -39,10 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
 from tests.e2e.pod import TerminationReport
 from tests.harness.backend import Backend
+from tests.harness.certs import init_certs, loaded_client_serial, stored_serial
 from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
 from tests.harness.envoy import probe_connections
 from tests.harness.h2client import h2_load
 from tests.harness.xds import serve_one_backend
+from xds_server.certs import CertDirectory
+from xds_server.rotation import Rotator
 
 LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""
@@ -165,7 +169,8 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
 
 async def story(work: Path, timeline_png: Path | None) -> int:
     backend = await Backend().start()
-    xds = await serve_one_backend(work / "xds", backend.port)
+    certs = init_certs(work / "certs")
+    xds = await serve_one_backend(work / "xds", backend.port, certs_dir=certs.root)
     pod = envoy_pod(
         work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
         xds=xds,
@@ -174,16 +179,38 @@ async def story(work: Path, timeline_png: Path | None) -> int:
         await pod.start()
         console.print(
             f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar; "
-            "its routes come from xds-server (delta ADS) reading a directory of manifests"
+            "its routes come from xds-server (delta ADS over mTLS) reading a directory of "
+            "manifests"
         )
-        return await run(pod, timeline_png)
+        return await run(pod, timeline_png, certs)
     finally:
         pod.pod.kill()
         xds.stop()
         await backend.stop()
 
 
-async def run(pod: EnvoyPod, timeline_png: Path | None) -> int:
+async def rotate_certificates(pod: EnvoyPod, certs: CertDirectory) -> None:
+    """Mid-load: renew both mTLS leaves and show Envoy and the server using them."""
+    before = {which: stored_serial(certs, which) for which in ("server", "envoy")}
+    began = time.monotonic()
+    await asyncio.to_thread(Rotator(certs, propagation_delay=1).step, True)
+    after = {which: stored_serial(certs, which) for which in ("server", "envoy")}
+    loaded = None
+    for _ in range(1000):  # Envoy's watched directory reloads within a few ms
+        if await loaded_client_serial(pod.envoy.admin_socket) == after["envoy"]:
+            loaded = time.monotonic() - began
+            break
+        await asyncio.sleep(0.001)
+    took = f"{loaded * 1000:.0f} ms" if loaded is not None else "NOT within 1 s"
+    console.print(
+        f"[bold]Certificates rotated[/]: Envoy client {before['envoy'][:8]}.. -> "
+        f"{after['envoy'][:8]}.. issued, stored and loaded by Envoy in {took}; server "
+        f"{before['server'][:8]}.. -> {after['server'][:8]}.. for new handshakes; "
+        "no restart, xDS stream kept"
+    )
+
+
+async def run(pod: EnvoyPod, timeline_png: Path | None, certs: CertDirectory) -> int:
     timeline = Timeline()
     clients = Clients(pod, timeline)
     begin = time.monotonic()
@@ -203,7 +230,9 @@ async def run(pod: EnvoyPod, timeline_png: Path | None) -> int:
         status_line(pod, None, timeline), console=console, refresh_per_second=10, transient=True
     ) as live:
         ticker = asyncio.create_task(_refresh(live, pod, lambda: started, timeline, done))
-        await asyncio.sleep(LOAD_BEFORE)
+        await asyncio.sleep(LOAD_BEFORE / 2)
+        await rotate_certificates(pod, certs)
+        await asyncio.sleep(max(0.0, deleted_at - time.monotonic()))
         console.print("[bold]Pod deleted[/]: preStop hooks start in parallel")
         started = time.monotonic()
         deletion = asyncio.create_task(pod.pod.delete())

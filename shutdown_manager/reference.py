@@ -23,12 +23,12 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _command(program: str, parser: argparse.ArgumentParser) -> list[str]:
-    parts = [f"### `{program}`", "", "```text", f"$ {program} --help"]
+def _command(program: str, parser: argparse.ArgumentParser, level: int = 3) -> list[str]:
+    """`program --help`, then each subcommand's (and theirs, one heading level down)."""
+    parts = [f"{'#' * level} `{program}`", "", "```text", f"$ {program} --help"]
     parts += [parser.format_help().rstrip(), "```"]
     for name, sub in _subparsers(parser).items():
-        parts += ["", f"#### `{program} {name}`", "", "```text"]
-        parts += [f"$ {program} {name} --help", sub.format_help().rstrip(), "```"]
+        parts += ["", *_command(f"{program} {name}", sub, level + 1)]
     return parts
 
 

@@ -126,7 +126,7 @@ def add_parser(commands: argparse._SubParsersAction[Any], **kw: Any) -> None:
         parser.add_argument(
             "--propagation-delay",
             type=duration,
-            default=2.0,
+            default="2s",
             metavar="DURATION",
             help="wait between CA rotation steps so every proxy sees each one (locally "
             "milliseconds do; with kubelet-mounted Secrets use 90s or more)",
@@ -137,14 +137,14 @@ def add_parser(commands: argparse._SubParsersAction[Any], **kw: Any) -> None:
     init.add_argument(
         "--ca-lifetime",
         type=duration,
-        default=5 * 365 * 86400.0,
+        default="1825d",
         metavar="DURATION",
         help="CA validity (seconds, or 7d / 12h / 30m)",
     )
     init.add_argument(
         "--leaf-lifetime",
         type=duration,
-        default=7 * 86400.0,
+        default="7d",
         metavar="DURATION",
         help="server and Envoy certificate validity; renewed at two thirds",
     )

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--propagation-delay",
         type=duration,
-        default=2.0,
+        default="2s",
         metavar="DURATION",
         help="with --rotate: wait between CA rotation steps (90s or more with Secrets)",
     )

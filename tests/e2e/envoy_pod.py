@@ -142,9 +142,10 @@ def xds_bootstrap(xds: XdsServer, envoy: Envoy, name: str) -> tuple[dict[str, An
     path = envoy.workdir / "xds-bootstrap.json"
     probe = envoy.ports.get("probe") or free_port()  # pinned ports are kept
     tcp = envoy.ports.get("tcp_passthrough") or free_port(envoy.address)
+    security = ["--certs-dir", str(xds.certs_dir)] if xds.certs_dir else ["--insecure"]
     subprocess.run(
         [*XDS, "bootstrap", str(path), "--xds-address", f"127.0.0.1:{xds.grpc_port}",
-         "--admin-socket", str(envoy.admin_socket), "--node-id", name, "--insecure",
+         "--admin-socket", str(envoy.admin_socket), "--node-id", name, *security,
          "--probe-port", str(probe)],
         check=True, capture_output=True,
     )  # fmt: skip

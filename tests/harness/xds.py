@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.harness.certs import loaded_client_serial
 from tests.harness.envoy import envoy_binary, free_port, stop_process
 
 XDS = [sys.executable, "-m", "xds_server"]
@@ -109,6 +110,7 @@ class XdsServer:
         certs_dir: Path | None = None,
         envoy_address: str = "127.0.0.1",
     ) -> None:
+        self.certs_dir = certs_dir
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.envoy_http_port = free_port(envoy_address)
@@ -257,6 +259,18 @@ class XdsEnvoy:
         async with self.admin() as admin:
             return list((await admin.get("/certs")).json()["certificates"])
 
+    async def client_serial(self) -> str:
+        """The serial of the client certificate loaded for the xDS connection."""
+        return await loaded_client_serial(self.admin_socket)
+
+    async def trusted_serials(self) -> set[str]:
+        """The serials of the CAs it trusts for the xDS server."""
+        return {
+            str(cert["serial_number"]).lower().lstrip("0")
+            for entry in await self.loaded_certificates()
+            for cert in entry.get("ca_cert", [])
+        }
+
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.admin_socket)),
@@ -304,13 +318,17 @@ def one_backend(backend_port: int) -> list[dict[str, Any]]:
 
 
 async def serve_one_backend(
-    workdir: Path, backend_port: int, envoy_address: str = "127.0.0.1"
+    workdir: Path,
+    backend_port: int,
+    envoy_address: str = "127.0.0.1",
+    certs_dir: Path | None = None,
 ) -> XdsServer:
-    """An xDS server over `one_backend` manifests, started."""
+    """An xDS server over `one_backend` manifests, started (over mTLS with `certs_dir`)."""
     manifests = workdir / "manifests"
     manifests.mkdir(parents=True)
     write_manifests(manifests, "app", one_backend(backend_port))
-    return await XdsServer(workdir, manifests, envoy_address=envoy_address).start()
+    server = XdsServer(workdir, manifests, envoy_address=envoy_address, certs_dir=certs_dir)
+    return await server.start()
 
 
 def app(backends: dict[str, Any], names: str = "abcd") -> list[dict[str, Any]]:

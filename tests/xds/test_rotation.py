@@ -48,21 +48,6 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-async def envoy_client_serial(envoy: XdsEnvoy) -> str:
-    """The serial of the client certificate Envoy has loaded for the xDS connection."""
-    for entry in await envoy.loaded_certificates():
-        for cert in entry.get("cert_chain", []):
-            return str(cert["serial_number"]).lower().lstrip("0")
-    return ""
-
-
-async def envoy_trusted_serials(envoy: XdsEnvoy) -> set[str]:
-    serials: set[str] = set()
-    for entry in await envoy.loaded_certificates():
-        serials |= {str(c["serial_number"]).lower().lstrip("0") for c in entry.get("ca_cert", [])}
-    return serials
-
-
 class Handshakes:
     """Fresh mTLS handshakes with the server every 50 ms, each with the pair Envoy's store
     holds at that moment: every one must succeed, whatever the rotation is doing."""
@@ -126,7 +111,7 @@ async def test_leaves_then_the_ca_rotate_under_traffic_and_xds_updates_with_noth
     # 3. Both sides present what the stores hold now.
     await until(lambda: _envoy_uses_store(envoy, certs), timeout=10)
     await until(lambda: _server_uses_store(server, certs), timeout=10)
-    assert await envoy_trusted_serials(envoy) == {new_ca}
+    assert await envoy.trusted_serials() == {new_ca}
     await asyncio.sleep(0.5)
     stop.set()
     handshakes.stop.set()
@@ -152,7 +137,7 @@ async def _changed(certs: CertDirectory, first: dict[str, str]) -> bool:
 
 
 async def _envoy_uses_store(envoy: XdsEnvoy, certs: CertDirectory) -> bool:
-    return await envoy_client_serial(envoy) == stored_serial(certs, "envoy")
+    return await envoy.client_serial() == stored_serial(certs, "envoy")
 
 
 async def _server_uses_store(server: XdsServer, certs: CertDirectory) -> bool:
@@ -226,14 +211,14 @@ async def test_a_bad_pair_dropped_into_a_store_is_refused_and_the_old_one_kept(
     envoy = XdsEnvoy(workdir, server, "bad-pair", certs_dir=certs.root)
     processes.append(await envoy.start())
     serving = stored_serial(certs, "server")
-    envoy_serial = await envoy_client_serial(envoy)
+    envoy_serial = await envoy.client_serial()
 
     mismatched = certs.leaf("server") | {"tls.key": other.leaf("server")["tls.key"]}
     certs.stores["server"].write(mismatched)  # written by someone else: no check
     assert await presented_serial(server.grpc_port, certs) == serving
     certs.stores["envoy"].write({**certs.leaf("envoy"), "tls.crt": b"not a certificate"})
     await asyncio.sleep(0.3)
-    assert await envoy_client_serial(envoy) == envoy_serial  # Envoy kept its pair too
+    assert await envoy.client_serial() == envoy_serial  # Envoy kept its pair too
 
     await until(lambda: _logged(server, "rejected, the current pair stays"))
     metrics = await server.metrics()
