@@ -23,6 +23,7 @@ from xds_server import model as model_mod
 from xds_server import pki
 from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotStore
 from xds_server.certs import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
+from xds_server.kube_source import KubernetesSource
 from xds_server.metrics import XdsMetrics
 from xds_server.rotation import Rotator, inspect
 from xds_server.secret_volume import SecretVolume
@@ -61,7 +62,8 @@ log = logging.getLogger("xds_server")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    manifests: Path
+    manifests: Path | None
+    """A directory of manifests; None reads the Kubernetes API instead."""
     grpc_host: str
     grpc_port: int
     http_host: str
@@ -72,6 +74,8 @@ class ServeConfig:
     rotate: bool = False
     client_identity: str = DEFAULT_IDENTITY
     propagation_delay: float = 2.0
+    kubeconfig: Path | None = None
+    """With `manifests` None: a kubeconfig file, or None for the pod's service account."""
 
 
 class StartupError(Exception):
@@ -84,7 +88,11 @@ class ControlPlane:
         self.metrics = XdsMetrics()
         self.store = SnapshotStore()
         self.servicer = AggregatedDiscovery(self.store, self.metrics)
-        self.source = DirectorySource(config.manifests)
+        self.source: DirectorySource | KubernetesSource = (
+            DirectorySource(config.manifests)
+            if config.manifests is not None
+            else KubernetesSource(config.kubeconfig)
+        )
         self.should_exit = asyncio.Event()
         self.grpc_port = 0
         self.http_port = 0
@@ -104,8 +112,10 @@ class ControlPlane:
         return 0
 
     async def startup(self) -> None:
-        if not self.config.manifests.is_dir():
+        if self.config.manifests is not None and not self.config.manifests.is_dir():
             raise StartupError(f"manifests directory {self.config.manifests} does not exist")
+        if isinstance(self.source, KubernetesSource):
+            self._check_kubernetes(self.source)
         server = grpc.aio.server(options=GRPC_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
         address = f"{self.config.grpc_host}:{self.config.grpc_port}"
@@ -216,6 +226,17 @@ class ControlPlane:
             log.info("certificate %s: %s", store, message)
         else:
             log.error("certificate %s needs attention: %s", store, message)
+
+    def _check_kubernetes(self, source: KubernetesSource) -> None:
+        """A kubeconfig that cannot be read, or no service account: say so in one line."""
+        try:
+            source.client()
+        except ImportError as exc:
+            raise StartupError(
+                "--kubernetes needs the kubernetes client: pip install 'envoy-lifecycle[kube]'"
+            ) from exc
+        except Exception as exc:
+            raise StartupError(f"cannot configure the Kubernetes client: {exc}") from exc
 
     async def _feed(self) -> None:
         async for loaded in self.source.watch():

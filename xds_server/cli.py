@@ -64,15 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the control plane",
         formatter_class=help_formatter,
-        description="Serve ADS from a directory of Kubernetes manifests, reloaded on change.",
+        description="Serve ADS from Kubernetes objects: a directory of manifests (reloaded on "
+        "change) or the Kubernetes API (listed and watched).",
     )
-    serve.add_argument(
+    inputs = serve.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
         "--manifests",
         type=Path,
-        required=True,
         metavar="DIR",
         help="directory of YAML/JSON manifests (Ingress, IngressClass, Service, "
         "EndpointSlice, Secret)",
+    )
+    inputs.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="list and watch those objects in the Kubernetes API (in-cluster service "
+        "account, or --kubeconfig)",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="with --kubernetes: a kubeconfig file instead of the pod's service account",
     )
     serve.add_argument(
         "--listen",
@@ -189,7 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rotate=args.rotate,
         client_identity=args.client_identity,
         propagation_delay=args.propagation_delay,
+        kubeconfig=args.kubeconfig,
     )
+    if args.kubeconfig is not None and not args.kubernetes:
+        print(f"{prog}: error: --kubeconfig needs --kubernetes", file=sys.stderr)
+        return 2
     if args.rotate and args.certs_dir is None:
         print(f"{prog}: error: --rotate needs --certs-dir", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ class XdsServer:
     def __init__(
         self,
         workdir: Path,
-        manifests: Path,
+        manifests: Path | None,
         *flags: str,
         certs_dir: Path | None = None,
         envoy_address: str = "127.0.0.1",
@@ -120,8 +120,7 @@ class XdsServer:
         self.args = [
             *XDS,
             "serve",
-            "--manifests",
-            str(manifests),
+            *(["--manifests", str(manifests)] if manifests else ["--kubernetes"]),
             "--listen",
             f"127.0.0.1:{self.grpc_port}",
             "--http-listen",

@@ -1,0 +1,200 @@
+"""FAKE Kubernetes API server, for the API source's tests: no real one can run here.
+
+It speaks the real wire format of list and watch for the five resources `xds-server
+--kubernetes` reads: lists with a resourceVersion, watches as a chunked stream of JSON event
+lines from a given version, BOOKMARK events, a `410 Gone` ERROR event for a version older
+than the last compaction, `timeoutSeconds`, and connections it can drop on demand. Every
+request is recorded so tests can check how the client resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+PATHS = {
+    "/apis/networking.k8s.io/v1/ingresses": "Ingress",
+    "/apis/networking.k8s.io/v1/ingressclasses": "IngressClass",
+    "/api/v1/services": "Service",
+    "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice",
+    "/api/v1/secrets": "Secret",
+}
+
+
+@dataclass
+class Request:
+    kind: str
+    watch: bool
+    resource_version: str | None
+    field_selector: str | None
+
+
+@dataclass
+class FakeKubeApi:
+    version: int = 1
+    objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(
+        default_factory=lambda: {kind: {} for kind in PATHS.values()}
+    )
+    history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+    compacted: int = 0
+    requests: list[Request] = field(default_factory=list)
+    _watchers: list[tuple[str, asyncio.Queue[dict[str, Any] | None]]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    async def start(self) -> FakeKubeApi:
+        app = web.Application()
+        for path in PATHS:
+            app.router.add_get(path, self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        self.drop_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def kubeconfig(self, directory: Path) -> Path:
+        path = directory / "kubeconfig"
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "u", "user": {"token": "fake-token"}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        return path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- changing the cluster ---------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        obj = copy.deepcopy(obj)
+        kind, metadata = obj["kind"], obj["metadata"]
+        key = (metadata.get("namespace", "default"), metadata["name"])
+        event = "MODIFIED" if key in self.objects[kind] else "ADDED"
+        self._record(kind, event, key, obj)
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        obj = self.objects[kind][(namespace, name)]
+        self._record(kind, "DELETED", (namespace, name), copy.deepcopy(obj))
+
+    def _record(self, kind: str, event: str, key: tuple[str, str], obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        if event == "DELETED":
+            del self.objects[kind][key]
+        else:
+            self.objects[kind][key] = obj
+        self.history.append((self.version, kind, event, obj))
+        for watched, queue in self._watchers:
+            if watched == kind:
+                queue.put_nowait({"type": event, "object": obj})
+
+    def compact(self) -> None:
+        """Forget history: a watch from any version seen so far gets 410 Gone."""
+        self.version += 1
+        self.compacted = self.version
+
+    def bookmark(self) -> None:
+        self.version += 1
+        for kind, queue in self._watchers:
+            mark = {"kind": kind, "metadata": {"resourceVersion": str(self.version)}}
+            queue.put_nowait({"type": "BOOKMARK", "object": mark})
+
+    def drop_watches(self, abrupt: bool = False) -> None:
+        """End every watch: cleanly (as at timeoutSeconds) or by cutting the connection."""
+        for _, queue in self._watchers:
+            queue.put_nowait({"type": "CUT"} if abrupt else None)
+
+    def lists(self, kind: str) -> int:
+        return sum(1 for r in self.requests if r.kind == kind and not r.watch)
+
+    # --- the API ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        kind = PATHS[request.path]
+        selector = request.query.get("fieldSelector")
+        watching = request.query.get("watch") in ("true", "1", "True")
+        since = request.query.get("resourceVersion")
+        self.requests.append(Request(kind, watching, since, selector))
+        if not watching:
+            return self._list(kind, selector)
+        return await self._watch(request, kind, int(since or 0), selector)
+
+    def _visible(self, obj: dict[str, Any], selector: str | None) -> bool:
+        return selector != "type=kubernetes.io/tls" or obj.get("type") == "kubernetes.io/tls"
+
+    def _list(self, kind: str, selector: str | None) -> web.Response:
+        items = []
+        for obj in self.objects[kind].values():
+            if self._visible(obj, selector):
+                item = {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+                items.append(item)
+        return web.json_response(
+            {
+                "kind": f"{kind}List",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self.version)},
+                "items": items,
+            }
+        )
+
+    async def _watch(
+        self, request: web.Request, kind: str, since: int, selector: str | None
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if since < self.compacted:
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": "Expired",
+                "message": f"too old resource version: {since} ({self.compacted})",
+                "code": 410,
+            }
+            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            return response
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        for version, watched, change, obj in self.history:
+            if watched == kind and version > since:
+                queue.put_nowait({"type": change, "object": obj})
+        entry = (kind, queue)
+        self._watchers.append(entry)
+        timeout = float(request.query.get("timeoutSeconds", "300"))
+        try:
+            while True:
+                event = await asyncio.wait_for(queue.get(), timeout)
+                if event is None:
+                    break  # ended by the test, as a timeout would
+                if event["type"] == "CUT" and request.transport is not None:
+                    request.transport.abort()  # no final chunk: the client sees a broken stream
+                    break
+                if event["type"] != "BOOKMARK" and not self._visible(event["object"], selector):
+                    continue
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            self._watchers.remove(entry)
+        return response
