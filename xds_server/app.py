@@ -186,7 +186,13 @@ class ControlPlane:
         export every store's expiry, until cancelled."""
         certs = CertDirectory(root)
         watcher = DirectoryWatcher()
-        watcher.watch([store.path for store in certs.stores.values() if store.path.is_dir()])
+        watcher.watch(
+            [
+                store.path
+                for store in certs.stores.values()
+                if isinstance(store, SecretVolume) and store.path.is_dir()
+            ]
+        )
         try:
             while True:
                 wake = pki.now() + datetime.timedelta(seconds=CERT_CHECK)

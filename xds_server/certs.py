@@ -18,15 +18,15 @@ import datetime
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from cryptography import x509
 
 from xds_server import pki
-from xds_server.secret_volume import SecretVolume
+from xds_server.secret_volume import SecretVolume, Version
 
 CERT, KEY, BUNDLE = "tls.crt", "tls.key", "ca.crt"
 NEXT_CERT, NEXT_KEY = "next.crt", "next.key"
@@ -152,15 +152,49 @@ class Finding:
     details: dict[str, str] = field(default_factory=dict)
 
 
+class Store(Protocol):
+    """Where one Secret's files live: a secret-volume directory, or the Secret itself."""
+
+    @property
+    def where(self) -> str: ...
+
+    def exists(self) -> bool: ...
+
+    def current(self) -> str | None: ...
+
+    def read(self) -> Version | None: ...
+
+    def write(
+        self,
+        files: Mapping[str, bytes],
+        check: Callable[[dict[str, bytes]], object] | None = None,
+    ) -> str: ...
+
+
 class CertDirectory:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.stores = {name: SecretVolume(root / name) for name in (CA, SERVER, ENVOY)}
+    """The three stores, in DIR (`--dir`) or as Secrets in a namespace (`--kube-namespace`)."""
+
+    def __init__(self, root: Path | None, stores: dict[str, Store] | None = None) -> None:
+        self._root = root
+        self.stores: dict[str, Store] = stores or {
+            name: SecretVolume((root or Path(".")) / name) for name in (CA, SERVER, ENVOY)
+        }
+        self.where = str(root) if root is not None else self.stores[CA].where
+
+    @property
+    def root(self) -> Path:
+        """The directory (only for a directory of stores, not for Secrets)."""
+        assert self._root is not None, "the stores are Secrets, not a directory"
+        return self._root
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """One writer at a time (a CLI rotation and a server's rotator); the kernel drops
-        the lock of a killed process."""
+        the lock of a killed process. Secrets need none: a write carries the version it
+        read, and a concurrent change makes it fail with 409 Conflict."""
+        if self._root is None:
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

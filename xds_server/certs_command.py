@@ -33,7 +33,7 @@ def profile_from(args: argparse.Namespace) -> Profile:
 
 def run(args: argparse.Namespace) -> int:
     """Raises CertError or OSError for the caller to print as one line."""
-    certs = CertDirectory(args.dir)
+    certs = _certificates(args)
     if args.certs_command == "check":
         return _check(certs)
     if args.certs_command == "init":
@@ -43,10 +43,24 @@ def run(args: argparse.Namespace) -> int:
     return _rotate(certs, args)
 
 
+def _certificates(args: argparse.Namespace) -> CertDirectory:
+    if args.dir is not None:
+        return CertDirectory(args.dir)
+    from xds_server.secret_api import secret_stores
+
+    try:
+        stores = secret_stores(args.kube_namespace, args.kubeconfig)
+    except ImportError as exc:
+        raise CertError("--kube-namespace needs: pip install 'envoy-lifecycle[kube]'") from exc
+    except Exception as exc:  # no service account, an unreadable kubeconfig
+        raise CertError(f"cannot configure the Kubernetes client: {exc}") from exc
+    return CertDirectory(None, dict(stores))
+
+
 def _check(certs: CertDirectory) -> int:
     findings = inspect(certs)
     if not findings:
-        print(f"{certs.root}: no certificate stores (run `xds-server certs init`)")
+        print(f"{certs.where}: no certificate stores (run `xds-server certs init`)")
         return 1
     for finding in findings:
         print(f"{finding.store:<7} {finding.level.upper():<9} {finding.message}")
@@ -119,8 +133,19 @@ def add_parser(commands: argparse._SubParsersAction[Any], **kw: Any) -> None:
         **kw,
     )
     for parser in (init, rotate, check):
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--dir", type=Path, metavar="DIR", help="the certificate directory")
+        where.add_argument(
+            "--kube-namespace",
+            metavar="NS",
+            help="keep the stores as kubernetes.io/tls Secrets in NS (xds-server-ca, "
+            "xds-server-tls, envoy-tls) instead",
+        )
         parser.add_argument(
-            "--dir", type=Path, required=True, metavar="DIR", help="the certificate directory"
+            "--kubeconfig",
+            default=None,
+            metavar="PATH",
+            help="with --kube-namespace: a kubeconfig instead of the pod's service account",
         )
     for parser in (init, rotate):
         parser.add_argument(

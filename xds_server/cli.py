@@ -254,6 +254,12 @@ def _certs(prog: str, args: argparse.Namespace) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"{prog}: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+    except Exception as exc:
+        status = getattr(exc, "status", None)  # the Kubernetes API said no
+        if status is None:
+            raise
+        reason = getattr(exc, "reason", "") or ""
+        print(f"{prog}: error: Kubernetes API: HTTP {status} {reason}".rstrip(), file=sys.stderr)
     return 1
 
 

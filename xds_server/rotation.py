@@ -78,7 +78,7 @@ class Rotator:
         with self.certs.locked():
             authority = self.certs.authority()
             if authority is None:
-                raise CertError(f"no CA in {self.certs.root}: run `xds-server certs init` first")
+                raise CertError(f"no CA in {self.certs.where}: run `xds-server certs init` first")
             advanced = self._advance(authority, rotate_ca, result)
             repaired = [self._reconcile(which, advanced, force, result) for which in LEAVES]
             if any(repaired) and advanced is authority and authority.phase != "steady":
@@ -195,7 +195,7 @@ def inspect(certs: CertDirectory, now: datetime.datetime | None = None) -> list[
     moment = now or pki.now()
     findings: list[Finding] = []
     authority: Authority | None = None
-    if certs.stores[CA].path.exists():
+    if certs.stores[CA].exists():
         try:
             authority = certs.authority()
         except CertError as exc:
@@ -206,7 +206,7 @@ def inspect(certs: CertDirectory, now: datetime.datetime | None = None) -> list[
             else:
                 findings.append(_judge(CA, authority.signer.cert, moment, _phase(authority)))
     for which in LEAVES:
-        if not certs.stores[which].path.exists():
+        if not certs.stores[which].exists():
             continue
         files = certs.leaf(which)
         try:

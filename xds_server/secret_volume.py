@@ -39,6 +39,13 @@ class SecretVolume:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def current(self) -> str | None:
         """The version directory `..data` points at (None when there is none)."""
         try:

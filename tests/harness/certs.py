@@ -59,7 +59,7 @@ async def presented_serial(port: int, certs: CertDirectory, name: str = "xds-ser
     `name`): the serial of the certificate the server presents now."""
     version = certs.stores["envoy"].read()
     assert version is not None
-    directory = certs.stores["envoy"].path / version.name
+    directory = certs.root / "envoy" / version.name
     context = ssl.create_default_context(cafile=str(directory / BUNDLE))
     context.load_cert_chain(str(directory / CERT), str(directory / KEY))
     context.set_alpn_protocols(["h2"])

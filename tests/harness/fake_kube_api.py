@@ -52,6 +52,9 @@ class FakeKubeApi:
         app = web.Application()
         for path in PATHS:
             app.router.add_get(path, self._handle)
+        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
+        app.router.add_put("/api/v1/namespaces/{ns}/secrets/{name}", self._put_secret)
+        app.router.add_post("/api/v1/namespaces/{ns}/secrets", self._post_secret)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -129,6 +132,41 @@ class FakeKubeApi:
         return sum(1 for r in self.requests if r.kind == kind and not r.watch)
 
     # --- the API ----------------------------------------------------------------------
+
+    def _status(self, code: int, reason: str, message: str) -> web.Response:
+        body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                "message": message, "code": code}  # fmt: skip
+        return web.json_response(body, status=code)
+
+    async def _get_secret(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        self.requests.append(Request("Secret", False, None, f"name={key[1]}"))
+        found = self.objects["Secret"].get(key)
+        if found is None:
+            return self._status(404, "NotFound", f'secrets "{key[1]}" not found')
+        return web.json_response(found)
+
+    async def _post_secret(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = (request.match_info["ns"], body["metadata"]["name"])
+        if key in self.objects["Secret"]:
+            return self._status(409, "AlreadyExists", f'secrets "{key[1]}" already exists')
+        body["metadata"]["namespace"] = key[0]
+        self.apply(body)
+        return web.json_response(self.objects["Secret"][key], status=201)
+
+    async def _put_secret(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = (request.match_info["ns"], request.match_info["name"])
+        current = self.objects["Secret"].get(key)
+        if current is None:
+            return self._status(404, "NotFound", f'secrets "{key[1]}" not found')
+        wanted = body["metadata"].get("resourceVersion")
+        if wanted and wanted != current["metadata"]["resourceVersion"]:
+            return self._status(409, "Conflict", "the object has been modified")
+        body["metadata"]["namespace"] = key[0]
+        self.apply(body)
+        return web.json_response(self.objects["Secret"][key])
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS[request.path]
