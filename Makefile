@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs readme clean
+.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs readme clean e2e-kind
 
 test: setup lint typecheck pytest
 
@@ -16,15 +16,25 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# Debian packages the tests use: HAProxy (the external load balancer of the rolling restart).
+# The policy scanner lives in its own venv: checkov pins dozens of packages that must not
+# decide the versions our code runs with.
+POLICY_VENV := .venv-policy
+CHECKOV_VERSION := 3.3.30
+$(POLICY_VENV)/bin/checkov:
+	python3 -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+
+# Debian packages the tests use: HAProxy (the external load balancer of the rolling restart),
+# and kubectl for `kubectl kustomize` (Debian's kubernetes-client only where none is installed).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := haproxy
 
-setup: $(STAMP) debian
+setup: $(STAMP) debian $(POLICY_VENV)/bin/checkov
 	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
 
 debian:
 	@command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
+	@command -v kubectl >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y kubernetes-client; }
 
 lint: setup
 	$(VENV)/bin/ruff check shutdown_manager xds_server tests bench
@@ -51,5 +61,11 @@ readme: setup
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png
 
+# Needs docker and kind: creates a cluster from deploy/kind, builds and loads the image, applies
+# the overlay and runs the shared scenarios through the port mapping. Skips (with the reason)
+# where either is missing.
+e2e-kind: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q -rs tests/e2e/kind
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(POLICY_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -31,18 +31,11 @@ def _port(text: str) -> int:
     return value
 
 
-def _directory(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"no such directory: {text}")
-    return path
-
-
 def _security(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument(
         "--certs-dir",
-        type=_directory,
+        type=Path,
         metavar="DIR",
         help="mutual TLS with the certificate directory DIR (`xds-server certs init`): "
         "the server reads DIR/server, Envoy DIR/envoy, each a secret-volume layout "
@@ -208,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kubeconfig is not None and not args.kubernetes:
         print(f"{prog}: error: --kubeconfig needs --kubernetes", file=sys.stderr)
         return 2
+    if args.certs_dir is not None and not args.certs_dir.is_dir():
+        print(f"{prog}: error: no such directory: {args.certs_dir}", file=sys.stderr)
+        return 2
     if args.rotate and args.certs_dir is None:
         print(f"{prog}: error: --rotate needs --certs-dir", file=sys.stderr)
         return 2
@@ -225,6 +221,9 @@ def _bootstrap(prog: str, args: argparse.Namespace) -> int:
     node_cluster = args.node_cluster or os.environ.get("ENVOY_CLUSTER", "envoy")
     if not node_id:
         print(f"{prog}: error: --node-id is required (or set POD_NAME)", file=sys.stderr)
+        return 2
+    if args.certs_dir is not None and not args.certs_dir.is_dir():
+        print(f"{prog}: error: no such directory: {args.certs_dir}", file=sys.stderr)
         return 2
     host, port = args.xds_address
     config = BootstrapConfig(

@@ -1,4 +1,9 @@
-"""An upstream for Envoy: quick answers, slow answers and long streaming responses."""
+"""An upstream for Envoy: quick answers, slow answers and long streaming responses.
+
+Also the echo backend of the kind cluster (deploy/kind mounts this file from a ConfigMap and
+runs it with our image's Python): `python backend.py --host 0.0.0.0 --port 8080`. So it
+needs nothing but aiohttp and the standard library.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +37,10 @@ async def _stream(request: web.Request) -> web.StreamResponse:
 class Backend:
     """An aiohttp server on 127.0.0.1 with an OS-chosen port."""
 
-    def __init__(self, name: str = "ok") -> None:
+    def __init__(self, name: str = "ok", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
-        self.port = 0
+        self.host = host
+        self.port = port
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Backend:
@@ -45,7 +51,7 @@ class Backend:
         app.router.add_get("/{tail:.*}", _hello)  # any other path answers with the name
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self
@@ -53,3 +59,22 @@ class Backend:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def _serve_forever(name: str, host: str, port: int) -> None:
+    backend = await Backend(name, host, port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await backend.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the e2e echo backend")
+    parser.add_argument("--name", default="echo", help="what / answers")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind")
+    options = parser.parse_args()
+    asyncio.run(_serve_forever(options.name, options.host, options.port))
