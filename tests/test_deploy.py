@@ -225,6 +225,17 @@ def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
     return None if template is None else dict(template["spec"])
 
 
+def test_the_leader_rotates_with_a_propagation_delay_the_kubelet_can_meet() -> None:
+    for overlay, delay in (("envoy-daemonset", 120), ("kind", 70)):
+        pod = find(overlay, "Deployment", "xds-server")["spec"]["template"]["spec"]
+        args = container(pod, "xds-server")["args"]
+        server = xds_parser().parse_args(args)
+        assert server.rotate
+        assert server.kubernetes
+        assert server.propagation_delay == delay
+        assert len([a for a in args if a.startswith("--propagation-delay")]) == 1
+
+
 def test_kind_maps_the_envoy_node_ports_to_the_host() -> None:
     cluster = yaml.safe_load((DEPLOY / "kind" / "cluster.yaml").read_text())
     mapped = {m["containerPort"] for m in cluster["nodes"][0]["extraPortMappings"]}

@@ -23,6 +23,7 @@ from xds_server import model as model_mod
 from xds_server import pki
 from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotStore
 from xds_server.certs import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
+from xds_server.cluster_duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.kube_source import KubernetesSource
 from xds_server.metrics import XdsMetrics
 from xds_server.rotation import Rotator, inspect
@@ -76,6 +77,8 @@ class ServeConfig:
     propagation_delay: float = 2.0
     kubeconfig: Path | None = None
     """With `manifests` None: a kubeconfig file, or None for the pod's service account."""
+    duties: DutiesConfig | None = None
+    """With `manifests` None: the leader's Lease, Ingress status and Secret rotation."""
 
 
 class StartupError(Exception):
@@ -101,6 +104,7 @@ class ControlPlane:
         self._serial = 0
         self.tls: ServerTls | None = None
         self.rotator: Rotator | None = None
+        self.duties: ClusterDuties | None = None
         self._reported: dict[str, str] = {}
 
     async def serve(self) -> int:
@@ -115,7 +119,7 @@ class ControlPlane:
         if self.config.manifests is not None and not self.config.manifests.is_dir():
             raise StartupError(f"manifests directory {self.config.manifests} does not exist")
         if isinstance(self.source, KubernetesSource):
-            self._check_kubernetes(self.source)
+            self.duties = self._cluster_duties(self.source)
         server = grpc.aio.server(options=GRPC_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
         address = f"{self.config.grpc_host}:{self.config.grpc_port}"
@@ -143,6 +147,8 @@ class ControlPlane:
         tasks = [asyncio.create_task(self._feed())]
         if self.config.certs_dir is not None:
             tasks.append(asyncio.create_task(self._certificates(self.config.certs_dir)))
+        if self.duties is not None:
+            tasks.append(asyncio.create_task(self.duties.run()))
         await self.should_exit.wait()
         for task in tasks:
             task.cancel()
@@ -162,7 +168,7 @@ class ControlPlane:
         """Reloading mTLS credentials; with --rotate, whatever is due is issued first."""
         root = self.config.certs_dir
         assert root is not None
-        if self.config.rotate:
+        if self.config.rotate and self.config.manifests is not None:  # in-cluster: the leader
             self.rotator = Rotator(
                 CertDirectory(root),
                 self.config.propagation_delay,
@@ -233,10 +239,16 @@ class ControlPlane:
         else:
             log.error("certificate %s needs attention: %s", store, message)
 
-    def _check_kubernetes(self, source: KubernetesSource) -> None:
+    def _cluster_duties(self, source: KubernetesSource) -> ClusterDuties:
         """A kubeconfig that cannot be read, or no service account: say so in one line."""
+        duties = self.config.duties or DutiesConfig("envoy-lifecycle", "xds-server")
         try:
-            source.client()
+            api_client = source.client()
+            rotator = None
+            if duties.rotate:
+                kubeconfig = str(self.config.kubeconfig) if self.config.kubeconfig else None
+                rotator = secret_rotator(duties.namespace, kubeconfig, duties.propagation_delay)
+            return ClusterDuties(api_client, duties, self.metrics, rotator)
         except ImportError as exc:
             raise StartupError(
                 "--kubernetes needs the kubernetes client: pip install 'envoy-lifecycle[kube]'"
@@ -252,6 +264,8 @@ class ControlPlane:
         """Build and publish the snapshot for a set of objects; keep the last good on error."""
         seen = time.monotonic()
         built = model_mod.build(loaded.objects, self.config.ingress_class)
+        if self.duties is not None:
+            self.duties.observe(loaded.objects, built.served)
         for error in loaded.errors + built.errors:
             self.metrics.rejected.inc()
             log.error("rejected: %s", error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="with --kubernetes: a kubeconfig file instead of the pod's service account",
     )
+    cluster = serve.add_argument_group("with --kubernetes")
+    cluster.add_argument(
+        "--kube-namespace",
+        default=None,
+        metavar="NS",
+        help="this server's namespace: its leader Lease, the Envoy Service and (with --rotate) "
+        "the certificate Secrets; $POD_NAMESPACE, else envoy-lifecycle",
+    )
+    cluster.add_argument(
+        "--identity",
+        default=None,
+        help="this replica's name in the Lease; $POD_NAME, else the host name",
+    )
+    cluster.add_argument(
+        "--envoy-service",
+        default="envoy",
+        metavar="NAME",
+        help="the Envoy Service whose load-balancer address the leader writes into the "
+        "status of every Ingress served",
+    )
+    cluster.add_argument(
+        "--status-address",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="write this IP or host name instead (repeatable; for NodePort or kind)",
+    )
     serve.add_argument(
         "--listen",
         type=host_port,
@@ -116,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--rotate",
         action="store_true",
-        help="with --certs-dir DIR holding the CA: renew leaves at two thirds of their "
-        "lifetime and rotate the CA when it is due, inside the server",
+        help="renew leaves at two thirds of their lifetime and rotate the CA when it is due, "
+        "inside the server: in --certs-dir DIR (which holds the CA), or with --kubernetes in "
+        "the Secrets of --kube-namespace, by the leader only",
     )
     serve.add_argument(
         "--client-identity",
@@ -181,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import asyncio
 
     from xds_server.app import ControlPlane, ServeConfig, StartupError
+    from xds_server.cluster_duties import DutiesConfig
     from xds_server.translate import EnvoyPorts
 
     (grpc_host, grpc_port), (http_host, http_port) = args.listen, args.http_listen
@@ -197,6 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_identity=args.client_identity,
         propagation_delay=args.propagation_delay,
         kubeconfig=args.kubeconfig,
+        duties=DutiesConfig(
+            namespace=args.kube_namespace or os.environ.get("POD_NAMESPACE", "envoy-lifecycle"),
+            identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),
+            envoy_service=args.envoy_service,
+            status_addresses=list(args.status_address),
+            rotate=args.rotate and args.kubernetes,
+            propagation_delay=args.propagation_delay,
+        ),
     )
     if args.kubeconfig is not None and not args.kubernetes:
         print(f"{prog}: error: --kubeconfig needs --kubernetes", file=sys.stderr)
@@ -204,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.certs_dir is not None and not args.certs_dir.is_dir():
         print(f"{prog}: error: no such directory: {args.certs_dir}", file=sys.stderr)
         return 2
-    if args.rotate and args.certs_dir is None:
-        print(f"{prog}: error: --rotate needs --certs-dir", file=sys.stderr)
+    if args.rotate and args.certs_dir is None and not args.kubernetes:
+        print(f"{prog}: error: --rotate needs --certs-dir or --kubernetes", file=sys.stderr)
         return 2
     try:
         return asyncio.run(ControlPlane(config).serve())

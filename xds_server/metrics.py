@@ -89,5 +89,14 @@ class XdsMetrics:
             registry=self.registry,
         )
 
+        self.leader = Gauge(
+            "xds_leader", "1 while this replica holds the leader Lease.", registry=self.registry
+        )
+        self.status_writes = Counter(
+            "xds_ingress_status_writes",
+            "Ingress statuses written (by the leader, only when they differed).",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

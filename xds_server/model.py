@@ -92,6 +92,8 @@ class Model:
     tls: list[TlsBinding] = field(default_factory=list)
     secrets: dict[str, TlsSecret] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    served: set[tuple[str, str]] = field(default_factory=set)
+    """(namespace, name) of every Ingress accepted: whose status the leader writes."""
 
     def sorted_hosts(self) -> list[Host]:
         """Exact hosts, then wildcards, then the catch-all, each with routes in precedence."""
@@ -124,6 +126,7 @@ def build(objects: Iterable[KubeObject], ingress_class: str | None) -> Model:
             continue
         try:
             _add_ingress(model, ingress, services, slices)
+            model.served.add((ingress.namespace, ingress.name))
         except Rejected as exc:
             model.errors.append(f"{_label(ingress)}: {exc}")
     for host in model.hosts.values():

@@ -1,10 +1,11 @@
 """FAKE Kubernetes API server, for the API source's tests: no real one can run here.
 
 It speaks the real wire format of list and watch for the five resources `xds-server
---kubernetes` reads: lists with a resourceVersion, watches as a chunked stream of JSON event
-lines from a given version, BOOKMARK events, a `410 Gone` ERROR event for a version older
-than the last compaction, `timeoutSeconds`, and connections it can drop on demand. Every
-request is recorded so tests can check how the client resumed.
+--kubernetes` reads, get/create/replace (with resourceVersion conflicts) of Secrets and
+Leases, and merge patches of Ingress status. Lists carry a resourceVersion; watches are a
+chunked stream of JSON event lines from a given version, with BOOKMARK events, a `410 Gone`
+ERROR event for a version older than the last compaction, `timeoutSeconds`, and connections
+it can drop on demand. Every request is recorded so tests can check how the client resumed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ PATHS = {
     "/api/v1/secrets": "Secret",
 }
 
+NAMED = {"secrets": "Secret", "leases": "Lease"}
+"""Namespaced objects read and written one by one (GET, POST, PUT)."""
+
 
 @dataclass
 class Request:
@@ -39,8 +43,9 @@ class Request:
 class FakeKubeApi:
     version: int = 1
     objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(
-        default_factory=lambda: {kind: {} for kind in PATHS.values()}
+        default_factory=lambda: {kind: {} for kind in [*PATHS.values(), "Lease"]}
     )
+    status_patches: list[tuple[str, str]] = field(default_factory=list)
     history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     compacted: int = 0
     requests: list[Request] = field(default_factory=list)
@@ -52,9 +57,15 @@ class FakeKubeApi:
         app = web.Application()
         for path in PATHS:
             app.router.add_get(path, self._handle)
-        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
-        app.router.add_put("/api/v1/namespaces/{ns}/secrets/{name}", self._put_secret)
-        app.router.add_post("/api/v1/namespaces/{ns}/secrets", self._post_secret)
+        for prefix in ("/api/v1", "/apis/coordination.k8s.io/v1"):
+            named = prefix + "/namespaces/{ns}/{resource}"
+            app.router.add_get(named + "/{name}", self._get)
+            app.router.add_put(named + "/{name}", self._put)
+            app.router.add_post(named, self._post)
+        app.router.add_patch(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}/status",
+            self._patch_status,
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -138,35 +149,53 @@ class FakeKubeApi:
                 "message": message, "code": code}  # fmt: skip
         return web.json_response(body, status=code)
 
-    async def _get_secret(self, request: web.Request) -> web.Response:
-        key = (request.match_info["ns"], request.match_info["name"])
-        self.requests.append(Request("Secret", False, None, f"name={key[1]}"))
-        found = self.objects["Secret"].get(key)
+    def _named(self, request: web.Request) -> tuple[str, tuple[str, str]]:
+        kind = NAMED[request.match_info["resource"]]
+        return kind, (request.match_info["ns"], request.match_info.get("name", ""))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        kind, key = self._named(request)
+        self.requests.append(Request(kind, False, None, f"name={key[1]}"))
+        found = self.objects[kind].get(key)
         if found is None:
-            return self._status(404, "NotFound", f'secrets "{key[1]}" not found')
+            return self._status(404, "NotFound", f'{kind} "{key[1]}" not found')
         return web.json_response(found)
 
-    async def _post_secret(self, request: web.Request) -> web.Response:
+    async def _post(self, request: web.Request) -> web.Response:
+        kind, (namespace, _) = self._named(request)
         body = await request.json()
-        key = (request.match_info["ns"], body["metadata"]["name"])
-        if key in self.objects["Secret"]:
-            return self._status(409, "AlreadyExists", f'secrets "{key[1]}" already exists')
-        body["metadata"]["namespace"] = key[0]
+        key = (namespace, body["metadata"]["name"])
+        if key in self.objects[kind]:
+            return self._status(409, "AlreadyExists", f'{kind} "{key[1]}" already exists')
+        body["metadata"]["namespace"] = namespace
+        body.setdefault("kind", kind)
         self.apply(body)
-        return web.json_response(self.objects["Secret"][key], status=201)
+        return web.json_response(self.objects[kind][key], status=201)
 
-    async def _put_secret(self, request: web.Request) -> web.Response:
+    async def _put(self, request: web.Request) -> web.Response:
+        kind, key = self._named(request)
         body = await request.json()
-        key = (request.match_info["ns"], request.match_info["name"])
-        current = self.objects["Secret"].get(key)
+        current = self.objects[kind].get(key)
         if current is None:
-            return self._status(404, "NotFound", f'secrets "{key[1]}" not found')
+            return self._status(404, "NotFound", f'{kind} "{key[1]}" not found')
         wanted = body["metadata"].get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             return self._status(409, "Conflict", "the object has been modified")
         body["metadata"]["namespace"] = key[0]
+        body.setdefault("kind", kind)
         self.apply(body)
-        return web.json_response(self.objects["Secret"][key])
+        return web.json_response(self.objects[kind][key])
+
+    async def _patch_status(self, request: web.Request) -> web.Response:
+        """An Ingress status patch (merge): recorded, and seen by watchers as MODIFIED."""
+        key = (request.match_info["ns"], request.match_info["name"])
+        self.status_patches.append(key)
+        current = self.objects["Ingress"].get(key)
+        if current is None:
+            return self._status(404, "NotFound", f'Ingress "{key[1]}" not found')
+        patch = await request.json()
+        self.apply({**current, "status": patch["status"]})
+        return web.json_response(self.objects["Ingress"][key])
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS[request.path]

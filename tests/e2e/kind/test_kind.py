@@ -117,18 +117,25 @@ def drains() -> list[str]:
 
 
 def forced_rotation() -> None:
-    """The CronJob's job, run now with --force: both leaves renewed in the Secrets."""
-    cron = json.loads(kubectl("-n", NAMESPACE, "get", "cronjob", "certs-rotate", "-o", "json"))
+    """The certs-init Job's pod, run now as `certs rotate --force`: both leaves renewed in
+    the Secrets, which the kubelet then delivers to the running pods."""
+    init = json.loads(kubectl("-n", NAMESPACE, "get", "job", "certs-init", "-o", "json"))
+    template = init["spec"]["template"]
+    for key in ("labels", "annotations"):
+        template["metadata"].pop(key, None)
+    template["spec"]["containers"][0]["args"] = [
+        "certs", "rotate", "--force", f"--kube-namespace={NAMESPACE}",
+    ]  # fmt: skip
+    name = f"certs-force-{int(time.time())}"
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": f"certs-force-{int(time.time())}", "namespace": NAMESPACE},
-        "spec": cron["spec"]["jobTemplate"]["spec"],
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"template": template, "backoffLimit": 3},
     }
-    job["spec"]["template"]["spec"]["containers"][0]["args"].append("--force")
     run("kubectl", "--context", f"kind-{CLUSTER}", "apply", "-f", "-", stdin=json.dumps(job))
     kubectl("-n", NAMESPACE, "wait", "--for=condition=complete",
-            f"job/{job['metadata']['name']}", "--timeout=300s", timeout=330)  # fmt: skip
+            f"job/{name}", "--timeout=300s", timeout=330)  # fmt: skip
 
 
 KIND_SCENARIOS = {k: v for k, v in DRAINING_SCENARIOS.items() if k != "TCP-proxy connection"}
