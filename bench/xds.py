@@ -167,13 +167,11 @@ async def fan_out(
     try:
         await _all_have_some_route(proxies)
         for run in range(runs):
-            before = {id(p): p.routes.get("ingress_http") for p in proxies}
+            before = {id(p): p.routes_version for p in proxies}
             ready = prepared(manifests, routes_manifest(count, (run * 31) % count, ports))
             started = time.monotonic()
             ready.rename(manifests / "routes.yaml")
-            while not all(
-                p.routes.get("ingress_http") not in (None, before[id(p)]) for p in proxies
-            ):
+            while not all(p.routes_version not in ("", before[id(p)]) for p in proxies):
                 if time.monotonic() - started > 60:
                     raise TimeoutError("fan-out did not complete")
                 await asyncio.sleep(0.002)
@@ -186,7 +184,7 @@ async def fan_out(
 
 async def _all_have_some_route(proxies: list[SyntheticProxy]) -> None:
     deadline = time.monotonic() + 60
-    while not all("ingress_http" in p.routes for p in proxies):
+    while not all(p.routes_version for p in proxies):
         if time.monotonic() > deadline:
             raise TimeoutError("proxies did not sync")
         await asyncio.sleep(0.01)

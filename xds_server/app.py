@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from xds_server import model as model_mod
 from xds_server import pki
-from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotStore
+from xds_server.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
 from xds_server.certs import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
 from xds_server.cluster_duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.kube_source import KubernetesSource
@@ -31,7 +31,7 @@ from xds_server.secret_volume import SecretVolume
 from xds_server.server import AggregatedDiscovery
 from xds_server.server_tls import IdentityCheck, ServerTls
 from xds_server.sources import DirectorySource, Loaded
-from xds_server.translate import EnvoyPorts, resources
+from xds_server.translate import EnvoyPorts, TranslationMemo, resources
 from xds_server.watch import DirectoryWatcher
 
 STOP_GRACE = 5.0
@@ -102,6 +102,9 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
+        self.memo = model_mod.ModelMemo()
+        self.translation = TranslationMemo()
+        self.entry_memo = EntryMemo()
         self.tls: ServerTls | None = None
         self.rotator: Rotator | None = None
         self.duties: ClusterDuties | None = None
@@ -263,14 +266,16 @@ class ControlPlane:
     def apply(self, loaded: Loaded) -> bool:
         """Build and publish the snapshot for a set of objects; keep the last good on error."""
         seen = time.monotonic()
-        built = model_mod.build(loaded.objects, self.config.ingress_class)
+        built = model_mod.build(loaded.objects, self.config.ingress_class, self.memo)
         if self.duties is not None:
             self.duties.observe(loaded.objects, built.served)
         for error in loaded.errors + built.errors:
             self.metrics.rejected.inc()
             log.error("rejected: %s", error)
         try:
-            snapshot = Snapshot.build(resources(built, self.config.ports), self._serial + 1)
+            translated = resources(built, self.config.ports, self.translation)
+            self.translation.forget_unused()
+            snapshot = Snapshot.build(translated, self._serial + 1, self.entry_memo)
         except InconsistentSnapshot as exc:
             log.error("snapshot not published, the last good one stays: %s", exc)
             return False

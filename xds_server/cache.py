@@ -10,15 +10,25 @@ every cluster a route uses exists and has endpoints.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from xds_server.translate import CLUSTER, ENDPOINT, PUSH_ORDER, ROUTE, referenced_clusters
+from xds_server.translate import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    ROUTE,
+    ROUTE_VHDS,
+    VHOST,
+    referenced_clusters,
+)
+
+SNAPSHOT_KEYS = (*PUSH_ORDER, ROUTE_VHDS)
 
 
 @dataclass(frozen=True)
@@ -26,13 +36,17 @@ class Entry:
     name: str
     version: str
     resource: any_pb2.Any
-    message: Message
+    message: Message | None
+    clusters: frozenset[str] = frozenset()
+    """Clusters it sends traffic to (virtual hosts and route configurations): computed
+    once per version, not once per proxy and push."""
 
-    @functools.cached_property
-    def clusters(self) -> frozenset[str]:
-        """Clusters a route configuration sends traffic to: computed once per version, not
-        once per proxy and push."""
-        return frozenset(referenced_clusters({self.name: self.message}))
+    def decoded(self) -> Message:
+        """The message (parsed from the bytes for a route configuration assembled from them)."""
+        if self.message is not None:
+            return self.message
+        decoded: Message = route_pb2.RouteConfiguration.FromString(self.resource.value)
+        return decoded
 
 
 def clusters_used(entries: Iterable[Entry]) -> set[str]:
@@ -42,16 +56,79 @@ def clusters_used(entries: Iterable[Entry]) -> set[str]:
     return used
 
 
+def _version(type_url: str, data: bytes) -> str:
+    return hashlib.sha256(type_url.encode() + b"\0" + data).hexdigest()[:16]
+
+
 def _entry(type_url: str, name: str, message: Message) -> Entry:
     data = message.SerializeToString(deterministic=True)
-    version = hashlib.sha256(type_url.encode() + b"\0" + data).hexdigest()[:16]
-    return Entry(name, version, any_pb2.Any(type_url=type_url, value=data), message)
+    clusters = frozenset(referenced_clusters({name: message})) if type_url == VHOST else frozenset()
+    return Entry(
+        name,
+        _version(type_url, data),
+        any_pb2.Any(type_url=type_url, value=data),
+        message,
+        clusters,
+    )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field: tag, length, bytes."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def route_entry(name: str, vhosts: list[Entry]) -> Entry:
+    """The full route configuration for state-of-the-world proxies, assembled from the
+    virtual hosts' serialized bytes: exactly what serializing RouteConfiguration(name,
+    virtual_hosts) gives, without building (and copying) a message of 10,000 routes."""
+    data = _field(1, name.encode()) + b"".join(_field(2, v.resource.value) for v in vhosts)
+    clusters = frozenset(clusters_used(vhosts))
+    return Entry(
+        name, _version(ROUTE, data), any_pb2.Any(type_url=ROUTE, value=data), None, clusters
+    )
+
+
+class EntryMemo:
+    """Entries of the last snapshot, reused for the very same message object (see
+    TranslationMemo): an unchanged resource is neither serialized nor hashed again."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[Message, Entry]] = {}
+
+    def entries(self, type_url: str, messages: Mapping[str, Message]) -> dict[str, Entry]:
+        wire = ROUTE if type_url == ROUTE_VHDS else type_url
+        built: dict[str, Entry] = {}
+        for name, message in messages.items():
+            found = self._entries.get((type_url, name))
+            if found is None or found[0] is not message:
+                found = (message, _entry(wire, name, message))
+                self._entries[(type_url, name)] = found
+            built[name] = found[1]
+        return built
+
+    def forget_except(self, alive: set[tuple[str, str]]) -> None:
+        for key in set(self._entries) - alive:
+            del self._entries[key]
 
 
 def type_version(entries: Mapping[str, Entry]) -> str:
+    return versions_digest({name: entry.version for name, entry in entries.items()})
+
+
+def versions_digest(versions: Mapping[str, str]) -> str:
+    """One version for a set of resources: a hash of their names and versions."""
     hasher = hashlib.sha256()
-    for name in sorted(entries):
-        hasher.update(f"{name}={entries[name].version};".encode())
+    for name in sorted(versions):
+        hasher.update(f"{name}={versions[name]};".encode())
     return hasher.hexdigest()[:16]
 
 
@@ -65,13 +142,23 @@ class Snapshot:
     serial: int = 0
 
     @classmethod
-    def build(cls, resources: Mapping[str, Mapping[str, Message]], serial: int) -> Snapshot:
+    def build(
+        cls,
+        resources: Mapping[str, Mapping[str, Message]],
+        serial: int,
+        memo: EntryMemo | None = None,
+    ) -> Snapshot:
+        memo = memo or EntryMemo()
         built = {
-            type_url: {
-                name: _entry(type_url, name, msg)
-                for name, msg in resources.get(type_url, {}).items()
-            }
-            for type_url in PUSH_ORDER
+            type_url: memo.entries(type_url, resources.get(type_url, {}))
+            for type_url in SNAPSHOT_KEYS
+            if type_url != ROUTE
+        }
+        memo.forget_except({(t, n) for t, entries in built.items() for n in entries})
+        vhosts = list(built[VHOST].values())
+        built[ROUTE] = {
+            name: route_entry(name, [v for v in vhosts if v.name.startswith(name + "/")])
+            for name in resources.get(ROUTE_VHDS, {})
         }
         snapshot = cls(built, serial)
         snapshot.check()
@@ -102,7 +189,7 @@ class SnapshotStore:
     def publish(self, snapshot: Snapshot) -> bool:
         """Publish if anything differs; return whether it did."""
         if (
-            all(snapshot.version(t) == self.current.version(t) for t in PUSH_ORDER)
+            all(snapshot.version(t) == self.current.version(t) for t in SNAPSHOT_KEYS)
             and self.current.serial
         ):
             return False

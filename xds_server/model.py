@@ -112,25 +112,84 @@ def _label(obj: KubeObject) -> str:
     return f"{obj.source}: {obj.kind} {obj.namespace}/{obj.name}"
 
 
-def build(objects: Iterable[KubeObject], ingress_class: str | None) -> Model:
+@dataclass(frozen=True)
+class IngressPart:
+    """What one Ingress contributes, computed once while it and the Services and
+    EndpointSlices do not change."""
+
+    routes: list[tuple[str, Route]]
+    upstreams: dict[str, list[Endpoint]]
+    tls: list[TlsBinding]
+
+
+class ModelMemo:
+    """Per-Ingress results kept between builds. A source hands back the very same object
+    for an unchanged manifest, so a change to one Ingress re-reads only that Ingress; a
+    change to any Service or EndpointSlice starts afresh (endpoints are shared)."""
+
+    def __init__(self) -> None:
+        self.world: tuple[int, ...] = ()
+        self.parts: dict[int, tuple[dict[str, Any], IngressPart | Rejected]] = {}
+        self._refs: list[KubeObject] = []
+
+    def start(self, backends: list[KubeObject]) -> None:
+        world = tuple(id(obj.body) for obj in backends)
+        if world != self.world:
+            self.world, self.parts = world, {}
+        self._refs = backends  # keep the bodies alive: their ids stay theirs
+
+    def part(self, ingress: KubeObject, compute: Any) -> IngressPart:
+        found = self.parts.get(id(ingress.body))
+        if found is None or found[0] is not ingress.body:
+            try:
+                result: IngressPart | Rejected = compute()
+            except Rejected as exc:
+                result = exc
+            found = (ingress.body, result)
+            self.parts[id(ingress.body)] = found
+        if isinstance(found[1], Rejected):
+            raise found[1]
+        return found[1]
+
+    def forget_except(self, alive: set[int]) -> None:
+        for key in set(self.parts) - alive:
+            del self.parts[key]
+
+
+def build(
+    objects: Iterable[KubeObject], ingress_class: str | None, memo: ModelMemo | None = None
+) -> Model:
     """The model for a set of objects; rejected objects are listed in `model.errors`."""
     by_kind: dict[str, list[KubeObject]] = defaultdict(list)
     for obj in objects:
         by_kind[obj.kind].append(obj)
     model = Model()
+    memo = memo or ModelMemo()
+    memo.start(by_kind["Service"] + by_kind["EndpointSlice"])
     services = {(o.namespace, o.name): o for o in by_kind["Service"]}
     slices = _slices_by_service(by_kind["EndpointSlice"])
+    resolved: dict[tuple[str, str, str], tuple[Upstream, list[Endpoint]]] = {}
     default_class = _default_class(by_kind["IngressClass"])
+    alive: set[int] = set()
     for ingress in sorted(by_kind["Ingress"], key=lambda o: (o.namespace, o.name)):
         if not _our_class(ingress, ingress_class, default_class):
             continue
+        alive.add(id(ingress.body))
         try:
-            _add_ingress(model, ingress, services, slices)
-            model.served.add((ingress.namespace, ingress.name))
+            part = memo.part(
+                ingress, lambda i=ingress: _ingress_part(i, services, slices, resolved)
+            )
         except Rejected as exc:
             model.errors.append(f"{_label(ingress)}: {exc}")
-    for host in model.hosts.values():
-        host.routes.sort(key=lambda r: r.precedence)
+            continue
+        for host, route in part.routes:
+            model.hosts.setdefault(host, Host(host)).routes.append(route)
+        model.clusters.update(part.upstreams)
+        model.tls.extend(part.tls)
+        model.served.add((ingress.namespace, ingress.name))
+    memo.forget_except(alive)
+    for entry in model.hosts.values():
+        entry.routes.sort(key=lambda r: r.precedence)
     _add_secrets(model, by_kind["Secret"])
     return model
 
@@ -162,12 +221,13 @@ def _slices_by_service(slices: list[KubeObject]) -> dict[tuple[str, str], list[d
     return found
 
 
-def _add_ingress(
-    model: Model,
+def _ingress_part(
     ingress: KubeObject,
     services: dict[tuple[str, str], KubeObject],
     slices: dict[tuple[str, str], list[dict[str, Any]]],
-) -> None:
+    resolved: dict[tuple[str, str, str], tuple[Upstream, list[Endpoint]]],
+) -> IngressPart:
+    """All or nothing: a bad path rejects the whole Ingress."""
     spec = ingress.body.get("spec")
     if not isinstance(spec, dict):
         raise Rejected("has no spec")
@@ -175,7 +235,9 @@ def _add_ingress(
     upstreams: dict[str, list[Endpoint]] = {}
 
     def resolve(backend: Any, where: str) -> Upstream:
-        upstream, endpoints = _backend(ingress.namespace, backend, services, slices, where)
+        upstream, endpoints = _backend(
+            ingress.namespace, backend, services, slices, where, resolved
+        )
         upstreams[upstream.cluster] = endpoints
         return upstream
 
@@ -190,10 +252,7 @@ def _add_ingress(
     if not staged:
         raise Rejected("has no rules and no defaultBackend")
     tls = [_tls(ingress.namespace, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
-    for host, route in staged:  # all or nothing: a bad path rejects the whole Ingress
-        model.hosts.setdefault(host, Host(host)).routes.append(route)
-    model.clusters.update(upstreams)
-    model.tls.extend(tls)
+    return IngressPart(staged, upstreams, tls)
 
 
 def _host(value: Any, index: int) -> str:
@@ -228,18 +287,24 @@ def _backend(
     services: dict[tuple[str, str], KubeObject],
     slices: dict[tuple[str, str], list[dict[str, Any]]],
     where: str,
+    resolved: dict[tuple[str, str, str], tuple[Upstream, list[Endpoint]]],
 ) -> tuple[Upstream, list[Endpoint]]:
     service = (backend or {}).get("service") if isinstance(backend, dict) else None
     if not isinstance(service, dict) or not service.get("name"):
         raise Rejected(f"{where}.backend needs service.name (resource backends are not supported)")
     name = str(service["name"])
     port = service.get("port") or {}
+    key = (namespace, name, repr(sorted(port.items())) if isinstance(port, dict) else "")
+    if key in resolved:  # the same Service port, already resolved in this build
+        return resolved[key]
     svc = services.get((namespace, name))
     if svc is None:
         raise Rejected(f"{where}: Service {namespace}/{name} not found")
     port_name = _service_port_name(svc, port, where)
     upstream = Upstream(namespace, name, port_name)
-    return upstream, _ready_endpoints(slices.get((namespace, name), []), svc, port_name)
+    found = upstream, _ready_endpoints(slices.get((namespace, name), []), svc, port_name)
+    resolved[key] = found
+    return found
 
 
 def _service_port_name(svc: KubeObject, port: dict[str, Any], where: str) -> str:

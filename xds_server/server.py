@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +30,17 @@ from google.rpc import status_pb2
 
 from xds_server.cache import Entry, Snapshot, SnapshotStore, clusters_used, type_version
 from xds_server.metrics import XdsMetrics
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from xds_server.translate import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    ROUTE_VHDS,
+    VHOST,
+)
 
-WILDCARD_TYPES = {LISTENER, CLUSTER}
+WILDCARD_TYPES = {LISTENER, CLUSTER, VHOST}
 log = logging.getLogger("xds_server.ads")
 _nonces = itertools.count(1)
 
@@ -59,6 +67,10 @@ class TypeState:
 class Stream:
     """Shared bookkeeping of one proxy's stream (both flavours)."""
 
+    route_key = ROUTE
+    """Where its route configurations come from in a snapshot: full ones (SotW), or ones
+    whose virtual hosts come over VHDS (delta)."""
+
     def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
         self.store = store
         self.metrics = metrics
@@ -67,12 +79,19 @@ class Stream:
         self.out: asyncio.Queue[Any] = asyncio.Queue()
 
     def retained_clusters(self) -> set[str]:
-        """Clusters the proxy's ACKed routes still send traffic to."""
-        return clusters_used(self.types[ROUTE].acked_entries.values())
+        """Clusters the proxy's ACKed routes (and virtual hosts) still send traffic to."""
+        acked = [
+            *self.types[ROUTE].acked_entries.values(),
+            *self.types[VHOST].acked_entries.values(),
+        ]
+        return clusters_used(acked)
+
+    def source(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
+        return snapshot.entries(self.route_key if type_url == ROUTE else type_url)
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
         state = self.types[type_url]
-        entries = dict(snapshot.entries(type_url))
+        entries = dict(self.source(type_url, snapshot))
         if type_url in (CLUSTER, ENDPOINT):
             for name in self.retained_clusters() - set(entries):
                 kept = self.types[type_url].acked_entries.get(name)
@@ -85,7 +104,7 @@ class Stream:
     def ready_for(self, type_url: str, entries: dict[str, Entry]) -> bool:
         """Routes wait until the proxy has ACKed every cluster they use, and its endpoints:
         a cluster still warming is unknown to Envoy's router, which would answer 503."""
-        if type_url != ROUTE:
+        if type_url not in (ROUTE, VHOST):
             return True
         used = clusters_used(entries.values())
         warm = self._has_names(CLUSTER) & self._has_names(ENDPOINT)
@@ -181,6 +200,8 @@ class SotwStream(Stream):
 
 
 class DeltaStream(Stream):
+    route_key = ROUTE_VHDS
+
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
         if request.node.id:
             self.node = request.node.id
@@ -223,7 +244,7 @@ class DeltaStream(Stream):
             state.acked_entries.pop(name, None)
         # A proxy reconnecting (to a restarted server or another replica) says what it has:
         # that counts as ACKed, with the full entry where the content is the current one.
-        current = snapshot.entries(request.type_url)
+        current = self.source(request.type_url, snapshot)
         for name, version in request.initial_resource_versions.items():
             state.acked.setdefault(name, version)
             entry = current.get(name)
@@ -254,7 +275,7 @@ class DeltaStream(Stream):
             self._count(type_url, len(changed) + len(removed))
             self.out.put_nowait(
                 discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info=snapshot.version(type_url),
+                    system_version_info=type_version(self.source(type_url, snapshot)),
                     resources=[
                         discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
                         for e in changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,46 +111,64 @@ def _object(item: Any, source: str) -> tuple[KubeObject | None, str | None]:
     return KubeObject(api_version, kind, str(namespace), name, item, source), None
 
 
+@dataclass
+class Scan:
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    directories: list[Path] = field(default_factory=list)
+
+
 class DirectorySource:
     """All objects of a directory, re-read when it changes; per-file last good content."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._good: dict[Path, list[KubeObject]] = {}
-        self._parsed: dict[Path, tuple[tuple[int, int], Loaded]] = {}  # only changed files re-parse
-        self._stamp: tuple[tuple[str, int, int], ...] = ()
+        self._good: dict[str, list[KubeObject]] = {}
+        self._parsed: dict[str, tuple[tuple[int, int], Loaded]] = {}  # only changed files re-parse
+        self._stamp: tuple[tuple[str, tuple[int, int]], ...] = ()
 
-    def _visible(self, path: Path) -> bool:
-        """Not inside a `..`-prefixed entry: a ConfigMap volume's real files live in
+    def scan(self) -> Scan:
+        """Every manifest file with its (size, mtime), and every directory to watch: one
+        os.scandir walk (pathlib's rglob plus a stat per file cost 40 ms at 1,000 files).
+        Entries starting with `..` are skipped: a ConfigMap volume's real files live in
         `..<timestamp>/` behind the visible symlinks, and must not be read twice."""
-        return not any(part.startswith("..") for part in path.relative_to(self.directory).parts)
-
-    def _files(self) -> list[Path]:
-        return sorted(
-            p
-            for p in self.directory.rglob("*")
-            if p.suffix in SUFFIXES and p.is_file() and self._visible(p)
-        )
-
-    def stamp(self) -> tuple[tuple[str, int, int], ...]:
-        found = []
-        for path in self._files():
+        scan = Scan(directories=[self.directory])
+        pending = [self.directory]
+        while pending:
+            directory = pending.pop()
             try:
-                info = path.stat()
-            except FileNotFoundError:
+                entries = list(os.scandir(directory))
+            except OSError:
                 continue
-            found.append((str(path), info.st_size, info.st_mtime_ns))
-        return tuple(found)
+            for entry in entries:
+                if entry.name.startswith(".."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        pending.append(Path(entry.path))
+                        scan.directories.append(Path(entry.path))
+                    elif entry.name.endswith(SUFFIXES) and entry.is_file():
+                        info = entry.stat()
+                        scan.files[entry.path] = (info.st_size, info.st_mtime_ns)
+                except OSError:
+                    continue  # removed while we looked
+        return scan
 
-    def load(self) -> Loaded:
+    def stamp(self) -> tuple[tuple[str, tuple[int, int]], ...]:
+        return tuple(sorted(self.scan().files.items()))
+
+    def load(self, scan: Scan | None = None) -> Loaded:
         """Read everything now: rejected files keep their last good objects."""
+        files = (scan or self.scan()).files
         result = Loaded()
-        present = set()
-        for path in self._files():
-            present.add(path)
-            source = str(path.relative_to(self.directory))
+        for path in sorted(files):
+            cached = self._parsed.get(path)
+            if cached is not None and cached[0] == files[path]:  # unchanged: nothing to do
+                result.objects.extend(cached[1].objects)
+                result.errors.extend(cached[1].errors)
+                continue
+            source = os.path.relpath(path, self.directory)
             try:
-                loaded = self._parse(path, source)
+                loaded = self._parse(path, source, files[path])
             except (ValueError, OSError, UnicodeDecodeError) as exc:
                 result.errors.append(
                     str(exc) if isinstance(exc, ValueError) else f"{source}: {exc}"
@@ -159,19 +178,17 @@ class DirectorySource:
             self._good[path] = loaded.objects
             result.objects.extend(loaded.objects)
             result.errors.extend(loaded.errors)
-        for gone in set(self._good) - present:
+        for gone in set(self._good) - files.keys():
             del self._good[gone]
-        for gone in set(self._parsed) - present:
+        for gone in set(self._parsed) - files.keys():
             del self._parsed[gone]
         return result
 
-    def _parse(self, path: Path, source: str) -> Loaded:
-        info = path.stat()
-        stamp = (info.st_size, info.st_mtime_ns)
+    def _parse(self, path: str, source: str, stamp: tuple[int, int]) -> Loaded:
         cached = self._parsed.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        loaded = parse_documents(path.read_text(), source)
+        loaded = parse_documents(Path(path).read_text(), source)
         self._parsed[path] = (stamp, loaded)
         return loaded
 
@@ -183,18 +200,15 @@ class DirectorySource:
         last = -BURST_GAP
         try:
             while True:
-                watcher.watch(self._directories())
-                stamp = self.stamp()
+                scan = self.scan()
+                watcher.watch(scan.directories)
+                stamp = tuple(sorted(scan.files.items()))
                 if stamp != self._stamp:
                     self._stamp = stamp
                     last = loop.time()
-                    yield self.load()
+                    yield self.load(scan)
                 if await watcher.changed(SAFETY_POLL if watcher.active else POLL_INTERVAL):
                     # Leading edge at once; the rest of a burst coalesces into one reload.
                     await asyncio.sleep(max(0.0, last + BURST_GAP - loop.time()))
         finally:
             watcher.close()
-
-    def _directories(self) -> list[Path]:
-        found = [p for p in self.directory.rglob("*") if p.is_dir() and self._visible(p)]
-        return [self.directory, *found]

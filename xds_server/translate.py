@@ -31,8 +31,14 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-PUSH_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+VHOST = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
+PUSH_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, VHOST)
 """Make before break: what a resource refers to is sent before the resource."""
+
+ROUTE_VHDS = "vhds:" + ROUTE
+"""Not a type on the wire: the route configurations delta streams get (their virtual hosts
+come over VHDS, one resource each), kept apart from the full ones state-of-the-world
+streams get under ROUTE. The snapshot assembles those from the virtual hosts' bytes."""
 
 HTTP, HTTPS = "ingress_http", "ingress_https"
 
@@ -65,16 +71,23 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-def resources(model: Model, ports: EnvoyPorts) -> dict[str, dict[str, Message]]:
-    """Every resource of a model, by type URL and name."""
-    routes = _virtual_hosts(model.sorted_hosts())
+def resources(
+    model: Model, ports: EnvoyPorts, memo: TranslationMemo | None = None
+) -> dict[str, dict[str, Message]]:
+    """Every resource of a model, by type URL and name. Virtual hosts are named
+    `<route configuration>/<host>` (the VHDS convention) and listed in precedence order;
+    the full route configurations are assembled from them (see ROUTE_VHDS)."""
+    memo = memo or TranslationMemo()
+    vhosts: dict[str, Message] = {}
+    for config in (HTTP, HTTPS):
+        for host in model.sorted_hosts():
+            vhost = memo.virtual_host(config, host)
+            vhosts[vhost.name] = vhost
     result: dict[str, dict[str, Message]] = {
-        CLUSTER: {name: _cluster(name) for name in model.clusters},
-        ENDPOINT: {name: _load_assignment(name, eps) for name, eps in model.clusters.items()},
-        ROUTE: {
-            HTTP: route_pb2.RouteConfiguration(name=HTTP, virtual_hosts=routes),
-            HTTPS: route_pb2.RouteConfiguration(name=HTTPS, virtual_hosts=routes),
-        },
+        CLUSTER: {name: memo.cluster(name) for name in model.clusters},
+        ENDPOINT: {name: memo.load_assignment(name, eps) for name, eps in model.clusters.items()},
+        ROUTE_VHDS: {HTTP: memo.vhds_config(HTTP), HTTPS: memo.vhds_config(HTTPS)},
+        VHOST: vhosts,
         LISTENER: {HTTP: _http_listener(ports)},
         SECRET: {name: _secret(name, s.certificate, s.key) for name, s in model.secrets.items()},
     }
@@ -116,24 +129,70 @@ def _match(route: Route) -> route_components_pb2.RouteMatch:
     return route_components_pb2.RouteMatch(path_separated_prefix=route.path)
 
 
-def _virtual_hosts(hosts: list[Host]) -> list[route_components_pb2.VirtualHost]:
-    return [
-        route_components_pb2.VirtualHost(
-            name=host.name,
-            domains=[host.name] if host.name == "*" else [host.name, f"{host.name}:*"],
-            routes=[
-                route_components_pb2.Route(
-                    match=_match(route),
-                    route=route_components_pb2.RouteAction(
-                        cluster=route.upstream.cluster,
-                        timeout=duration_pb2.Duration(seconds=0),  # streams end on their own
-                    ),
-                )
-                for route in host.routes
-            ],
-        )
-        for host in hosts
-    ]
+class TranslationMemo:
+    """Messages kept between translations, by content: an unchanged virtual host, cluster
+    or load assignment is the very same message object, which the snapshot then neither
+    serializes nor hashes again. A change to one Ingress rebuilds only its hosts."""
+
+    def __init__(self) -> None:
+        self._vhosts: dict[tuple[str, str, tuple[Route, ...]], Message] = {}
+        self._clusters: dict[str, Message] = {}
+        self._assignments: dict[tuple[str, tuple[Endpoint, ...]], Message] = {}
+        self._vhds: dict[str, Message] = {}
+        self._used: set[object] = set()
+
+    def virtual_host(self, config: str, host: Host) -> route_components_pb2.VirtualHost:
+        key = (config, host.name, tuple(host.routes))
+        found = self._vhosts.get(key)
+        if found is None:
+            found = self._vhosts[key] = _virtual_host(config, host)
+        self._used.add(key)
+        assert isinstance(found, route_components_pb2.VirtualHost)
+        return found
+
+    def cluster(self, name: str) -> Message:
+        if name not in self._clusters:
+            self._clusters[name] = _cluster(name)
+        self._used.add(name)
+        return self._clusters[name]
+
+    def load_assignment(self, name: str, endpoints: list[Endpoint]) -> Message:
+        key = (name, tuple(endpoints))
+        if key not in self._assignments:
+            self._assignments[key] = _load_assignment(name, endpoints)
+        self._used.add(key)
+        return self._assignments[key]
+
+    def vhds_config(self, name: str) -> Message:
+        if name not in self._vhds:
+            self._vhds[name] = route_pb2.RouteConfiguration(
+                name=name, vhds=route_pb2.Vhds(config_source=_ads())
+            )
+        return self._vhds[name]
+
+    def forget_unused(self) -> None:
+        """Drop what the last translation did not use (memory stays flat under churn)."""
+        for table in (self._vhosts, self._clusters, self._assignments):
+            for key in [k for k in table if k not in self._used]:
+                del table[key]  # type: ignore[arg-type]
+        self._used = set()
+
+
+def _virtual_host(config: str, host: Host) -> route_components_pb2.VirtualHost:
+    return route_components_pb2.VirtualHost(
+        name=f"{config}/{host.name}",
+        domains=[host.name] if host.name == "*" else [host.name, f"{host.name}:*"],
+        routes=[
+            route_components_pb2.Route(
+                match=_match(route),
+                route=route_components_pb2.RouteAction(
+                    cluster=route.upstream.cluster,
+                    timeout=duration_pb2.Duration(seconds=0),  # streams end on their own
+                ),
+            )
+            for route in host.routes
+        ],
+    )
 
 
 def _connection_manager(route_config: str, stat_prefix: str) -> listener_components_pb2.Filter:
@@ -228,11 +287,15 @@ def _secret(name: str, certificate: bytes, key: bytes) -> secret_pb2.Secret:
     )
 
 
-def referenced_clusters(route_configs: dict[str, Message]) -> set[str]:
-    """Clusters the given route configurations send traffic to."""
+def referenced_clusters(messages: dict[str, Message]) -> set[str]:
+    """Clusters the given route configurations or virtual hosts send traffic to."""
     found: set[str] = set()
-    for config in route_configs.values():
-        assert isinstance(config, route_pb2.RouteConfiguration)
-        for vhost in config.virtual_hosts:
+    for message in messages.values():
+        if isinstance(message, route_pb2.RouteConfiguration):
+            vhosts = list(message.virtual_hosts)
+        else:
+            assert isinstance(message, route_components_pb2.VirtualHost)
+            vhosts = [message]
+        for vhost in vhosts:
             found.update(r.route.cluster for r in vhost.routes if r.route.cluster)
     return found

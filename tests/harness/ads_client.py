@@ -1,5 +1,6 @@
-"""A synthetic ADS client: subscribes like Envoy does over delta, ACKs everything, records
-when each route version arrived. A `stuck` client opens its stream and never reads."""
+"""A synthetic ADS client: subscribes like Envoy does over delta (routes with their virtual
+hosts over VHDS), ACKs everything, records when each state of its routes arrived. A `stuck`
+client opens its stream and never reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.cache import versions_digest
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 
 
 class SyntheticProxy:
@@ -21,8 +23,8 @@ class SyntheticProxy:
         self.node = node
         self.stuck = stuck
         self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
-        self.routes: dict[str, str] = {}  # route config name -> version
-        self.arrivals: list[tuple[float, str]] = []  # (monotonic, route version)
+        self.vhosts: dict[str, str] = {}  # virtual host name -> version
+        self.arrivals: list[tuple[float, str]] = []  # (monotonic, routes digest)
         self.bytes = 0
         self.responses = 0
         self._channel: grpc.aio.Channel | None = None
@@ -64,10 +66,19 @@ class SyntheticProxy:
             self._subscribe(ENDPOINT, names)
         elif response.type_url == LISTENER and names:
             self._subscribe(ROUTE, ["ingress_http"])
-        elif response.type_url == ROUTE:
+        elif response.type_url == ROUTE and names:
+            self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
+        elif response.type_url == VHOST:
             for resource in response.resources:
-                self.routes[resource.name] = resource.version
-                self.arrivals.append((time.monotonic(), resource.version))
+                self.vhosts[resource.name] = resource.version
+            for name in response.removed_resources:
+                self.vhosts.pop(name, None)
+            self.arrivals.append((time.monotonic(), self.routes_version))
+
+    @property
+    def routes_version(self) -> str:
+        """The digest of the virtual hosts it has (see `versions_digest`)."""
+        return versions_digest(self.vhosts) if self.vhosts else ""
 
     def _subscribe(self, type_url: str, names: list[str]) -> None:
         self.queue.put_nowait(
@@ -77,7 +88,7 @@ class SyntheticProxy:
     async def has_route_version(self, version: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.routes.get("ingress_http") == version:
+            if self.routes_version == version:
                 return True
             await asyncio.sleep(0.005)
         return False

@@ -83,7 +83,7 @@ async def test_one_leader_writes_status_and_renews_secrets_and_another_takes_ove
     # SIGTERM gives the lease up; the other replica leads and writes the next status.
     assert leader.proc is not None
     leader.proc.send_signal(signal.SIGTERM)
-    leader.proc.wait(timeout=15)
+    await asyncio.to_thread(leader.proc.wait, 15)  # the fake API answers from this loop
     await until(lambda: leading(follower), timeout=15)
     api.apply(ingress("three", [rule("three.example", ("/", "Prefix", "a", 80))]))
     await until(lambda: _status_is(api, "three", ADDRESS))

@@ -149,8 +149,8 @@ async def test_a_nack_is_parked_not_looped_and_the_next_good_change_applies(
         "app",
         [*base, ingress("i", [rule(None, ("/", "Prefix", "a", 80), ("/x?y", "Prefix", "b", 80))])],
     )
-    await until(
-        lambda: _metric(server, r'xds_nacks_total\{node="n1",type="RouteConfiguration"\}', 1)
+    await until(  # over delta, routes reach Envoy as virtual hosts (VHDS)
+        lambda: _metric(server, r'xds_nacks_total\{node="n1",type="VirtualHost"\}', 1)
     )
     pushes = await _pushes(server)
     await asyncio.sleep(1.0)

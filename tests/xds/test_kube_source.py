@@ -27,6 +27,7 @@ from xds_server.kube_source import KubernetesSource
 from xds_server.sources import Loaded
 
 pytestmark = pytest.mark.timeout(60)
+KINDS = ("Ingress", "IngressClass", "Service", "EndpointSlice", "Secret")
 
 
 @pytest.fixture
@@ -81,6 +82,8 @@ async def test_list_then_watch_resume_bookmarks_and_relist_on_410(
         api.drop_watches(abrupt=True)
         await until(lambda: _watching_from(api, "Ingress", seen))
         assert api.lists("Ingress") == 1
+        for kind in KINDS:  # every watch is back before the bookmark is sent
+            await until(lambda k=kind: _watches(api, k, 2))
 
         # A bookmark moves the version on; the next watch starts from it.
         api.bookmark()
@@ -106,6 +109,10 @@ async def _load_now(source: KubernetesSource) -> Loaded:
 
 async def _watching_from(api: FakeKubeApi, kind: str, version: str) -> bool:
     return any(r.kind == kind and r.watch and r.resource_version == version for r in api.requests)
+
+
+async def _watches(api: FakeKubeApi, kind: str, times: int) -> bool:
+    return sum(1 for r in api.requests if r.kind == kind and r.watch) >= times
 
 
 async def _listed(api: FakeKubeApi, kind: str, times: int) -> bool:

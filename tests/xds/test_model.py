@@ -12,15 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.harness.xds import endpoint_slice, ingress, ingress_class, rule, service
-from xds_server.cache import Snapshot
-from xds_server.model import EXACT, PREFIX, build
+from xds_server.cache import EntryMemo, Snapshot
+from xds_server.model import EXACT, PREFIX, ModelMemo, build
 from xds_server.sources import KubeObject, parse_documents
 from xds_server.translate import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
+    ROUTE_VHDS,
+    VHOST,
     EnvoyPorts,
+    TranslationMemo,
     referenced_clusters,
     resources,
 )
@@ -146,7 +149,61 @@ def test_resources_reference_only_what_they_define() -> None:
     model = build(objects(*BASE, ingress("i", [rule(None, ("/", "Prefix", "a", 80))])), None)
     out = resources(model, EnvoyPorts("127.0.0.1", 8080, 8443))
     assert set(out[LISTENER]) == {"ingress_http"}
-    assert referenced_clusters(out[ROUTE]) == set(out[CLUSTER]) == set(out[ENDPOINT])
+    assert referenced_clusters(out[VHOST]) == set(out[CLUSTER]) == set(out[ENDPOINT])
+    assert set(out[VHOST]) == {"ingress_http/*", "ingress_https/*"}
+
+
+def test_full_route_configurations_are_assembled_exactly_from_the_virtual_hosts() -> None:
+    """SotW proxies get whole route configurations, built from the virtual hosts' bytes:
+    they must be byte for byte what protobuf itself would serialize."""
+    bodies = [
+        ingress(
+            f"i{n}", [rule(f"h{n}.example.com", ("/", "Prefix", "a", 80), ("/x", "Exact", "b", 80))]
+        )
+        for n in range(40)
+    ]
+    model = build(
+        objects(*BASE, *bodies, ingress("d", [rule(None, ("/", "Prefix", "b", 80))])), None
+    )
+    out = resources(model, EnvoyPorts())
+    snapshot = Snapshot.build(out, 1)
+    for name in ("ingress_http", "ingress_https"):
+        vhosts = [v for key, v in out[VHOST].items() if key.startswith(name + "/")]
+        expected = route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
+        entry = snapshot.entries(ROUTE)[name]
+        assert entry.resource.value == expected.SerializeToString(deterministic=True)
+        assert entry.decoded() == expected
+        assert entry.clusters == {"default/a/http", "default/b/http"}
+        vhds = snapshot.entries(ROUTE_VHDS)[name].decoded()
+        assert isinstance(vhds, route_pb2.RouteConfiguration)
+        assert vhds.HasField("vhds")
+        assert not vhds.virtual_hosts
+
+
+def test_an_unchanged_virtual_host_is_the_same_entry_in_the_next_snapshot() -> None:
+    """Memos across builds: a change to one Ingress re-serializes only its hosts."""
+    memo, translation, entries = ModelMemo(), TranslationMemo(), EntryMemo()
+    loaded = objects(
+        *BASE,
+        *(
+            ingress(f"i{n}", [rule(f"h{n}.example.com", ("/", "Prefix", "a", 80))])
+            for n in range(5)
+        ),
+    )
+    first = Snapshot.build(
+        resources(build(loaded, None, memo), EnvoyPorts(), translation), 1, entries
+    )
+    changed = objects(ingress("i3", [rule("h3.example.com", ("/", "Prefix", "b", 80))]))
+    loaded = [o for o in loaded if o.name != "i3"] + changed
+    second = Snapshot.build(
+        resources(build(loaded, None, memo), EnvoyPorts(), translation), 2, entries
+    )
+    same = [n for n, e in second.entries(VHOST).items() if first.entries(VHOST).get(n) is e]
+    assert sorted(same) == sorted(
+        f"{config}/h{n}.example.com"
+        for config in ("ingress_http", "ingress_https")
+        for n in (0, 1, 2, 4)
+    )
 
 
 def test_versions_are_content_hashes_stable_across_builds() -> None:
@@ -159,7 +216,7 @@ def test_versions_are_content_hashes_stable_across_builds() -> None:
         ),
         7,
     )
-    for type_url in (LISTENER, ROUTE, CLUSTER, ENDPOINT):
+    for type_url in (LISTENER, ROUTE, ROUTE_VHDS, VHOST, CLUSTER, ENDPOINT):
         assert first.version(type_url) == second.version(type_url)
 
 
@@ -185,13 +242,14 @@ def test_translation_never_duplicates_names_and_every_cluster_exists(
     assert not model.errors
     out = resources(model, EnvoyPorts())
     snapshot = Snapshot.build(out, 1)  # raises on a dangling reference
-    for route_config in out[ROUTE].values():
+    for entry in snapshot.entries(ROUTE).values():
+        route_config = entry.decoded()
         assert isinstance(route_config, route_pb2.RouteConfiguration)
         names = [vhost.name for vhost in route_config.virtual_hosts]
         assert len(names) == len(set(names))
         domains = [d for v in route_config.virtual_hosts for d in v.domains]
         assert len(domains) == len(set(domains))
-    assert referenced_clusters(out[ROUTE]) <= set(snapshot.entries(CLUSTER))
+    assert referenced_clusters(out[VHOST]) <= set(snapshot.entries(CLUSTER))
 
 
 def test_a_configmap_volume_is_read_once_and_its_data_swap_is_seen(tmp_path: Path) -> None:

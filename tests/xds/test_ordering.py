@@ -11,7 +11,7 @@ from xds_server.cache import Snapshot, SnapshotStore
 from xds_server.metrics import XdsMetrics
 from xds_server.server import DeltaStream
 from xds_server.sources import parse_documents
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, EnvoyPorts, resources
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST, EnvoyPorts, resources
 
 
 def snapshot(backend: str, serial: int) -> Snapshot:
@@ -57,6 +57,7 @@ def test_routes_to_a_new_cluster_wait_for_its_cluster_and_endpoints_acks() -> No
         ),
         first,
     )
+    stream.handle(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST), first)  # VHDS
     for _ in range(3):  # sync, ACKing everything
         for response in sent(stream):
             ack(stream, response, first)
@@ -77,7 +78,7 @@ def test_routes_to_a_new_cluster_wait_for_its_cluster_and_endpoints_acks() -> No
     assert endpoints.type_url == ENDPOINT
     ack(stream, endpoints, second)
     (routes,) = sent(stream)
-    assert routes.type_url == ROUTE, "routes follow once b is warm"
+    assert routes.type_url == VHOST, "routes (virtual hosts, over delta) follow once b is warm"
     ack(stream, routes, second)
     removals = [(r.type_url, list(r.removed_resources)) for r in sent(stream)]
     assert removals == [(CLUSTER, ["default/a/http"]), (ENDPOINT, ["default/a/http"])], (

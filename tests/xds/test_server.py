@@ -17,8 +17,9 @@ from envoy.config.route.v3 import route_pb2
 from tests.harness.ads_client import SyntheticProxy
 from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
 from xds_server.app import ControlPlane, ServeConfig
+from xds_server.cache import versions_digest
 from xds_server.sources import BURST_GAP
-from xds_server.translate import ROUTE, EnvoyPorts
+from xds_server.translate import ROUTE, VHOST, EnvoyPorts
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,7 +47,9 @@ async def plane(manifests: Path) -> AsyncIterator[ControlPlane]:
 
 
 def route_version(plane: ControlPlane) -> str:
-    return plane.store.current.entries(ROUTE)["ingress_http"].version
+    """What a delta proxy has once it holds every current virtual host."""
+    entries = plane.store.current.entries(VHOST)
+    return versions_digest({name: entry.version for name, entry in entries.items()})
 
 
 async def changed(plane: ControlPlane, serial: int) -> None:
@@ -114,7 +117,7 @@ async def test_a_burst_of_changes_is_coalesced_and_the_last_one_wins(
         measured = re.search(r"^xds_convergence_seconds_count ([0-9.]+)$", metrics, re.M)
         assert measured is not None
         assert float(measured.group(1)) >= 1, "change seen -> all proxies ACKed, measured"
-        routes = plane.store.current.entries(ROUTE)["ingress_http"].message
+        routes = plane.store.current.entries(ROUTE)["ingress_http"].decoded()
         assert isinstance(routes, route_pb2.RouteConfiguration)
         assert len(routes.virtual_hosts[0].routes) == 40
     finally:
