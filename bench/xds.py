@@ -2,10 +2,11 @@
 
 Run: `make bench-xds` (or `python bench/xds.py [--quick] [--churn SECONDS]`). Prints:
 
-1. Change -> first successful request through a real Envoy (delta ADS), p50/p99, for 100,
-   1,000 and 10,000 routes: one route's backend is changed in the manifests (an atomic
-   rename, as a deploy tool writes), and a client polls that path until the new backend
-   answers. Includes the server's own change detection (it polls the directory).
+1. Change -> first successful request through a real Envoy (delta ADS, virtual hosts over
+   VHDS), p50/p99, for 100, 1,000 and 10,000 routes (Ingresses of 10 paths and one host
+   each, one file each): one route's backend is changed in its file (an atomic rename, as a
+   deploy tool writes), and a client polls that path until the new backend answers.
+   Includes the server's own change detection (inotify).
 2. Change -> all ACKed, for 100 synthetic delta proxies on the same server.
 3. Bytes one change costs a proxy, SotW against delta, through the server's real stream code.
 4. Server CPU and peak RSS over the run, and RSS before and after `--churn` seconds of
@@ -55,44 +56,71 @@ from xds_server.translate import (
     LISTENER,
     PUSH_ORDER,
     ROUTE,
+    VHOST,
     EnvoyPorts,
     resources,
 )
 
+PER_INGRESS = 10
+"""Routes per Ingress (one host each): 10,000 routes are 1,000 Ingress objects in 1,000
+files, as a cluster's many teams write them, not one file nobody would maintain."""
 
-def routes_manifest(
+
+def route_files(
     count: int, flipped: int | None, ports: dict[str, int], services: int = 0
-) -> list[dict[str, Any]]:
-    """`count` routes over 10 hosts to backend a, route `flipped` (if any) to b; with
-    `services`, the routes spread over that many more services (fake endpoints)."""
-    objects: list[dict[str, Any]] = []
+) -> dict[str, list[dict[str, Any]]]:
+    """Manifests by file name: the backends, then `count` routes to backend a over
+    Ingresses of PER_INGRESS paths and one host each; route `flipped` (if any) goes to b.
+    With `services`, the routes spread over that many more services (fake endpoints)."""
+    backends: list[dict[str, Any]] = []
     for name in "ab":
-        objects += [
+        backends += [
             service(name, [("http", 80)]),
             endpoint_slice(name, "http", ports[name], ["127.0.0.1"]),
         ]
     extra = [f"s{n}" for n in range(services)]
     for name in extra:
-        objects += [service(name, [("http", 80)]), endpoint_slice(name, "http", 9100, ["10.1.0.1"])]
-    per_host = max(1, count // 10)
-    rules = []
-    for host in range((count + per_host - 1) // per_host):
-        paths = []
-        for n in range(host * per_host, min(count, (host + 1) * per_host)):
-            target = "b" if n == flipped else (extra[n % services] if services else "a")
-            paths.append((f"/r{n}", "Prefix", target, 80))
-        rules.append(rule(f"h{host}.example.com", *paths))
-    objects.append(ingress("bench", rules))
-    return objects
+        backends += [
+            service(name, [("http", 80)]),
+            endpoint_slice(name, "http", 9100, ["10.1.0.1"]),
+        ]
+    files = {"backends": backends}
+    for index in range((count + PER_INGRESS - 1) // PER_INGRESS):
+        files[f"ing{index}"] = [_ingress(index, count, flipped, extra)]
+    return files
 
 
-def prepared(manifests: Path, objects: list[dict[str, Any]]) -> Path:
-    """The manifests rendered to a hidden file now, so that only the rename is timed."""
+def _ingress(index: int, count: int, flipped: int | None, extra: list[str]) -> dict[str, Any]:
+    paths = []
+    for n in range(index * PER_INGRESS, min(count, (index + 1) * PER_INGRESS)):
+        target = "b" if n == flipped else (extra[n % len(extra)] if extra else "a")
+        paths.append((f"/r{n}", "Prefix", target, 80))
+    return ingress(f"i{index}", [rule(f"h{index}.example.com", *paths)])
+
+
+SPACING = 0.1
+"""Seconds between measured changes: each is a single change, not part of a burst (a burst
+is coalesced by the server's 25 ms debounce, which would be measured instead)."""
+
+
+def host_of(route: int) -> str:
+    return f"h{route // PER_INGRESS}.example.com"
+
+
+def write_all(manifests: Path, files: dict[str, list[dict[str, Any]]]) -> None:
+    for name, objects in files.items():
+        write_manifests(manifests, name, objects)
+
+
+def prepared(manifests: Path, count: int, flipped: int) -> tuple[Path, Path]:
+    """The one Ingress file that changes, rendered now to a hidden file, so that only the
+    rename (what a deploy tool does) is timed."""
     import yaml
 
-    tmp = manifests / ".routes.next"
-    tmp.write_text(yaml.safe_dump_all(objects))
-    return tmp
+    index = flipped // PER_INGRESS
+    tmp = manifests / f".ing{index}.next"
+    tmp.write_text(yaml.safe_dump_all([_ingress(index, count, flipped, [])]))
+    return tmp, manifests / f"ing{index}.yaml"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -105,7 +133,7 @@ async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]
     ports = {name: b.port for name, b in backends.items()}
     manifests = work / "manifests"
     manifests.mkdir(parents=True)
-    write_manifests(manifests, "routes", routes_manifest(count, None, ports))
+    write_all(manifests, route_files(count, None, ports))
     server = await XdsServer(work, manifests).start()
     envoy = XdsEnvoy(work, server, f"bench-{count}")
     process = psutil.Process(server.proc.pid if server.proc else 0)
@@ -113,17 +141,16 @@ async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]
     peak = 0
     try:
         await envoy.start()
-        per_host = max(1, count // 10)
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             await _until(client, envoy.url("/r0"), "h0.example.com", "a")
             cpu_before = sum(process.cpu_times()[:2])
             for run in range(runs):
                 target = (run * 7919) % count
-                host = f"h{target // per_host}.example.com"
-                ready = prepared(manifests, routes_manifest(count, target, ports))
+                ready, final = prepared(manifests, count, target)
+                await asyncio.sleep(SPACING)
                 started = time.monotonic()
-                ready.rename(manifests / "routes.yaml")
-                await _until(client, envoy.url(f"/r{target}"), host, "b")
+                ready.rename(final)
+                await _until(client, envoy.url(f"/r{target}"), host_of(target), "b")
                 samples.append(time.monotonic() - started)
                 peak = max(peak, process.memory_info().rss)
             cpu = sum(process.cpu_times()[:2]) - cpu_before
@@ -168,9 +195,10 @@ async def fan_out(
         await _all_have_some_route(proxies)
         for run in range(runs):
             before = {id(p): p.routes_version for p in proxies}
-            ready = prepared(manifests, routes_manifest(count, (run * 31) % count, ports))
+            ready, final = prepared(manifests, count, (run * 31 + 3) % count)  # not a no-op
+            await asyncio.sleep(SPACING)
             started = time.monotonic()
-            ready.rename(manifests / "routes.yaml")
+            ready.rename(final)
             while not all(p.routes_version not in ("", before[id(p)]) for p in proxies):
                 if time.monotonic() - started > 60:
                     raise TimeoutError("fan-out did not complete")
@@ -197,7 +225,8 @@ def _snapshot(count: int, flipped: int | None, endpoints: int, serial: int) -> S
     import yaml
 
     ports = {"a": 9000, "b": 9001}
-    objects = routes_manifest(count, flipped, ports, services=BYTES_SERVICES)
+    files = route_files(count, flipped, ports, services=BYTES_SERVICES)
+    objects = [obj for batch in files.values() for obj in batch]
     addresses = [f"10.0.{i // 250}.{i % 250}" for i in range(endpoints)]
     objects[5] = endpoint_slice("s0", "http", 9100, addresses)  # after a, b and s0's Service
     loaded = parse_documents(yaml.safe_dump_all(objects), "bench.yaml")
@@ -212,9 +241,10 @@ def _sync(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> None:
         LISTENER: [],
         ENDPOINT: list(snapshot.entries(CLUSTER)),
         ROUTE: ["ingress_http"],
+        VHOST: [],  # delta only: Envoy asks for the virtual hosts (VHDS) after the routes
     }
     for type_url in PUSH_ORDER:
-        if type_url not in names:
+        if type_url not in names or (type_url == VHOST and isinstance(stream, SotwStream)):
             continue
         if isinstance(stream, SotwStream):
             stream.handle(
@@ -300,7 +330,7 @@ async def churn(seconds: float, work: Path) -> dict[str, str]:
     manifests = work / "churn"
     manifests.mkdir(parents=True)
     ports = {"a": 9000, "b": 9001}
-    write_manifests(manifests, "routes", routes_manifest(1000, None, ports))
+    write_all(manifests, route_files(1000, None, ports))
     server = await XdsServer(work, manifests).start()
     proxies = [
         await SyntheticProxy(f"127.0.0.1:{server.grpc_port}", f"c{n}").start() for n in range(10)
@@ -315,7 +345,8 @@ async def churn(seconds: float, work: Path) -> dict[str, str]:
             if not before and time.monotonic() > warm:
                 before = process.memory_info().rss
             step += 1
-            write_manifests(manifests, "routes", routes_manifest(1000, step % 1000, ports))
+            index = step % 100
+            write_manifests(manifests, f"ing{index}", [_ingress(index, 1000, step % 1000, [])])
             await asyncio.sleep(0.05)
         after = process.memory_info().rss
     finally:

@@ -10,6 +10,7 @@ every cluster a route uses exists and has endpoints.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from xds_server.translate import (
 )
 
 SNAPSHOT_KEYS = (*PUSH_ORDER, ROUTE_VHDS)
+COMPARED = tuple(key for key in SNAPSHOT_KEYS if key != ROUTE)
+"""Full route configurations are derived from the virtual hosts: comparing those is enough."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class Entry:
     clusters: frozenset[str] = frozenset()
     """Clusters it sends traffic to (virtual hosts and route configurations): computed
     once per version, not once per proxy and push."""
+
+    @functools.cached_property
+    def as_field(self) -> bytes:
+        """The resource as a repeated field 2 (RouteConfiguration.virtual_hosts)."""
+        return _field(2, self.resource.value)
 
     def decoded(self) -> Message:
         """The message (parsed from the bytes for a route configuration assembled from them)."""
@@ -90,7 +98,7 @@ def route_entry(name: str, vhosts: list[Entry]) -> Entry:
     """The full route configuration for state-of-the-world proxies, assembled from the
     virtual hosts' serialized bytes: exactly what serializing RouteConfiguration(name,
     virtual_hosts) gives, without building (and copying) a message of 10,000 routes."""
-    data = _field(1, name.encode()) + b"".join(_field(2, v.resource.value) for v in vhosts)
+    data = _field(1, name.encode()) + b"".join(v.as_field for v in vhosts)
     clusters = frozenset(clusters_used(vhosts))
     return Entry(
         name, _version(ROUTE, data), any_pb2.Any(type_url=ROUTE, value=data), None, clusters
@@ -140,6 +148,7 @@ class InconsistentSnapshot(ValueError):
 class Snapshot:
     resources: Mapping[str, Mapping[str, Entry]]
     serial: int = 0
+    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -155,23 +164,34 @@ class Snapshot:
             if type_url != ROUTE
         }
         memo.forget_except({(t, n) for t, entries in built.items() for n in entries})
-        vhosts = list(built[VHOST].values())
-        built[ROUTE] = {
-            name: route_entry(name, [v for v in vhosts if v.name.startswith(name + "/")])
-            for name in resources.get(ROUTE_VHDS, {})
-        }
         snapshot = cls(built, serial)
         snapshot.check()
         return snapshot
 
+    @functools.cached_property
+    def full_routes(self) -> Mapping[str, Entry]:
+        """Route configurations with every virtual host, for state-of-the-world proxies:
+        assembled on first use (delta proxies never need them), once per snapshot."""
+        vhosts = list(self.resources.get(VHOST, {}).values())
+        return {
+            name: route_entry(name, [v for v in vhosts if v.name.startswith(name + "/")])
+            for name in self.resources.get(ROUTE_VHDS, {})
+        }
+
     def entries(self, type_url: str) -> Mapping[str, Entry]:
+        if type_url == ROUTE:
+            return self.full_routes
         return self.resources.get(type_url, {})
 
     def version(self, type_url: str) -> str:
-        return type_version(self.entries(type_url))
+        """A type's version, computed once per snapshot (streams ask on every push)."""
+        found = self._versions.get(type_url)
+        if found is None:
+            found = self._versions[type_url] = type_version(self.entries(type_url))
+        return found
 
     def check(self) -> None:
-        missing = clusters_used(self.entries(ROUTE).values()) - set(self.entries(CLUSTER))
+        missing = clusters_used(self.entries(VHOST).values()) - set(self.entries(CLUSTER))
         if missing:
             raise InconsistentSnapshot(f"routes use unknown clusters: {sorted(missing)}")
         without = set(self.entries(CLUSTER)) - set(self.entries(ENDPOINT))
@@ -189,7 +209,7 @@ class SnapshotStore:
     def publish(self, snapshot: Snapshot) -> bool:
         """Publish if anything differs; return whether it did."""
         if (
-            all(snapshot.version(t) == self.current.version(t) for t in SNAPSHOT_KEYS)
+            all(snapshot.version(t) == self.current.version(t) for t in COMPARED)
             and self.current.serial
         ):
             return False

@@ -171,6 +171,8 @@ def build(
     resolved: dict[tuple[str, str, str], tuple[Upstream, list[Endpoint]]] = {}
     default_class = _default_class(by_kind["IngressClass"])
     alive: set[int] = set()
+    first_part: dict[str, int] = {}
+    shared: set[str] = set()
     for ingress in sorted(by_kind["Ingress"], key=lambda o: (o.namespace, o.name)):
         if not _our_class(ingress, ingress_class, default_class):
             continue
@@ -183,13 +185,19 @@ def build(
             model.errors.append(f"{_label(ingress)}: {exc}")
             continue
         for host, route in part.routes:
-            model.hosts.setdefault(host, Host(host)).routes.append(route)
+            entry = model.hosts.get(host)
+            if entry is None:
+                entry = model.hosts[host] = Host(host)
+                first_part[host] = id(part)
+            elif first_part[host] != id(part):
+                shared.add(host)  # routes from several Ingresses: sorted again below
+            entry.routes.append(route)
         model.clusters.update(part.upstreams)
         model.tls.extend(part.tls)
         model.served.add((ingress.namespace, ingress.name))
     memo.forget_except(alive)
-    for entry in model.hosts.values():
-        entry.routes.sort(key=lambda r: r.precedence)
+    for host in shared:  # each part's routes come sorted already
+        model.hosts[host].routes.sort(key=lambda r: r.precedence)
     _add_secrets(model, by_kind["Secret"])
     return model
 
@@ -252,6 +260,7 @@ def _ingress_part(
     if not staged:
         raise Rejected("has no rules and no defaultBackend")
     tls = [_tls(ingress.namespace, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
+    staged.sort(key=lambda item: (item[0], item[1].precedence))  # stable: ties keep order
     return IngressPart(staged, upstreams, tls)
 
 

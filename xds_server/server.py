@@ -62,6 +62,7 @@ class TypeState:
     acked_version: str | None = None  # SotW: the type version the proxy has
     responded: bool = False  # the first request of a type is always answered, even if empty
     subscribed_seen: bool = False
+    clean: bool = False  # the last push found nothing to send and nothing is awaiting an ACK
 
 
 class Stream:
@@ -77,6 +78,8 @@ class Stream:
         self.node = "?"
         self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
         self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.pushed_serial = -1
+        """The snapshot the last push looked at: `clean` flags speak of that one."""
 
     def retained_clusters(self) -> set[str]:
         """Clusters the proxy's ACKed routes (and virtual hosts) still send traffic to."""
@@ -115,17 +118,11 @@ class Stream:
         return set(state.acked) | set(state.acked_entries)
 
     def converged(self, snapshot: Snapshot) -> bool:
-        """The proxy has ACKed everything it subscribed to, as of `snapshot`."""
-        for type_url, state in self.types.items():
-            if not state.subscribed_seen:
-                continue  # never asked for this type
-            wanted = self.wanted(type_url, snapshot)
-            if {n: e.version for n, e in wanted.items()} != self._has(state):
-                return False
-        return True
-
-    def _has(self, state: TypeState) -> dict[str, str]:
-        return {n: e.version for n, e in state.acked_entries.items()}
+        """The proxy has ACKed everything it subscribed to, as of `snapshot`. Decided by
+        the last push's flags, not by comparing thousands of versions per proxy per ACK."""
+        if self.pushed_serial != snapshot.serial:
+            return False
+        return all(state.clean for state in self.types.values() if state.subscribed_seen)
 
     def _count(self, type_url: str, resources: int) -> None:
         kind = type_url.rsplit(".", 1)[-1]
@@ -175,12 +172,14 @@ class SotwStream(Stream):
             state.acked_version = version
 
     def push(self, snapshot: Snapshot) -> None:
+        self.pushed_serial = snapshot.serial
         for type_url in PUSH_ORDER:
             state = self.types[type_url]
-            if not state.open_request:
-                continue
             entries = self.wanted(type_url, snapshot)
             version = type_version(entries)
+            state.clean = version == state.acked_version
+            if not state.open_request:
+                continue
             if version in (state.acked_version, state.parked_version):
                 continue  # the proxy has it, or rejected exactly this
             if not self.ready_for(type_url, entries):
@@ -252,19 +251,22 @@ class DeltaStream(Stream):
                 state.acked_entries.setdefault(name, entry)
 
     def push(self, snapshot: Snapshot) -> None:
+        self.pushed_serial = snapshot.serial
         for type_url in PUSH_ORDER:
             state = self.types[type_url]
-            if not state.open_request or state.sent:
-                continue
             wanted = self.wanted(type_url, snapshot)
-            if not self.ready_for(type_url, wanted):
-                continue  # sent once the clusters it uses are warm
             changed = [
                 e
                 for n, e in wanted.items()
                 if state.acked.get(n) != e.version and (n, e.version) not in state.parked
             ]
             removed = [n for n in state.acked if n not in wanted]
+            parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
+            state.clean = not changed and not removed and not state.sent and not parked
+            if not state.open_request or state.sent:
+                continue
+            if not self.ready_for(type_url, wanted):
+                continue  # sent once the clusters it uses are warm
             if not changed and not removed and state.responded:
                 continue
             state.responded = True
@@ -275,7 +277,9 @@ class DeltaStream(Stream):
             self._count(type_url, len(changed) + len(removed))
             self.out.put_nowait(
                 discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info=type_version(self.source(type_url, snapshot)),
+                    system_version_info=snapshot.version(
+                        self.route_key if type_url == ROUTE else type_url
+                    ),
                     resources=[
                         discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
                         for e in changed

@@ -135,20 +135,24 @@ class TranslationMemo:
     serializes nor hashes again. A change to one Ingress rebuilds only its hosts."""
 
     def __init__(self) -> None:
-        self._vhosts: dict[tuple[str, str, tuple[Route, ...]], Message] = {}
+        self._vhosts: dict[tuple[str, str, tuple[int, ...]], tuple[list[Route], Message]] = {}
         self._clusters: dict[str, Message] = {}
         self._assignments: dict[tuple[str, tuple[Endpoint, ...]], Message] = {}
         self._vhds: dict[str, Message] = {}
         self._used: set[object] = set()
 
     def virtual_host(self, config: str, host: Host) -> route_components_pb2.VirtualHost:
-        key = (config, host.name, tuple(host.routes))
+        # Routes of an unchanged Ingress are the very same objects (the model's memo), so
+        # their identities make a key far cheaper to hash than their contents; the routes
+        # are kept with the message, so an identity is never reused while it is a key.
+        key = (config, host.name, tuple(map(id, host.routes)))
         found = self._vhosts.get(key)
         if found is None:
-            found = self._vhosts[key] = _virtual_host(config, host)
+            found = self._vhosts[key] = (list(host.routes), _virtual_host(config, host))
         self._used.add(key)
-        assert isinstance(found, route_components_pb2.VirtualHost)
-        return found
+        message = found[1]
+        assert isinstance(message, route_components_pb2.VirtualHost)
+        return message
 
     def cluster(self, name: str) -> Message:
         if name not in self._clusters:

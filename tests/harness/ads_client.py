@@ -24,6 +24,8 @@ class SyntheticProxy:
         self.stuck = stuck
         self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
         self.vhosts: dict[str, str] = {}  # virtual host name -> version
+        self.routes_version = ""
+        """The digest of the virtual hosts it has (see `versions_digest`), once per update."""
         self.arrivals: list[tuple[float, str]] = []  # (monotonic, routes digest)
         self.bytes = 0
         self.responses = 0
@@ -73,12 +75,8 @@ class SyntheticProxy:
                 self.vhosts[resource.name] = resource.version
             for name in response.removed_resources:
                 self.vhosts.pop(name, None)
+            self.routes_version = versions_digest(self.vhosts) if self.vhosts else ""
             self.arrivals.append((time.monotonic(), self.routes_version))
-
-    @property
-    def routes_version(self) -> str:
-        """The digest of the virtual hosts it has (see `versions_digest`)."""
-        return versions_digest(self.vhosts) if self.vhosts else ""
 
     def _subscribe(self, type_url: str, names: list[str]) -> None:
         self.queue.put_nowait(
