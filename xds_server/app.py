@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import logging
 import signal
 import time
@@ -281,6 +282,11 @@ class ControlPlane:
             return False
         if not self.store.publish(snapshot):
             return False
+        if self._serial == 0:
+            # Everything built so far lives as long as the process: keep the collector from
+            # walking it on every full collection (pauses of tens of ms at 10,000 routes).
+            gc.collect()
+            gc.freeze()
         self._serial = snapshot.serial
         self.metrics.snapshots.inc()
         self.metrics.ready.set(1)
