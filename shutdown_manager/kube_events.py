@@ -73,7 +73,10 @@ class KubeEvents:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
-                config.load_kube_config()  # type: ignore[no-untyped-call]
+                # $KUBECONFIG read now: the client reads it once, when first imported.
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=os.environ.get("KUBECONFIG")
+                )
             self._api = client.CoreV1Api()
         return self._api
 
