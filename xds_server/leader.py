@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
 from typing import Any
+
+from xds_server.kube_api import read_json
 
 LEASE_SECONDS = 15
 RENEW_SECONDS = LEASE_SECONDS / 3
@@ -129,18 +130,7 @@ class LeaseElector:
         }
 
     def _read(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self.api.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        lease: dict[str, Any] = json.loads(response.data)
-        return lease
+        return read_json(self.api.read_namespaced_lease, self.name, self.namespace)
 
     def _write(self, lease: dict[str, Any] | None, spec: dict[str, Any]) -> bool:
         body: dict[str, Any] = {

@@ -10,10 +10,10 @@ writers cannot overwrite each other (the loser gets 409 Conflict and changes not
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from xds_server.kube_api import read_json
 from xds_server.secret_volume import Version
 
 SECRET_NAMES = {"ca": "xds-server-ca", "server": "xds-server-tls", "envoy": "envoy-tls"}
@@ -74,18 +74,7 @@ class SecretStore:
         return self._version
 
     def _get(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            response = self.core.read_namespaced_secret(
-                self.name, self.namespace, _preload_content=False
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        secret: dict[str, Any] = json.loads(response.data)
-        return secret
+        return read_json(self.core.read_namespaced_secret, self.name, self.namespace)
 
 
 def secret_stores(namespace: str, kubeconfig: str | None = None) -> dict[str, SecretStore]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.backend import Backend
+from tests.harness.fake_kube_api import FakeKubeApi
 from tests.harness.xds import XdsEnvoy, XdsServer
 
 
@@ -32,3 +33,11 @@ def processes() -> Iterator[list[XdsServer | XdsEnvoy]]:
     yield started
     for process in reversed(started):
         process.stop()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeKubeApi]:
+    """The FAKE Kubernetes API server (no real one can run here)."""
+    fake = await FakeKubeApi().start()
+    yield fake
+    await fake.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from xds_server.secret_api import SECRET_NAMES, secret_stores
 from xds_server.secret_volume import SecretVolume
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    fake = await FakeKubeApi().start()
-    yield fake
-    await fake.stop()
 
 
 def kubelet_projects(api: FakeKubeApi, namespace: str, root: Path) -> CertDirectory:

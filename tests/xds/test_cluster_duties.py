@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.harness.xds import (
 
 pytestmark = pytest.mark.timeout(90)
 ADDRESS = [{"ip": "10.1.2.3"}]
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    fake = await FakeKubeApi().start()
-    yield fake
-    await fake.stop()
 
 
 def replica(workdir: Path, api: FakeKubeApi, name: str) -> XdsServer:

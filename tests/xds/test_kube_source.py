@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,6 @@ from xds_server.sources import Loaded
 
 pytestmark = pytest.mark.timeout(60)
 KINDS = ("Ingress", "IngressClass", "Service", "EndpointSlice", "Secret")
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    fake = await FakeKubeApi().start()
-    yield fake
-    await fake.stop()
 
 
 def names(loaded: Loaded) -> set[str]:
