@@ -156,6 +156,8 @@ class ControlPlane:
         await self.should_exit.wait()
         for task in tasks:
             task.cancel()
+        # Let them finish their way out (the leader gives its Lease up), within a bound.
+        await asyncio.wait(tasks, timeout=STOP_GRACE / 2)
 
     async def shutdown(self) -> None:
         log.info(
