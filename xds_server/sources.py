@@ -1,4 +1,4 @@
-"""Kubernetes objects from a directory of manifests (the API source comes later).
+"""Kubernetes objects from a directory of manifests (the API source is kube_source.py).
 
 Every `*.yaml`/`*.yml`/`*.json` file may hold several documents. A file that does not parse
 keeps its previous objects (the last good config stays), and every rejected file or object
