@@ -175,6 +175,8 @@ class SotwStream(Stream):
         self.pushed_serial = snapshot.serial
         for type_url in PUSH_ORDER:
             state = self.types[type_url]
+            if not state.subscribed_seen:
+                continue  # never asked for: nothing to compute on this hot path
             entries = self.wanted(type_url, snapshot)
             version = type_version(entries)
             state.clean = version == state.acked_version
@@ -254,6 +256,8 @@ class DeltaStream(Stream):
         self.pushed_serial = snapshot.serial
         for type_url in PUSH_ORDER:
             state = self.types[type_url]
+            if not state.subscribed_seen:
+                continue  # never asked for: nothing to compute on this hot path
             wanted = self.wanted(type_url, snapshot)
             changed = [
                 e

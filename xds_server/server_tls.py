@@ -31,7 +31,6 @@ class ServerTls:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._seen: str | None = None
-        self.cert: x509.Certificate | None = None
         self._pending: grpc.ServerCertificateConfiguration | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
@@ -88,7 +87,6 @@ class ServerTls:
                 exc,
             )
             return None
-        self.cert = cert
         self.metrics.cert_reloads.inc()
         self.metrics.cert_serial.info({"server": pki.serial_hex(cert)})
         log.info(

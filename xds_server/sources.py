@@ -124,7 +124,7 @@ class DirectorySource:
         self.directory = directory
         self._good: dict[str, list[KubeObject]] = {}
         self._parsed: dict[str, tuple[tuple[int, int], Loaded]] = {}  # only changed files re-parse
-        self._stamp: tuple[tuple[str, tuple[int, int]], ...] = ()
+        self._seen: dict[str, tuple[int, int]] = {}  # files as of the last load (none yet)
 
     def scan(self) -> Scan:
         """Every manifest file with its (size, mtime), and every directory to watch: one
@@ -152,9 +152,6 @@ class DirectorySource:
                 except OSError:
                     continue  # removed while we looked
         return scan
-
-    def stamp(self) -> tuple[tuple[str, tuple[int, int]], ...]:
-        return tuple(sorted(self.scan().files.items()))
 
     def load(self, scan: Scan | None = None) -> Loaded:
         """Read everything now: rejected files keep their last good objects."""
@@ -202,9 +199,8 @@ class DirectorySource:
             while True:
                 scan = self.scan()
                 watcher.watch(scan.directories)
-                stamp = tuple(sorted(scan.files.items()))
-                if stamp != self._stamp:
-                    self._stamp = stamp
+                if scan.files != self._seen:  # a file added, removed, resized or touched
+                    self._seen = scan.files
                     last = loop.time()
                     yield self.load(scan)
                 if await watcher.changed(SAFETY_POLL if watcher.active else POLL_INTERVAL):

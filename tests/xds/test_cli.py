@@ -13,6 +13,10 @@ from tests.harness.cli import run_cli
 pytestmark = pytest.mark.timeout(60)
 
 
+BOOTSTRAP = ["bootstrap", "out.json", "--xds-address", "127.0.0.1:8001", "--admin-socket", "/a",
+             "--node-id", "n"]  # fmt: skip
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("xds_server", *args)
 
@@ -27,34 +31,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (["serve", "--manifests", "/tmp", "--insecure", "--envoy-http-port", "0"], "port 1-65535"),
         (
-            [
-                "bootstrap",
-                "out.json",
-                "--xds-address",
-                "127.0.0.1:8001",
-                "--admin-socket",
-                "/a",
-                "--node-id",
-                "n",
-                "--certs-dir",
-                "/nonexistent",
-            ],
+            [*BOOTSTRAP, "--certs-dir", "/nonexistent"],
             "no such directory",
         ),
         (
-            [
-                "bootstrap",
-                "out.json",
-                "--xds-address",
-                "127.0.0.1:8001",
-                "--admin-socket",
-                "/a",
-                "--node-id",
-                "n",
-                "--insecure",
-                "--certs-dir",
-                "/tmp",
-            ],
+            [*BOOTSTRAP, "--insecure", "--certs-dir", "/tmp"],
             "not allowed with argument",
         ),
     ],

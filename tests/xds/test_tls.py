@@ -17,7 +17,6 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.harness.backend import Backend
 from tests.harness.certs import init_certs
-from tests.harness.pki import Authority
 from tests.harness.xds import (
     XdsEnvoy,
     XdsServer,
@@ -32,6 +31,12 @@ from xds_server.certs import DEFAULT_IDENTITY
 from xds_server.translate import LISTENER
 
 pytestmark = pytest.mark.timeout(90)
+DAY = timedelta(days=1)
+
+
+def leaf(ca: pki.Pair, common: str, name: str, usage: pki.Usage = "server") -> pki.Pair:
+    """A one-day ECDSA leaf from the product's own issuer."""
+    return pki.issue_leaf(ca, common, [name], usage, DAY, "ecdsa-p256")
 
 
 def tls_secret(name: str, certificate: bytes, key: bytes) -> dict[str, Any]:
@@ -66,8 +71,9 @@ async def https_get(port: int, host: str, ca: bytes) -> tuple[str, list[str]]:
 async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    ca = Authority()
-    foo, bar = ca.issue("foo", ["foo.example.com"]), ca.issue("bar", ["bar.example.com"])
+    ca = pki.issue_ca("test-ca", DAY, "ecdsa-p256")
+    foo, bar = leaf(ca, "foo", "foo.example.com"), leaf(ca, "bar", "bar.example.com")
+    trusted = ca.certificate
     objects: list[dict[str, Any]] = []
     for name in "ab":
         objects += [
@@ -97,12 +103,14 @@ async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
     await envoy.start()
     for _ in range(100):  # the https listener warms until its secrets arrive
         try:
-            body, names = await https_get(server.envoy_https_port, "foo.example.com", ca.pem)
+            body, names = await https_get(
+                server.envoy_https_port, "foo.example.com", ca.certificate
+            )
             break
         except (OSError, ssl.SSLError):
             await asyncio.sleep(0.1)
     assert (body, names) == ("a", ["foo.example.com"])
-    assert await https_get(server.envoy_https_port, "bar.example.com", ca.pem) == (
+    assert await https_get(server.envoy_https_port, "bar.example.com", trusted) == (
         "b",
         ["bar.example.com"],
     )
@@ -133,15 +141,9 @@ async def test_envoy_gets_its_config_over_mutual_tls_and_strangers_are_refused(
     authority = certs.authority()
     assert authority is not None
     ca = authority.signer
-    same_ca_wrong_identity = pki.issue_leaf(
-        ca,
-        "envoy",
-        ["spiffe://envoy-lifecycle/someone"],
-        "client",
-        timedelta(hours=1),
-        "ecdsa-p256",
-    )
-    other = Authority("someone-else").issue("envoy", [DEFAULT_IDENTITY], client=True)
+    same_ca_wrong_identity = leaf(ca, "envoy", "spiffe://envoy-lifecycle/someone", "client")
+    other_ca = pki.issue_ca("someone-else", DAY, "ecdsa-p256")
+    other = leaf(other_ca, "envoy", DEFAULT_IDENTITY, "client")
     for client in (None, other, same_ca_wrong_identity):
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca.certificate,
