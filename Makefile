@@ -37,8 +37,8 @@ debian:
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y kubernetes-client; }
 
 lint: setup
-	$(VENV)/bin/ruff check shutdown_manager xds_server tests bench
-	$(VENV)/bin/ruff format --check shutdown_manager xds_server tests bench
+	$(VENV)/bin/ruff check envoy_lifecycle shutdown_manager xds_server tests bench
+	$(VENV)/bin/ruff format --check envoy_lifecycle shutdown_manager xds_server tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -56,7 +56,7 @@ bench-certs: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/certs.py
 
 readme: setup
-	$(PY) -m shutdown_manager.reference README.md
+	$(PY) -m envoy_lifecycle.reference README.md
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png

@@ -23,16 +23,16 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
 
-from tests.harness.backend import Backend
-from tests.harness.certs import (
+from bench.lab.backend import Backend
+from bench.lab.certs import (
     init_certs,
     loaded_client_serial,
     presented_serial,
     stored_serial,
 )
-from tests.harness.xds import XdsEnvoy, XdsServer, one_backend, write_manifests
-from xds_server.certs import CertDirectory
-from xds_server.rotation import Rotator
+from bench.lab.xds import XdsEnvoy, XdsServer, one_backend, write_manifests
+from xds_server.certs.directory import CertDirectory
+from xds_server.certs.rotation import Rotator
 
 
 async def _until_equal(probe: object, want: str, interval: float, timeout: float = 10) -> float:

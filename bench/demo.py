@@ -37,16 +37,16 @@ from rich.text import Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
-from tests.e2e.pod import TerminationReport
-from tests.harness.backend import Backend
-from tests.harness.certs import init_certs, loaded_client_serial, stored_serial
-from tests.harness.clients import Tally, TcpConnection, http_client, streaming_request
-from tests.harness.envoy import probe_connections
-from tests.harness.h2client import h2_load
-from tests.harness.xds import serve_one_backend
-from xds_server.certs import CertDirectory
-from xds_server.rotation import Rotator
+from bench.lab.backend import Backend
+from bench.lab.certs import init_certs, loaded_client_serial, stored_serial
+from bench.lab.clients import Tally, TcpConnection, http_client, streaming_request
+from bench.lab.envoy import probe_connections
+from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.h2client import h2_load
+from bench.lab.pod import TerminationReport
+from bench.lab.xds import serve_one_backend
+from xds_server.certs.directory import CertDirectory
+from xds_server.certs.rotation import Rotator
 
 LOAD_BEFORE = 3.0
 """Seconds of load before the pod is deleted."""

@@ -34,14 +34,14 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.anchors import contour, envoy_gateway
+from bench.lab.backend import Backend
+from bench.lab.clients import Tally, TcpConnection, steady_load, streaming_request
+from bench.lab.envoy import Envoy
+from bench.lab.sidecar import SidecarProcess, run_hook
 from bench.scenario_table import scenario_rows
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.stats import ListenerFilter
-from tests.harness.backend import Backend
-from tests.harness.clients import Tally, TcpConnection, steady_load, streaming_request
-from tests.harness.envoy import Envoy
-from tests.harness.sidecar import SidecarProcess, run_hook
 
 MIN_DRAIN = 1.0
 """Minimum drain given to every policy that has one, so the comparison is like for like."""

@@ -27,14 +27,14 @@ import httpx
 import psutil
 
 from bench.anchors import contour, envoy_gateway
+from bench.lab.backend import Backend
+from bench.lab.envoy import Envoy, probe_connections
+from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.pod import TerminationReport
+from bench.lab.scenarios import DRAINING_SCENARIOS, Scenario
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.stats import ListenerFilter
-from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
-from tests.e2e.pod import TerminationReport
-from tests.e2e.scenarios import DRAINING_SCENARIOS, Scenario
-from tests.harness.backend import Backend
-from tests.harness.envoy import Envoy, probe_connections
 
 MIN_DRAIN = 2.0
 """The minimum drain ours and Envoy Gateway's policy get (Contour's has none)."""

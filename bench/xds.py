@@ -35,10 +35,10 @@ sys.path.insert(0, str(_HERE.parent))
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.harness.ads_client import SyntheticProxy
-from tests.harness.backend import Backend
-from tests.harness.envoy import free_port
-from tests.harness.xds import (
+from bench.lab.ads_client import SyntheticProxy
+from bench.lab.backend import Backend
+from bench.lab.envoy import free_port
+from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     endpoint_slice,
@@ -47,21 +47,14 @@ from tests.harness.xds import (
     service,
     write_manifests,
 )
-from xds_server import model
-from xds_server.cache import Snapshot
 from xds_server.metrics import XdsMetrics
-from xds_server.server import DeltaStream, SotwStream
-from xds_server.sources import parse_documents
-from xds_server.translate import (
-    CLUSTER,
-    ENDPOINT,
-    LISTENER,
-    PUSH_ORDER,
-    ROUTE,
-    VHOST,
-    EnvoyPorts,
-    resources,
-)
+from xds_server.model import ingress as model
+from xds_server.sources.objects import parse_documents
+from xds_server.translate.resources import EnvoyPorts, resources
+from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
+from xds_server.xds.cache import Snapshot
+from xds_server.xds.order import PUSH_ORDER
+from xds_server.xds.server import DeltaStream, SotwStream
 
 PER_INGRESS = 10
 """Routes per Ingress (one host each): 10,000 routes are 1,000 Ingress objects in 1,000
@@ -385,7 +378,7 @@ def bytes_per_change(count: int) -> dict[str, str]:
     row = {"routes": f"{count:,}"}
     for label, changed in changes.items():
         for flavour in (SotwStream, DeltaStream):
-            from xds_server.cache import SnapshotStore
+            from xds_server.xds.cache import SnapshotStore
 
             stream = flavour(SnapshotStore(), XdsMetrics())
             _sync(stream, base)

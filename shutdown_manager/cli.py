@@ -8,47 +8,28 @@ preStop hook's start-up time delays the drain.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from envoy_lifecycle.cmdline import (
+    OneLineParser,
+    add_logging_flags,
+    duration,
+    help_formatter,
+    host_port,
+)
+from envoy_lifecycle.logs import configure
 from shutdown_manager import __version__
 from shutdown_manager.address import AdminAddress, parse_admin_address
 from shutdown_manager.hook import run_hook
-from shutdown_manager.logs import configure
+from shutdown_manager.logs import LOGGER_NAME
 from shutdown_manager.policy import HEARTBEAT, MIN_POLL_INTERVAL, DrainPolicy
-
-HELP_WIDTH = 100
-"""Fixed help width, so the README reference generated from it is the same everywhere."""
 
 DEFAULT_ADMIN = "unix:///admin/admin.sock"
 DEFAULT_CONTROL_SOCKET = "/admin/shutdown-manager.sock"
 DEFAULT_LISTEN = "0.0.0.0:8090"
 DEFAULTS = DrainPolicy()
-
-_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h|d)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake in one line (the kubelet shows only one)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def help_formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.ArgumentDefaultsHelpFormatter(prog, width=HELP_WIDTH, max_help_position=34)
-
-
-def duration(text: str) -> float:
-    """Seconds from `25`, `25s`, `500ms`, `5m`, `1h` or `7d`."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 25s, 500ms, 5m)")
-    return float(match["value"]) * _UNIT[match["unit"]]
 
 
 def admin_address(text: str) -> AdminAddress:
@@ -56,14 +37,6 @@ def admin_address(text: str) -> AdminAddress:
         return parse_admin_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def host_port(text: str) -> tuple[str, int]:
-    match = re.match(r"^(\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", text)
-    port = int(match["port"]) if match else -1
-    if not match or not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
-    return (match["v6"] or match["host"] or "0.0.0.0", port)
 
 
 def non_negative_int(text: str) -> int:
@@ -99,19 +72,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="unix socket (mode 0600) through which the hook asks the sidecar to drain",
     )
     add_logging_flags(parser)
-
-
-def add_logging_flags(parser: argparse.ArgumentParser) -> None:
-    """--log-format and --log-level, the same for every long-running command."""
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="log line format"
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default="info",
-        help="least severe level logged",
-    )
 
 
 def _drain_flags(parser: argparse.ArgumentParser) -> None:
@@ -261,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    configure(args.log_format, args.log_level)
+    configure(LOGGER_NAME, args.log_format, args.log_level)
     if args.command in ("serve", "run"):
         return _serve(prog, args, policy)
     return run_hook(

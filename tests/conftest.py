@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.backend import Backend
-from tests.harness.envoy import Envoy
-from tests.harness.sidecar import SidecarProcess
+from bench.lab.backend import Backend
+from bench.lab.envoy import Envoy
+from bench.lab.sidecar import SidecarProcess
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shutdown_manager.cli import duration
+from envoy_lifecycle.cmdline import duration
 from tests.harness.cli import run_cli
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,19 +7,19 @@ import time
 
 import pytest
 
-from shutdown_manager.address import parse_admin_address
-from shutdown_manager.admin import AdminClient
-from shutdown_manager.drain import DrainEngine, DrainEvent, DrainReport, Outcome
-from shutdown_manager.policy import DrainPolicy
-from tests.harness.clients import (
+from bench.lab.clients import (
     Tally,
     TcpConnection,
     http_client,
     steady_load,
     streaming_request,
 )
-from tests.harness.envoy import Envoy
-from tests.harness.h2client import h2_load
+from bench.lab.envoy import Envoy
+from bench.lab.h2client import h2_load
+from shutdown_manager.address import parse_admin_address
+from shutdown_manager.admin import AdminClient
+from shutdown_manager.drain import DrainEngine, DrainEvent, DrainReport, Outcome
+from shutdown_manager.policy import DrainPolicy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from bench.lab.clients import http_client
+from bench.lab.envoy import Envoy
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.drain import DrainEngine, DrainReport, Outcome
 from shutdown_manager.policy import DrainPolicy
-from tests.harness.clients import http_client
-from tests.harness.envoy import Envoy
 from tests.harness.fake_admin import GarbageStatsAdmin, HungAdmin
 
 pytestmark = pytest.mark.timeout(60)

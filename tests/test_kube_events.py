@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bench.lab.envoy import Envoy
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.drain import DrainEngine, Outcome
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.policy import DrainPolicy
-from tests.harness.envoy import Envoy
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shutdown_manager.reference import render, splice
+from envoy_lifecycle.reference import render, splice
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

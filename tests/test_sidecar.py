@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.clients import http_client
-from tests.harness.envoy import Envoy
-from tests.harness.sidecar import SidecarProcess, run_hook
+from bench.lab.clients import http_client
+from bench.lab.envoy import Envoy
+from bench.lab.sidecar import SidecarProcess, run_hook
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,10 +14,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.harness.backend import Backend
-from tests.harness.clients import Tally, http_client, steady_load
-from tests.harness.envoy import Envoy, free_port
-from tests.harness.sidecar import COMMAND
+from bench.lab.backend import Backend
+from bench.lab.clients import Tally, http_client, steady_load
+from bench.lab.envoy import Envoy, free_port
+from bench.lab.sidecar import COMMAND
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,20 +20,21 @@ import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from xds_server import model as model_mod
-from xds_server import pki
-from xds_server.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
-from xds_server.certs import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
-from xds_server.cluster_duties import ClusterDuties, DutiesConfig, secret_rotator
-from xds_server.kube_source import KubernetesSource
+from xds_server.certs import pki
+from xds_server.certs.directory import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
+from xds_server.certs.rotation import Rotator, inspect
+from xds_server.certs.secret_volume import SecretVolume
+from xds_server.certs.server_tls import IdentityCheck, ServerTls
+from xds_server.cluster.duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.metrics import XdsMetrics
-from xds_server.rotation import Rotator, inspect
-from xds_server.secret_volume import SecretVolume
-from xds_server.server import AggregatedDiscovery
-from xds_server.server_tls import IdentityCheck, ServerTls
-from xds_server.sources import DirectorySource, Loaded
-from xds_server.translate import EnvoyPorts, TranslationMemo, resources
-from xds_server.watch import DirectoryWatcher
+from xds_server.model import ingress as model_mod
+from xds_server.sources.api import KubernetesSource
+from xds_server.sources.directory import DirectorySource
+from xds_server.sources.objects import Loaded
+from xds_server.sources.watch import DirectoryWatcher
+from xds_server.translate.resources import EnvoyPorts, TranslationMemo, resources
+from xds_server.xds.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
+from xds_server.xds.server import AggregatedDiscovery
 
 STOP_GRACE = 5.0
 """Seconds streams get to finish on SIGTERM before they are cut (proxies reconnect elsewhere)."""

@@ -10,26 +10,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shutdown_manager.cli import (
+from envoy_lifecycle.cmdline import (
     OneLineParser,
     add_logging_flags,
     duration,
     help_formatter,
     host_port,
+    port,
 )
-from shutdown_manager.logs import configure
-from xds_server import certs_command
-from xds_server.certs import DEFAULT_IDENTITY
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
-    return value
+from envoy_lifecycle.logs import configure
+from xds_server.certs import command as certs_command
+from xds_server.certs.directory import DEFAULT_IDENTITY
 
 
 def _security(parser: argparse.ArgumentParser) -> None:
@@ -126,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--envoy-address", default="0.0.0.0", help="address Envoy's ingress listeners bind"
     )
-    serve.add_argument("--envoy-http-port", type=_port, default=8080, help="ingress_http port")
-    serve.add_argument("--envoy-https-port", type=_port, default=8443, help="ingress_https port")
+    serve.add_argument("--envoy-http-port", type=port, default=8080, help="ingress_http port")
+    serve.add_argument("--envoy-https-port", type=port, default=8443, help="ingress_https port")
     serve.add_argument(
         "--envoy-probe-port",
-        type=_port,
+        type=port,
         default=8002,
         help="probe listener port (it lives in the bootstrap)",
     )
@@ -184,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "--node-cluster", default=None, help="Envoy's node cluster; $ENVOY_CLUSTER or envoy"
     )
-    boot.add_argument("--probe-port", type=_port, default=8002, help="probe listener port")
+    boot.add_argument("--probe-port", type=port, default=8002, help="probe listener port")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
     _security(boot)
     boot.add_argument(
@@ -202,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = f"xds-server {args.command}"
     if args.command != "certs":
-        configure(args.log_format, args.log_level, logger_name="xds_server")
+        configure("xds_server", args.log_format, args.log_level)
     if args.command == "bootstrap":
         return _bootstrap(prog, args)
     if args.command == "certs":
@@ -210,8 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import asyncio
 
     from xds_server.app import ControlPlane, ServeConfig, StartupError
-    from xds_server.cluster_duties import DutiesConfig
-    from xds_server.translate import EnvoyPorts
+    from xds_server.cluster.duties import DutiesConfig
+    from xds_server.translate.resources import EnvoyPorts
 
     (grpc_host, grpc_port), (http_host, http_port) = args.listen, args.http_listen
     config = ServeConfig(

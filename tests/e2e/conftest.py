@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.envoy_pod import EnvoyPod
-from tests.harness.backend import Backend
-from tests.harness.xds import XdsServer, serve_one_backend
+from bench.lab.backend import Backend
+from bench.lab.envoy_pod import EnvoyPod
+from bench.lab.xds import XdsServer, serve_one_backend
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.envoy_pod import GRACE_PERIOD, MIN_DRAIN, EnvoyPod, envoy_pod
-from tests.e2e.pod import TerminationReport
-from tests.e2e.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
-from tests.harness.backend import Backend
-from tests.harness.xds import XdsServer
+from bench.lab.backend import Backend
+from bench.lab.envoy_pod import GRACE_PERIOD, MIN_DRAIN, EnvoyPod, envoy_pod
+from bench.lab.pod import TerminationReport
+from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
+from bench.lab.xds import XdsServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,6 +69,6 @@ async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_rep
 
 
 def test_grace_period_default_fits_the_drain_timeout() -> None:
-    from tests.e2e.envoy_pod import DRAIN_TIMEOUT
+    from bench.lab.envoy_pod import DRAIN_TIMEOUT
 
     assert MIN_DRAIN < DRAIN_TIMEOUT < GRACE_PERIOD

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.envoy_pod import EnvoyPod, envoy_pod
-from tests.e2e.pod import TerminationReport
-from tests.harness.backend import Backend
-from tests.harness.clients import Tally, steady_load
-from tests.harness.haproxy import CHECK_INTERVAL_MS, HAProxy
-from tests.harness.xds import XdsServer, serve_one_backend
+from bench.lab.backend import Backend
+from bench.lab.clients import Tally, steady_load
+from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
+from bench.lab.pod import TerminationReport
+from bench.lab.xds import XdsServer, serve_one_backend
 
 pytestmark = pytest.mark.timeout(120)
 

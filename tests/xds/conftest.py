@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.backend import Backend
+from bench.lab.backend import Backend
+from bench.lab.xds import XdsEnvoy, XdsServer
 from tests.harness.fake_kube_api import FakeKubeApi
-from tests.harness.xds import XdsEnvoy, XdsServer
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.harness.certs import (
+from bench.lab.certs import (
     CERTS,
     assert_consistent,
     certs_cli,
@@ -25,10 +25,10 @@ from tests.harness.certs import (
     stored,
     stored_serial,
 )
-from xds_server import pki
-from xds_server.certs import CA, DEFAULT_IDENTITY, Authority, CertDirectory
-from xds_server.rotation import Rotator, renew_time
-from xds_server.secret_volume import DATA, SecretVolume
+from xds_server.certs import pki
+from xds_server.certs.directory import CA, DEFAULT_IDENTITY, Authority, CertDirectory
+from xds_server.certs.rotation import Rotator, renew_time
+from xds_server.certs.secret_volume import DATA, SecretVolume
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.harness.certs import assert_consistent, certs_cli, stored_serial
+from bench.lab.certs import assert_consistent, certs_cli, stored_serial
 from tests.harness.fake_kube_api import FakeKubeApi
-from xds_server.certs import CertDirectory
-from xds_server.secret_api import SECRET_NAMES, secret_stores
-from xds_server.secret_volume import SecretVolume
+from xds_server.certs.directory import CertDirectory
+from xds_server.certs.secret_api import SECRET_NAMES, secret_stores
+from xds_server.certs.secret_volume import SecretVolume
 
 pytestmark = pytest.mark.timeout(60)
 

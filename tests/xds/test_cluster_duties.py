@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.certs import certs_cli
-from tests.harness.fake_kube_api import FakeKubeApi
-from tests.harness.xds import (
+from bench.lab.certs import certs_cli
+from bench.lab.xds import (
     XdsServer,
     endpoint_slice,
     ingress,
@@ -21,6 +20,7 @@ from tests.harness.xds import (
     service,
     until,
 )
+from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(90)
 ADDRESS = [{"ip": "10.1.2.3"}]

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness.backend import Backend
-from tests.harness.clients import Tally
-from tests.harness.xds import (
+from bench.lab.backend import Backend
+from bench.lab.clients import Tally
+from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     app,

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.backend import Backend
-from tests.harness.fake_kube_api import FakeKubeApi
-from tests.harness.xds import (
+from bench.lab.backend import Backend
+from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     app,
@@ -23,8 +22,9 @@ from tests.harness.xds import (
     until,
     who,
 )
-from xds_server.kube_source import KubernetesSource
-from xds_server.sources import Loaded
+from tests.harness.fake_kube_api import FakeKubeApi
+from xds_server.sources.api import KubernetesSource
+from xds_server.sources.objects import Loaded
 
 pytestmark = pytest.mark.timeout(60)
 KINDS = ("Ingress", "IngressClass", "Service", "EndpointSlice", "Secret")

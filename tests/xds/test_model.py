@@ -11,22 +11,18 @@ from envoy.config.route.v3 import route_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.harness.xds import endpoint_slice, ingress, ingress_class, rule, service
-from xds_server.cache import EntryMemo, Snapshot
-from xds_server.model import EXACT, PREFIX, ModelMemo, build
-from xds_server.sources import KubeObject, parse_documents
-from xds_server.translate import (
-    CLUSTER,
-    ENDPOINT,
-    LISTENER,
-    ROUTE,
-    ROUTE_VHDS,
-    VHOST,
+from bench.lab.xds import endpoint_slice, ingress, ingress_class, rule, service
+from xds_server.model.ingress import ModelMemo, build
+from xds_server.model.types import EXACT, PREFIX
+from xds_server.sources.objects import KubeObject, parse_documents
+from xds_server.translate.resources import (
     EnvoyPorts,
     TranslationMemo,
     referenced_clusters,
     resources,
 )
+from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
+from xds_server.xds.cache import EntryMemo, Snapshot
 
 
 def objects(*bodies: dict[str, Any]) -> list[KubeObject]:
@@ -257,7 +253,7 @@ def test_a_configmap_volume_is_read_once_and_its_data_swap_is_seen(tmp_path: Pat
     out a ConfigMap volume; an update swaps `..data` with one rename."""
     import os
 
-    from xds_server.sources import DirectorySource
+    from xds_server.sources.directory import DirectorySource
 
     def version(name: str, backend: str) -> None:
         directory = tmp_path / f"..{name}"

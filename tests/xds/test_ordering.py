@@ -5,13 +5,14 @@ from __future__ import annotations
 import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 
-from tests.harness.xds import endpoint_slice, ingress, rule, service
-from xds_server import model
-from xds_server.cache import Snapshot, SnapshotStore
+from bench.lab.xds import endpoint_slice, ingress, rule, service
 from xds_server.metrics import XdsMetrics
-from xds_server.server import DeltaStream
-from xds_server.sources import parse_documents
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST, EnvoyPorts, resources
+from xds_server.model import ingress as model
+from xds_server.sources.objects import parse_documents
+from xds_server.translate.resources import EnvoyPorts, resources
+from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
+from xds_server.xds.cache import Snapshot, SnapshotStore
+from xds_server.xds.server import DeltaStream
 
 
 def snapshot(backend: str, serial: int) -> Snapshot:

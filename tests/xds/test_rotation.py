@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from tests.harness.backend import Backend
-from tests.harness.certs import (
+from bench.lab.backend import Backend
+from bench.lab.certs import (
     assert_consistent,
     certs_cli,
     init_certs,
     presented_serial,
     stored_serial,
 )
-from tests.harness.clients import Tally, steady_load
-from tests.harness.xds import (
+from bench.lab.clients import Tally, steady_load
+from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     app,
@@ -32,9 +32,9 @@ from tests.harness.xds import (
     who,
     write_manifests,
 )
-from xds_server import pki
-from xds_server.certs import CertDirectory
-from xds_server.rotation import Rotator
+from xds_server.certs import pki
+from xds_server.certs.directory import CertDirectory
+from xds_server.certs.rotation import Rotator
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from envoy.config.route.v3 import route_pb2
 
-from tests.harness.ads_client import SyntheticProxy
-from tests.harness.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
+from bench.lab.ads_client import SyntheticProxy
+from bench.lab.xds import XdsServer, endpoint_slice, ingress, rule, service, write_manifests
 from xds_server.app import ControlPlane, ServeConfig
-from xds_server.cache import versions_digest
-from xds_server.sources import BURST_GAP, DirectorySource
-from xds_server.translate import ROUTE, VHOST, EnvoyPorts
+from xds_server.sources.directory import DirectorySource
+from xds_server.sources.watch import BURST_GAP
+from xds_server.translate.resources import EnvoyPorts
+from xds_server.translate.type_urls import ROUTE, VHOST
+from xds_server.xds.cache import versions_digest
 
 pytestmark = pytest.mark.timeout(90)
 

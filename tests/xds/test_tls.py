@@ -15,9 +15,9 @@ import pytest
 from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from tests.harness.backend import Backend
-from tests.harness.certs import init_certs
-from tests.harness.xds import (
+from bench.lab.backend import Backend
+from bench.lab.certs import init_certs
+from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     endpoint_slice,
@@ -26,9 +26,9 @@ from tests.harness.xds import (
     service,
     write_manifests,
 )
-from xds_server import pki
-from xds_server.certs import DEFAULT_IDENTITY
-from xds_server.translate import LISTENER
+from xds_server.certs import pki
+from xds_server.certs.directory import DEFAULT_IDENTITY
+from xds_server.translate.type_urls import LISTENER
 
 pytestmark = pytest.mark.timeout(90)
 DAY = timedelta(days=1)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.scenarios import DRAINING_SCENARIOS, Scenario, Target
-from tests.harness.clients import Tally, steady_load
+from bench.lab.clients import Tally, steady_load
+from bench.lab.scenarios import DRAINING_SCENARIOS, Scenario, Target
 
 ROOT = Path(__file__).resolve().parents[3]
 CLUSTER = "envoy-lifecycle-e2e"

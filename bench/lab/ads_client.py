@@ -1,0 +1,100 @@
+"""A synthetic ADS client: subscribes like Envoy does over delta (routes with their virtual
+hosts over VHDS), ACKs everything, records when each state of its routes arrived. A `stuck`
+client opens its stream and never reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
+from xds_server.xds.cache import versions_digest
+
+
+class SyntheticProxy:
+    def __init__(self, address: str, node: str, stuck: bool = False) -> None:
+        self.address = address
+        self.node = node
+        self.stuck = stuck
+        self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
+        self.vhosts: dict[str, str] = {}  # virtual host name -> version
+        self.routes_version = ""
+        """The digest of the virtual hosts it has (see `versions_digest`), once per update."""
+        self.arrivals: list[tuple[float, str]] = []  # (monotonic, routes digest)
+        self.bytes = 0
+        self.responses = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> SyntheticProxy:
+        self._channel = grpc.aio.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", 64 * 2**20)]
+        )
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+        node = base_pb2.Node(id=self.node, cluster="synthetic")
+        for type_url in (CLUSTER, LISTENER):
+            self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=type_url))
+        call = stub.DeltaAggregatedResources(self._requests())
+        self._task = asyncio.create_task(self._idle() if self.stuck else self._read(call))
+        return self
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while True:
+            yield await self.queue.get()
+
+    async def _idle(self) -> None:
+        await asyncio.Event().wait()  # never reads: flow control fills up on the server
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for response in call:
+                self._handle(response)
+
+    def _handle(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        self.responses += 1
+        self.bytes += response.ByteSize()
+        names = [r.name for r in response.resources]
+        ack = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=response.type_url, response_nonce=response.nonce
+        )
+        self.queue.put_nowait(ack)
+        if response.type_url == CLUSTER and names:
+            self._subscribe(ENDPOINT, names)
+        elif response.type_url == LISTENER and names:
+            self._subscribe(ROUTE, ["ingress_http"])
+        elif response.type_url == ROUTE and names:
+            self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
+        elif response.type_url == VHOST:
+            for resource in response.resources:
+                self.vhosts[resource.name] = resource.version
+            for name in response.removed_resources:
+                self.vhosts.pop(name, None)
+            self.routes_version = versions_digest(self.vhosts) if self.vhosts else ""
+            self.arrivals.append((time.monotonic(), self.routes_version))
+
+    def _subscribe(self, type_url: str, names: list[str]) -> None:
+        self.queue.put_nowait(
+            discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names)
+        )
+
+    async def has_route_version(self, version: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.routes_version == version:
+                return True
+            await asyncio.sleep(0.005)
+        return False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close(None)

@@ -1,0 +1,157 @@
+"""The Envoy pod our manifests declare, as processes for the pod runner.
+
+Containers: Envoy (`--drain-strategy immediate`, admin on a unix socket in a directory the
+two containers share) with a preStop httpGet on the sidecar's `/shutdown`; the sidecar
+(`shutdown-manager serve`) with `shutdown-manager drain` as its preStop exec hook. Envoy's
+config comes from an xDS server when one is given (as deployed), else a static bootstrap.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.lab.envoy import Envoy, free_port, tcp_listener
+from bench.lab.pod import Container, ExecHook, HttpGetHook, Pod, TerminationReport
+from bench.lab.sidecar import COMMAND
+from bench.lab.xds import XDS, XdsServer
+
+MIN_DRAIN = 2.0
+DRAIN_TIMEOUT = 8.0
+GRACE_PERIOD = 10.0
+
+
+@dataclass
+class EnvoyPod:
+    pod: Pod
+    envoy: Envoy
+    sidecar_port: int
+    shared: Path
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    async def start(self) -> EnvoyPod:
+        self.pod.start()
+        await self.envoy.wait_live()
+        return self
+
+    # The `Target` of tests/e2e/scenarios.py:
+
+    def url(self, path: str = "/") -> str:
+        return self.envoy.url(path)
+
+    @property
+    def tcp_port(self) -> int:
+        return self.envoy.ports["tcp_passthrough"]
+
+    async def delete(self) -> TerminationReport:
+        return await self.pod.delete()
+
+    def drain_outcome(self) -> dict[str, Any]:
+        """The drain's final event as the sidecar logged it (the hook's output is invisible)."""
+        lines = (self.shared / "shutdown-manager.log").read_text().splitlines()
+        finished = [json.loads(x) for x in lines if '"event": "finished"' in x]
+        assert len(finished) == 1, lines
+        outcome: dict[str, Any] = finished[0]
+        return outcome
+
+
+def policy_flags(min_drain: float, drain_timeout: float) -> list[str]:
+    return [
+        "--min-drain-duration", f"{min_drain}s",
+        "--drain-timeout", f"{drain_timeout}s",
+        "--ignore-listener", "probe",
+    ]  # fmt: skip
+
+
+def envoy_pod(
+    workdir: Path,
+    backend_port: int,
+    address: str = "127.0.0.1",
+    min_drain: float = MIN_DRAIN,
+    drain_timeout: float = DRAIN_TIMEOUT,
+    grace_period: float = GRACE_PERIOD,
+    name: str = "envoy",
+    ports: dict[str, int] | None = None,
+    xds: XdsServer | None = None,
+) -> EnvoyPod:
+    """`ports` pins Envoy's listener ports (a load balancer's config names them); with `xds`,
+    Envoy's config comes from that xDS server instead of a static bootstrap."""
+    shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
+    shared.mkdir(parents=True, exist_ok=True)
+    envoy = Envoy(
+        workdir=shared,
+        backend_port=backend_port,
+        drain_time_s=int(drain_timeout),
+        address=address,
+        pin_ports=address != "127.0.0.1",
+        ports=dict(ports or {}),
+    )
+    if xds is not None:
+        envoy.config, envoy.ports = xds_bootstrap(xds, envoy, name)
+    sidecar_port = free_port()
+    control = str(shared / "shutdown-manager.sock")
+    policy = policy_flags(min_drain, drain_timeout)
+    ready = ["--ready-file", str(shared / "drained")]
+    sidecar = Container(
+        name="shutdown-manager",
+        argv=[
+            *COMMAND,
+            "serve",
+            "--listen",
+            f"127.0.0.1:{sidecar_port}",
+            "--admin-address",
+            envoy.admin_address,
+            "--control-socket",
+            control,
+            "--log-format",
+            "json",
+            *policy,
+            *ready,
+        ],
+        pre_stop=ExecHook(
+            [
+                *COMMAND,
+                "drain",
+                "--control-socket",
+                control,
+                "--admin-address",
+                envoy.admin_address,
+                *policy,
+                *ready,
+            ]
+        ),
+        log_path=shared / "shutdown-manager.log",
+    )
+    proxy = Container(
+        name="envoy",
+        argv=envoy.argv(),
+        pre_stop=HttpGetHook(port=sidecar_port, path="/shutdown"),
+    )
+    pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
+    return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared)
+
+
+def xds_bootstrap(xds: XdsServer, envoy: Envoy, name: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """`xds-server bootstrap`'s output, plus a static TCP-proxy listener (Ingress has none)."""
+    path = envoy.workdir / "xds-bootstrap.json"
+    probe = envoy.ports.get("probe") or free_port()  # pinned ports are kept
+    tcp = envoy.ports.get("tcp_passthrough") or free_port(envoy.address)
+    security = ["--certs-dir", str(xds.certs_dir)] if xds.certs_dir else ["--insecure"]
+    subprocess.run(
+        [*XDS, "bootstrap", str(path), "--xds-address", f"127.0.0.1:{xds.grpc_port}",
+         "--admin-socket", str(envoy.admin_socket), "--node-id", name, *security,
+         "--probe-port", str(probe)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    document: dict[str, Any] = json.loads(path.read_text())
+    listener, cluster = tcp_listener(envoy.address, tcp, envoy.backend_port)
+    document["static_resources"]["listeners"].append(listener)
+    document["static_resources"]["clusters"].append(cluster)
+    ports = {"ingress_http": xds.envoy_http_port, "tcp_passthrough": tcp, "probe": probe}
+    return document, ports

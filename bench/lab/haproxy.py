@@ -1,0 +1,78 @@
+"""A real HAProxy (Debian's) in front of Envoy "nodes", health-checking their /ready."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.lab.envoy import free_port, stop_process
+
+CHECK_INTERVAL_MS = 100
+"""Active health check every 100 ms; one failure takes a node out, two successes bring it in."""
+
+
+def config(port: int, nodes: dict[str, tuple[str, int, int]]) -> str:
+    """nodes: name -> (address, ingress port, probe port)."""
+    servers = "\n".join(
+        f"    server {name} {address}:{ingress} check port {probe}"
+        for name, (address, ingress, probe) in nodes.items()
+    )
+    return f"""global
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    # No retries: a request failed by a draining Envoy must show, not be re-sent.
+    retries 0
+frontend ingress
+    bind 127.0.0.1:{port}
+    default_backend envoys
+backend envoys
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host envoy
+    http-check expect status 200
+    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2
+{servers}
+"""
+
+
+class HAProxy:
+    def __init__(self, workdir: Path, nodes: dict[str, tuple[str, int, int]]) -> None:
+        self.port = free_port()
+        self.path = workdir / "haproxy.cfg"
+        self.path.write_text(config(self.port, nodes))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def start(self, timeout: float = 10.0) -> HAProxy:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.proc = subprocess.Popen(
+            [binary, "-db", "-f", str(self.path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
+            while time.monotonic() < deadline:
+                try:
+                    if (await client.get(self.url)).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError("haproxy did not serve")
+
+    def stop(self) -> None:
+        stop_process(self.proc)

@@ -1,0 +1,1 @@
+"""What the shipped commands share, owned by none of them."""

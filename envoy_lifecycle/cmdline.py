@@ -1,0 +1,68 @@
+"""What every command line of ours shares: one-line usage errors, the help layout the
+generated reference depends on, and the argument types (durations, HOST:PORT, ports, the
+logging flags). Standard library only: the preStop hook parses its flags with it before
+anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import NoReturn
+
+HELP_WIDTH = 100
+"""Fixed help width, so the README reference generated from it is the same everywhere."""
+
+_DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h|d)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (the kubelet shows only one)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def help_formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.ArgumentDefaultsHelpFormatter(prog, width=HELP_WIDTH, max_help_position=34)
+
+
+def duration(text: str) -> float:
+    """Seconds from `25`, `25s`, `500ms`, `5m`, `1h` or `7d`."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 25s, 500ms, 5m)")
+    return float(match["value"]) * _UNIT[match["unit"]]
+
+
+def host_port(text: str) -> tuple[str, int]:
+    match = re.match(r"^(\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", text)
+    port = int(match["port"]) if match else -1
+    if not match or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
+    return (match["v6"] or match["host"] or "0.0.0.0", port)
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on or connect to: 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
+    return value
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """--log-format and --log-level, the same for every long-running command."""
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="least severe level logged",
+    )

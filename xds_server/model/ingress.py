@@ -1,0 +1,222 @@
+"""A small typed picture of what should be routed where, built from Kubernetes objects.
+
+Ingress semantics as Kubernetes defines them (networking.k8s.io/v1):
+
+* Hosts: exact (`foo.example.com`) or a wildcard of one leading label (`*.example.com`);
+  a rule without a host matches every host.
+* Paths: `Exact` matches the path exactly; `Prefix` matches element-wise (`/foo` matches
+  `/foo` and `/foo/bar`, not `/foobar`; a trailing `/` is ignored); `ImplementationSpecific`
+  is treated as `Prefix` (documented choice).
+* Precedence: the longest path wins, and `Exact` beats `Prefix` at equal length; exact hosts
+  beat wildcards; `spec.defaultBackend` takes what no rule matches.
+* Backends: a Service in the Ingress' namespace, its port by number (`port.number`, the
+  Service's `port`) or by name; endpoints are the *ready* addresses of the EndpointSlices
+  labelled `kubernetes.io/service-name`, at the slice port of the same name.
+* Classes: `spec.ingressClassName`, else the `kubernetes.io/ingress.class` annotation, else
+  the IngressClass marked `ingressclass.kubernetes.io/is-default-class: "true"`.
+* TLS: each `spec.tls` entry's hosts are served with its `kubernetes.io/tls` Secret.
+
+An object that cannot be used is rejected with one line naming its source, kind and name;
+the rest of the model is built without it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.model.backends import Resolved, resolve_backend, slices_by_service
+from xds_server.model.secrets import add_secrets
+from xds_server.model.types import (
+    EXACT,
+    PREFIX,
+    Endpoint,
+    Host,
+    Model,
+    Rejected,
+    Route,
+    TlsBinding,
+    Upstream,
+    describe,
+)
+from xds_server.sources.objects import KubeObject
+
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+
+
+@dataclass(frozen=True)
+class IngressPart:
+    """What one Ingress contributes, computed once while it and the Services and
+    EndpointSlices do not change."""
+
+    routes: list[tuple[str, Route]]
+    upstreams: dict[str, list[Endpoint]]
+    tls: list[TlsBinding]
+
+
+class ModelMemo:
+    """Per-Ingress results kept between builds. A source hands back the very same object
+    for an unchanged manifest, so a change to one Ingress re-reads only that Ingress; a
+    change to any Service or EndpointSlice starts afresh (endpoints are shared)."""
+
+    def __init__(self) -> None:
+        self.world: tuple[int, ...] = ()
+        self.parts: dict[int, tuple[dict[str, Any], IngressPart | Rejected]] = {}
+        self._refs: list[KubeObject] = []
+
+    def start(self, backends: list[KubeObject]) -> None:
+        world = tuple(id(obj.body) for obj in backends)
+        if world != self.world:
+            self.world, self.parts = world, {}
+        self._refs = backends  # keep the bodies alive: their ids stay theirs
+
+    def part(self, ingress: KubeObject, compute: Any) -> IngressPart:
+        found = self.parts.get(id(ingress.body))
+        if found is None or found[0] is not ingress.body:
+            try:
+                result: IngressPart | Rejected = compute()
+            except Rejected as exc:
+                result = exc
+            found = (ingress.body, result)
+            self.parts[id(ingress.body)] = found
+        if isinstance(found[1], Rejected):
+            raise found[1]
+        return found[1]
+
+    def forget_except(self, alive: set[int]) -> None:
+        for key in set(self.parts) - alive:
+            del self.parts[key]
+
+
+def build(
+    objects: Iterable[KubeObject], ingress_class: str | None, memo: ModelMemo | None = None
+) -> Model:
+    """The model for a set of objects; rejected objects are listed in `model.errors`."""
+    by_kind: dict[str, list[KubeObject]] = defaultdict(list)
+    for obj in objects:
+        by_kind[obj.kind].append(obj)
+    model = Model()
+    memo = memo or ModelMemo()
+    memo.start(by_kind["Service"] + by_kind["EndpointSlice"])
+    services = {(o.namespace, o.name): o for o in by_kind["Service"]}
+    slices = slices_by_service(by_kind["EndpointSlice"])
+    resolved: Resolved = {}
+    default_class = _default_class(by_kind["IngressClass"])
+    alive: set[int] = set()
+    first_part: dict[str, int] = {}
+    shared: set[str] = set()
+    for ingress in sorted(by_kind["Ingress"], key=lambda o: (o.namespace, o.name)):
+        if not _our_class(ingress, ingress_class, default_class):
+            continue
+        alive.add(id(ingress.body))
+        try:
+            part = memo.part(
+                ingress, lambda i=ingress: _ingress_part(i, services, slices, resolved)
+            )
+        except Rejected as exc:
+            model.errors.append(f"{describe(ingress)}: {exc}")
+            continue
+        for host, route in part.routes:
+            entry = model.hosts.get(host)
+            if entry is None:
+                entry = model.hosts[host] = Host(host)
+                first_part[host] = id(part)
+            elif first_part[host] != id(part):
+                shared.add(host)  # routes from several Ingresses: sorted again below
+            entry.routes.append(route)
+        model.clusters.update(part.upstreams)
+        model.tls.extend(part.tls)
+        model.served.add((ingress.namespace, ingress.name))
+    memo.forget_except(alive)
+    for host in shared:  # each part's routes come sorted already
+        model.hosts[host].routes.sort(key=lambda r: r.precedence)
+    add_secrets(model, by_kind["Secret"])
+    return model
+
+
+def _default_class(classes: list[KubeObject]) -> str | None:
+    for obj in classes:
+        annotations = obj.body.get("metadata", {}).get("annotations") or {}
+        if str(annotations.get(DEFAULT_CLASS_ANNOTATION, "")).lower() == "true":
+            return obj.name
+    return None
+
+
+def _our_class(ingress: KubeObject, wanted: str | None, default_class: str | None) -> bool:
+    if wanted is None:
+        return True
+    spec = ingress.body.get("spec") or {}
+    annotations = ingress.body.get("metadata", {}).get("annotations") or {}
+    named = spec.get("ingressClassName") or annotations.get(LEGACY_CLASS_ANNOTATION)
+    return named == wanted if named else default_class == wanted
+
+
+def _ingress_part(
+    ingress: KubeObject,
+    services: dict[tuple[str, str], KubeObject],
+    slices: dict[tuple[str, str], list[dict[str, Any]]],
+    resolved: Resolved,
+) -> IngressPart:
+    """All or nothing: a bad path rejects the whole Ingress."""
+    spec = ingress.body.get("spec")
+    if not isinstance(spec, dict):
+        raise Rejected("has no spec")
+    staged: list[tuple[str, Route]] = []
+    upstreams: dict[str, list[Endpoint]] = {}
+
+    def resolve(backend: Any, where: str) -> Upstream:
+        upstream, endpoints = resolve_backend(
+            ingress.namespace, backend, services, slices, where, resolved
+        )
+        upstreams[upstream.cluster] = endpoints
+        return upstream
+
+    for index, rule in enumerate(spec.get("rules") or []):
+        host = _host(rule.get("host"), index)
+        for number, path in enumerate((rule.get("http") or {}).get("paths") or []):
+            where = f"rules[{index}].http.paths[{number}]"
+            value, kind = _route(path, where)
+            staged.append((host, Route(value, kind, resolve(path.get("backend"), where))))
+    if spec.get("defaultBackend") is not None:
+        staged.append(("*", Route("/", PREFIX, resolve(spec["defaultBackend"], "defaultBackend"))))
+    if not staged:
+        raise Rejected("has no rules and no defaultBackend")
+    tls = [_tls(ingress.namespace, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
+    staged.sort(key=lambda item: (item[0], item[1].precedence))  # stable: ties keep order
+    return IngressPart(staged, upstreams, tls)
+
+
+def _host(value: Any, index: int) -> str:
+    if value in (None, ""):
+        return "*"
+    host = str(value).lower()
+    labels = host.split(".")
+    wildcard_ok = labels[0] == "*" and len(labels) > 2 and "*" not in "".join(labels[1:])
+    if "*" in host and not wildcard_ok:
+        raise Rejected(f"rules[{index}].host {value!r}: a wildcard must be one leading label")
+    return host
+
+
+def _route(path: Any, where: str) -> tuple[str, str]:
+    if not isinstance(path, dict):
+        raise Rejected(f"{where} is not a mapping")
+    value = path.get("path", "/") or "/"
+    kind = path.get("pathType")
+    if kind not in (EXACT, PREFIX, "ImplementationSpecific"):
+        raise Rejected(f"{where}.pathType must be Exact, Prefix or ImplementationSpecific")
+    if not str(value).startswith("/"):
+        raise Rejected(f"{where}.path {value!r} must start with /")
+    value = str(value)
+    if kind == EXACT:
+        return value, EXACT
+    return (value.rstrip("/") or "/"), PREFIX
+
+
+def _tls(namespace: str, entry: Any, index: int) -> TlsBinding:
+    if not isinstance(entry, dict) or not entry.get("secretName"):
+        raise Rejected(f"tls[{index}] needs secretName")
+    hosts = tuple(str(h).lower() for h in entry.get("hosts") or [])
+    return TlsBinding(hosts=hosts, secret=f"{namespace}/{entry['secretName']}")

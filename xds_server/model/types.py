@@ -1,0 +1,89 @@
+"""The model: a small typed picture of what should be routed where, whatever Kubernetes
+API said it (Ingress today). Translation reads only these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xds_server.sources.objects import KubeObject
+
+EXACT, PREFIX = "Exact", "Prefix"
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A Service port as Envoy sees it: one cluster and its ready endpoints."""
+
+    namespace: str
+    service: str
+    port: str  # the Service port's name, or its number as text
+
+    @property
+    def cluster(self) -> str:
+        return f"{self.namespace}/{self.service}/{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    kind: str  # EXACT or PREFIX
+    upstream: Upstream
+
+    @property
+    def precedence(self) -> tuple[int, int]:
+        """Sort key: longer paths first, Exact before Prefix at equal length."""
+        return (-len(self.path), 0 if self.kind == EXACT else 1)
+
+
+@dataclass
+class Host:
+    name: str  # exact host, `*.domain`, or `*`
+    routes: list[Route] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TlsBinding:
+    hosts: tuple[str, ...]
+    secret: str  # namespace/name
+
+
+@dataclass(frozen=True)
+class TlsSecret:
+    name: str  # namespace/name
+    certificate: bytes
+    key: bytes
+
+
+@dataclass
+class Model:
+    hosts: dict[str, Host] = field(default_factory=dict)
+    clusters: dict[str, list[Endpoint]] = field(default_factory=dict)
+    tls: list[TlsBinding] = field(default_factory=list)
+    secrets: dict[str, TlsSecret] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    served: set[tuple[str, str]] = field(default_factory=set)
+    """(namespace, name) of every Ingress accepted: whose status the leader writes."""
+
+    def sorted_hosts(self) -> list[Host]:
+        """Exact hosts, then wildcards, then the catch-all, each with routes in precedence."""
+
+        def rank(host: Host) -> tuple[int, str]:
+            return (2 if host.name == "*" else 1 if host.name.startswith("*.") else 0, host.name)
+
+        return sorted(self.hosts.values(), key=rank)
+
+
+class Rejected(ValueError):
+    """An object that cannot be used; the message names what is wrong."""
+
+
+def describe(obj: KubeObject) -> str:
+    """How a rejection names an object: its source, kind and namespace/name."""
+    return f"{obj.source}: {obj.kind} {obj.namespace}/{obj.name}"

@@ -1,0 +1,236 @@
+"""Kubernetes objects from the API server: the same `Loaded` sets the directory source gives.
+
+One thread per kind lists, then watches from the list's resourceVersion with bookmarks, so a
+reconnect resumes where it stopped instead of listing again. A `410 Gone` (the version was
+compacted away) lists again; any other failure reconnects after an exponential backoff with
+full jitter. A list replaces everything known of its kind, so a relist that finds nothing new
+produces the same objects, the same snapshot hash, and nothing is pushed. Nothing is yielded
+until every kind has been listed once: a first snapshot built from half the kinds would
+withdraw routes from every proxy.
+
+The `kubernetes` client is synchronous (urllib3), hence threads; events cross to the event
+loop through `call_soon_threadsafe`. Objects stay raw JSON dicts, as in a manifest file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xds_server.sources.objects import KubeObject, Loaded, parse_documents
+from xds_server.sources.watch import BURST_GAP
+
+WATCH_SECONDS = 300
+"""Server-side timeout of one watch request; it then resumes from the last version seen."""
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+
+log = logging.getLogger("xds_server.kubernetes")
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    api: str
+    method: str
+    field_selector: str = ""
+
+
+KINDS = (
+    Kind("networking.k8s.io/v1", "Ingress", "NetworkingV1Api", "list_ingress_for_all_namespaces"),
+    Kind("networking.k8s.io/v1", "IngressClass", "NetworkingV1Api", "list_ingress_class"),
+    Kind("v1", "Service", "CoreV1Api", "list_service_for_all_namespaces"),
+    Kind(
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "DiscoveryV1Api",
+        "list_endpoint_slice_for_all_namespaces",
+    ),
+    # Only TLS Secrets: the server never reads (or may read) any other Secret.
+    Kind("v1", "Secret", "CoreV1Api", "list_secret_for_all_namespaces", "type=kubernetes.io/tls"),
+)
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old: list again."""
+
+
+class KubernetesSource:
+    def __init__(self, kubeconfig: Path | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {k.kind: {} for k in KINDS}
+        self._listed: set[str] = set()
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+
+    def client(self) -> Any:
+        """An ApiClient from --kubeconfig, or the pod's service account."""
+        from kubernetes import client, config
+
+        if self.kubeconfig is not None:
+            return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+
+    async def watch(self) -> AsyncGenerator[Loaded, None]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+
+        def emit(kind: str, kind_event: str, payload: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, kind_event, payload))
+
+        api_client = self.client()
+        threads = [
+            threading.Thread(
+                target=KindWatcher(kind, api_client, emit, self._stop).run,
+                name=f"watch-{kind.kind}",
+                daemon=True,
+            )
+            for kind in KINDS
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                self._apply(*await events.get())
+                await asyncio.sleep(BURST_GAP)  # a burst (a list, a rollout) becomes one load
+                while not events.empty():
+                    self._apply(*events.get_nowait())
+                if len(self._listed) == len(KINDS):
+                    yield self.load()
+        finally:
+            self._stop.set()
+
+    def _apply(self, kind: str, event: str, payload: Any) -> None:
+        objects = self._objects[kind]
+        if event == "LIST":
+            objects.clear()
+            for item in payload:
+                self._put(kind, item)
+            self._listed.add(kind)
+        elif event == "DELETED":
+            metadata = payload.get("metadata") or {}
+            objects.pop((metadata.get("namespace") or "default", metadata.get("name", "")), None)
+        else:  # ADDED, MODIFIED
+            self._put(kind, payload)
+
+    def _put(self, kind: str, item: dict[str, Any]) -> None:
+        spec = next(k for k in KINDS if k.kind == kind)
+        item.setdefault("apiVersion", spec.api_version)  # list items carry neither
+        item.setdefault("kind", kind)
+        metadata = item.get("metadata") or {}
+        source = f"api:{kind}/{metadata.get('namespace', '')}/{metadata.get('name', '?')}"
+        loaded = parse_documents(json.dumps(item), source + ".json")
+        self.errors.extend(loaded.errors)
+        for obj in loaded.objects:
+            self._objects[kind][(obj.namespace, obj.name)] = obj
+
+    def load(self) -> Loaded:
+        errors, self.errors = self.errors, []
+        objects = [obj for by_name in self._objects.values() for obj in by_name.values()]
+        return Loaded(objects=objects, errors=errors)
+
+
+class KindWatcher:
+    """List then watch one kind until stopped (runs in its own thread)."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        api_client: Any,
+        emit: Callable[[str, str, Any], None],
+        stop: threading.Event,
+    ) -> None:
+        from kubernetes import client
+
+        self.kind = kind
+        self.call = getattr(getattr(client, kind.api)(api_client), kind.method)
+        self.emit = emit
+        self.stop = stop
+        self.version: str | None = None
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if self.version is None:
+                    self.list()
+                self.watch_once()
+                failures = 0
+            except Gone:
+                log.info(
+                    "%s: resourceVersion %s expired, listing again", self.kind.kind, self.version
+                )
+                self.version = None
+            except Exception as exc:  # the API server is down, a proxy cut us off, ...
+                failures += 1
+                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2**failures))
+                log.warning(
+                    "%s: watch failed (%s); retrying in %.1fs", self.kind.kind, _short(exc), delay
+                )
+                self.stop.wait(delay)
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"_preload_content": False}
+        if self.kind.field_selector:
+            options["field_selector"] = self.kind.field_selector
+        return options
+
+    def list(self) -> None:
+        response = self.call(**self._options(), _request_timeout=30)
+        body = json.loads(response.data)
+        self.version = body["metadata"]["resourceVersion"]
+        self.emit(self.kind.kind, "LIST", body.get("items") or [])
+
+    def watch_once(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.watch.watch import iter_resp_lines
+
+        try:
+            response = self._watch_call()
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Gone from exc
+            raise
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                if self.stop.is_set():
+                    return
+                self.handle(json.loads(line))
+        finally:
+            response.release_conn()
+
+    def _watch_call(self) -> Any:
+        return self.call(
+            **self._options(),
+            watch=True,
+            resource_version=self.version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _request_timeout=(10, WATCH_SECONDS + 30),
+        )
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone
+            raise RuntimeError(f"watch error: {obj.get('message', obj)}")
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.version = version
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self.emit(self.kind.kind, kind, obj)
+
+
+def _short(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    text = f"HTTP {status}" if status else type(exc).__name__
+    return f"{text}: {str(exc).splitlines()[0][:200]}" if str(exc) else text
