@@ -50,11 +50,12 @@ from bench.lab.xds import (
 from xds_server.metrics import XdsMetrics
 from xds_server.model import ingress as model
 from xds_server.sources.objects import parse_documents
-from xds_server.translate.resources import EnvoyPorts, resources
+from xds_server.translate.listeners import EnvoyPorts
+from xds_server.translate.resources import resources
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 from xds_server.xds.cache import Snapshot
 from xds_server.xds.order import PUSH_ORDER
-from xds_server.xds.server import DeltaStream, SotwStream
+from xds_server.xds.streams import DeltaStream, SotwStream
 
 PER_INGRESS = 10
 """Routes per Ingress (one host each): 10,000 routes are 1,000 Ingress objects in 1,000

@@ -32,7 +32,8 @@ from xds_server.sources.api import KubernetesSource
 from xds_server.sources.directory import DirectorySource
 from xds_server.sources.objects import Loaded
 from xds_server.sources.watch import DirectoryWatcher
-from xds_server.translate.resources import EnvoyPorts, TranslationMemo, resources
+from xds_server.translate.listeners import EnvoyPorts
+from xds_server.translate.resources import TranslationMemo, resources
 from xds_server.xds.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
 from xds_server.xds.server import AggregatedDiscovery
 

@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from xds_server.app import ControlPlane, ServeConfig, StartupError
     from xds_server.cluster.duties import DutiesConfig
-    from xds_server.translate.resources import EnvoyPorts
+    from xds_server.translate.listeners import EnvoyPorts
 
     (grpc_host, grpc_port), (http_host, http_port) = args.listen, args.http_listen
     config = ServeConfig(

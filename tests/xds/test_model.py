@@ -15,12 +15,9 @@ from bench.lab.xds import endpoint_slice, ingress, ingress_class, rule, service
 from xds_server.model.ingress import ModelMemo, build
 from xds_server.model.types import EXACT, PREFIX
 from xds_server.sources.objects import KubeObject, parse_documents
-from xds_server.translate.resources import (
-    EnvoyPorts,
-    TranslationMemo,
-    referenced_clusters,
-    resources,
-)
+from xds_server.translate.listeners import EnvoyPorts
+from xds_server.translate.resources import TranslationMemo, resources
+from xds_server.translate.routes import referenced_clusters
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
 from xds_server.xds.cache import EntryMemo, Snapshot
 

@@ -9,10 +9,11 @@ from bench.lab.xds import endpoint_slice, ingress, rule, service
 from xds_server.metrics import XdsMetrics
 from xds_server.model import ingress as model
 from xds_server.sources.objects import parse_documents
-from xds_server.translate.resources import EnvoyPorts, resources
+from xds_server.translate.listeners import EnvoyPorts
+from xds_server.translate.resources import resources
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 from xds_server.xds.cache import Snapshot, SnapshotStore
-from xds_server.xds.server import DeltaStream
+from xds_server.xds.streams import DeltaStream
 
 
 def snapshot(backend: str, serial: int) -> Snapshot:

@@ -20,7 +20,7 @@ from bench.lab.xds import XdsServer, endpoint_slice, ingress, rule, service, wri
 from xds_server.app import ControlPlane, ServeConfig
 from xds_server.sources.directory import DirectorySource
 from xds_server.sources.watch import BURST_GAP
-from xds_server.translate.resources import EnvoyPorts
+from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.type_urls import ROUTE, VHOST
 from xds_server.xds.cache import versions_digest
 

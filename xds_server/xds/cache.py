@@ -19,7 +19,7 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from xds_server.translate.resources import referenced_clusters
+from xds_server.translate.routes import referenced_clusters
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, ROUTE, ROUTE_VHDS, VHOST
 from xds_server.xds.order import PUSH_ORDER
 

@@ -1,0 +1,284 @@
+"""What one proxy's stream sends and when, for both flavours (what to send is the snapshot's
+business; the gRPC side is server.py):
+
+* Order, make before break: clusters, endpoints, secrets, listeners, routes. Routes are held
+  until the proxy has ACKed every cluster they use and that cluster's endpoints (a warming
+  cluster is unknown to Envoy's router: 503). A cluster that routes the proxy has ACKed still
+  use is kept (and its endpoints) until a route update without it is ACKed, then removed.
+* Nothing is sent when nothing changed for that proxy; versions are content hashes.
+* NACKs (`error_detail`) are logged and counted per node; the rejected version is parked,
+  never re-sent, until the input changes.
+* SotW: stale nonces get no answer; listeners and clusters carry the full set. Delta: only
+  what changed plus `removed_resources`; subscription changes are honoured whatever nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from xds_server.metrics import XdsMetrics
+from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
+from xds_server.xds.cache import Entry, Snapshot, SnapshotStore, clusters_used, type_version
+from xds_server.xds.order import PUSH_ORDER
+
+WILDCARD_TYPES = {LISTENER, CLUSTER, VHOST}
+log = logging.getLogger("xds_server.ads")
+_nonces = itertools.count(1)
+
+
+@dataclass
+class TypeState:
+    """One resource type on one stream."""
+
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    open_request: bool = False
+    nonce: str = ""
+    sent: dict[str, str] = field(default_factory=dict)  # name -> version sent (pending ACK)
+    acked: dict[str, str] = field(default_factory=dict)  # name -> version the proxy has
+    acked_entries: dict[str, Entry] = field(default_factory=dict)
+    sent_entries: dict[str, Entry] = field(default_factory=dict)
+    parked: set[tuple[str, str]] = field(default_factory=set)  # NACKed (name, version)
+    parked_version: str | None = None  # SotW: a NACKed type version
+    acked_version: str | None = None  # SotW: the type version the proxy has
+    responded: bool = False  # the first request of a type is always answered, even if empty
+    subscribed_seen: bool = False
+    clean: bool = False  # the last push found nothing to send and nothing is awaiting an ACK
+
+
+class Stream:
+    """Shared bookkeeping of one proxy's stream (both flavours)."""
+
+    route_key = ROUTE
+    """Where its route configurations come from in a snapshot: full ones (SotW), or ones
+    whose virtual hosts come over VHDS (delta)."""
+
+    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.node = "?"
+        self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.pushed_serial = -1
+        """The snapshot the last push looked at: `clean` flags speak of that one."""
+
+    def retained_clusters(self) -> set[str]:
+        """Clusters the proxy's ACKed routes (and virtual hosts) still send traffic to."""
+        acked = [
+            *self.types[ROUTE].acked_entries.values(),
+            *self.types[VHOST].acked_entries.values(),
+        ]
+        return clusters_used(acked)
+
+    def source(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
+        return snapshot.entries(self.route_key if type_url == ROUTE else type_url)
+
+    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+        state = self.types[type_url]
+        entries = dict(self.source(type_url, snapshot))
+        if type_url in (CLUSTER, ENDPOINT):
+            for name in self.retained_clusters() - set(entries):
+                kept = self.types[type_url].acked_entries.get(name)
+                if kept is not None:
+                    entries[name] = kept
+        if state.wildcard:
+            return entries
+        return {name: entry for name, entry in entries.items() if name in state.names}
+
+    def ready_for(self, type_url: str, entries: dict[str, Entry]) -> bool:
+        """Routes wait until the proxy has ACKed every cluster they use, and its endpoints:
+        a cluster still warming is unknown to Envoy's router, which would answer 503."""
+        if type_url not in (ROUTE, VHOST):
+            return True
+        used = clusters_used(entries.values())
+        warm = self._has_names(CLUSTER) & self._has_names(ENDPOINT)
+        return used <= warm
+
+    def _has_names(self, type_url: str) -> set[str]:
+        state = self.types[type_url]
+        return set(state.acked) | set(state.acked_entries)
+
+    def converged(self, snapshot: Snapshot) -> bool:
+        """The proxy has ACKed everything it subscribed to, as of `snapshot`. Decided by
+        the last push's flags, not by comparing thousands of versions per proxy per ACK."""
+        if self.pushed_serial != snapshot.serial:
+            return False
+        return all(state.clean for state in self.types.values() if state.subscribed_seen)
+
+    def _count(self, type_url: str, resources: int) -> None:
+        kind = type_url.rsplit(".", 1)[-1]
+        self.metrics.pushes.labels(kind).inc()
+        self.metrics.resources.labels(kind).inc(resources)
+
+    def nack(self, type_url: str, error: status_pb2.Status) -> None:
+        self.metrics.nacks.labels(self.node, type_url.rsplit(".", 1)[-1]).inc()
+        log.warning(
+            "NACK from %s for %s: %s (parked until the input changes)",
+            self.node,
+            type_url.rsplit(".", 1)[-1],
+            error.message.splitlines()[0][:300] if error.message else "?",
+        )
+
+
+class SotwStream(Stream):
+    def handle(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot) -> None:
+        if request.node.id:
+            self.node = request.node.id
+        state = self.types.get(request.type_url)
+        if state is None:
+            return
+        if request.response_nonce and request.response_nonce != state.nonce:
+            return  # stale: a newer response is on its way
+        if request.HasField("error_detail"):
+            self.nack(request.type_url, request.error_detail)
+            state.parked_version = type_version(state.sent_entries)
+        elif request.response_nonce:
+            state.acked_entries = dict(state.sent_entries)
+            state.acked_version = type_version(state.acked_entries)
+        state.wildcard = request.type_url in WILDCARD_TYPES and not list(request.resource_names)
+        state.names = set(request.resource_names)
+        state.subscribed_seen = True
+        state.open_request = True
+        if not request.response_nonce and request.version_info:
+            self._resumed(request.type_url, request.version_info, snapshot)
+        self.push(snapshot)
+
+    def _resumed(self, type_url: str, version: str, snapshot: Snapshot) -> None:
+        """A proxy reconnecting with the version it has: versions are content hashes, so if it
+        is the current one there is nothing to send (after a restart, or from a replica)."""
+        entries = self.wanted(type_url, snapshot)
+        if type_version(entries) == version:
+            state = self.types[type_url]
+            state.acked_entries = entries
+            state.acked_version = version
+
+    def push(self, snapshot: Snapshot) -> None:
+        self.pushed_serial = snapshot.serial
+        for type_url in PUSH_ORDER:
+            state = self.types[type_url]
+            if not state.subscribed_seen:
+                continue  # never asked for: nothing to compute on this hot path
+            entries = self.wanted(type_url, snapshot)
+            version = type_version(entries)
+            state.clean = version == state.acked_version
+            if not state.open_request:
+                continue
+            if version in (state.acked_version, state.parked_version):
+                continue  # the proxy has it, or rejected exactly this
+            if not self.ready_for(type_url, entries):
+                continue  # sent once the clusters it uses are warm
+            state.nonce = str(next(_nonces))
+            state.sent_entries = entries
+            state.open_request = False
+            self._count(type_url, len(entries))
+            self.out.put_nowait(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version,
+                    resources=[e.resource for e in entries.values()],
+                    type_url=type_url,
+                    nonce=state.nonce,
+                )
+            )
+
+
+class DeltaStream(Stream):
+    route_key = ROUTE_VHDS
+
+    def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
+        if request.node.id:
+            self.node = request.node.id
+        state = self.types.get(request.type_url)
+        if state is None:
+            return
+        self._subscriptions(request, state, snapshot)
+        if request.response_nonce and request.response_nonce == state.nonce:
+            if request.HasField("error_detail"):
+                self.nack(request.type_url, request.error_detail)
+                state.parked |= set(state.sent.items())
+            else:
+                for name, version in state.sent.items():
+                    if version:
+                        state.acked[name] = version
+                        state.acked_entries[name] = state.sent_entries[name]
+                    else:
+                        state.acked.pop(name, None)
+                        state.acked_entries.pop(name, None)
+            state.sent, state.sent_entries = {}, {}
+        state.open_request = True
+        self.push(snapshot)
+
+    def _subscriptions(
+        self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState, snapshot: Snapshot
+    ) -> None:
+        subscribe = set(request.resource_names_subscribe)
+        if not state.subscribed_seen and request.type_url in WILDCARD_TYPES and not subscribe:
+            state.wildcard = True  # legacy wildcard: an empty first subscription
+        state.subscribed_seen = True
+        if "*" in subscribe:
+            state.wildcard = True
+            subscribe.discard("*")
+        state.names |= subscribe
+        for name in request.resource_names_unsubscribe:
+            if name == "*":
+                state.wildcard = False
+            state.names.discard(name)
+            state.acked.pop(name, None)
+            state.acked_entries.pop(name, None)
+        # A proxy reconnecting (to a restarted server or another replica) says what it has:
+        # that counts as ACKed, with the full entry where the content is the current one.
+        current = self.source(request.type_url, snapshot)
+        for name, version in request.initial_resource_versions.items():
+            state.acked.setdefault(name, version)
+            entry = current.get(name)
+            if entry is not None and entry.version == version:
+                state.acked_entries.setdefault(name, entry)
+
+    def push(self, snapshot: Snapshot) -> None:
+        self.pushed_serial = snapshot.serial
+        for type_url in PUSH_ORDER:
+            state = self.types[type_url]
+            if not state.subscribed_seen:
+                continue  # never asked for: nothing to compute on this hot path
+            wanted = self.wanted(type_url, snapshot)
+            changed = [
+                e
+                for n, e in wanted.items()
+                if state.acked.get(n) != e.version and (n, e.version) not in state.parked
+            ]
+            removed = [n for n in state.acked if n not in wanted]
+            parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
+            state.clean = not changed and not removed and not state.sent and not parked
+            if not state.open_request or state.sent:
+                continue
+            if not self.ready_for(type_url, wanted):
+                continue  # sent once the clusters it uses are warm
+            if not changed and not removed and state.responded:
+                continue
+            state.responded = True
+            state.nonce = str(next(_nonces))
+            state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
+            state.sent_entries = {e.name: e for e in changed}
+            state.open_request = False
+            self._count(type_url, len(changed) + len(removed))
+            self.out.put_nowait(
+                discovery_pb2.DeltaDiscoveryResponse(
+                    system_version_info=snapshot.version(
+                        self.route_key if type_url == ROUTE else type_url
+                    ),
+                    resources=[
+                        discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
+                        for e in changed
+                    ],
+                    removed_resources=removed,
+                    type_url=type_url,
+                    nonce=state.nonce,
+                )
+            )
