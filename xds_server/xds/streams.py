@@ -113,6 +113,17 @@ class Stream:
             return False
         return all(state.clean for state in self.types.values() if state.subscribed_seen)
 
+    def push(self, snapshot: Snapshot) -> None:
+        """Answer what is open and has changed, type by type in make-before-break order."""
+        self.pushed_serial = snapshot.serial
+        for type_url in PUSH_ORDER:
+            state = self.types[type_url]
+            if state.subscribed_seen:  # never asked for: nothing to compute on this hot path
+                self._push_type(type_url, state, snapshot)
+
+    def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
+        raise NotImplementedError
+
     def _count(self, type_url: str, resources: int) -> None:
         kind = type_url.rsplit(".", 1)[-1]
         self.metrics.pushes.labels(kind).inc()
@@ -160,33 +171,28 @@ class SotwStream(Stream):
             state.acked_entries = entries
             state.acked_version = version
 
-    def push(self, snapshot: Snapshot) -> None:
-        self.pushed_serial = snapshot.serial
-        for type_url in PUSH_ORDER:
-            state = self.types[type_url]
-            if not state.subscribed_seen:
-                continue  # never asked for: nothing to compute on this hot path
-            entries = self.wanted(type_url, snapshot)
-            version = type_version(entries)
-            state.clean = version == state.acked_version
-            if not state.open_request:
-                continue
-            if version in (state.acked_version, state.parked_version):
-                continue  # the proxy has it, or rejected exactly this
-            if not self.ready_for(type_url, entries):
-                continue  # sent once the clusters it uses are warm
-            state.nonce = str(next(_nonces))
-            state.sent_entries = entries
-            state.open_request = False
-            self._count(type_url, len(entries))
-            self.out.put_nowait(
-                discovery_pb2.DiscoveryResponse(
-                    version_info=version,
-                    resources=[e.resource for e in entries.values()],
-                    type_url=type_url,
-                    nonce=state.nonce,
-                )
+    def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
+        entries = self.wanted(type_url, snapshot)
+        version = type_version(entries)
+        state.clean = version == state.acked_version
+        if not state.open_request:
+            return
+        if version in (state.acked_version, state.parked_version):
+            return  # the proxy has it, or rejected exactly this
+        if not self.ready_for(type_url, entries):
+            return  # sent once the clusters it uses are warm
+        state.nonce = str(next(_nonces))
+        state.sent_entries = entries
+        state.open_request = False
+        self._count(type_url, len(entries))
+        self.out.put_nowait(
+            discovery_pb2.DiscoveryResponse(
+                version_info=version,
+                resources=[e.resource for e in entries.values()],
+                type_url=type_url,
+                nonce=state.nonce,
             )
+        )
 
 
 class DeltaStream(Stream):
@@ -241,44 +247,39 @@ class DeltaStream(Stream):
             if entry is not None and entry.version == version:
                 state.acked_entries.setdefault(name, entry)
 
-    def push(self, snapshot: Snapshot) -> None:
-        self.pushed_serial = snapshot.serial
-        for type_url in PUSH_ORDER:
-            state = self.types[type_url]
-            if not state.subscribed_seen:
-                continue  # never asked for: nothing to compute on this hot path
-            wanted = self.wanted(type_url, snapshot)
-            changed = [
-                e
-                for n, e in wanted.items()
-                if state.acked.get(n) != e.version and (n, e.version) not in state.parked
-            ]
-            removed = [n for n in state.acked if n not in wanted]
-            parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
-            state.clean = not changed and not removed and not state.sent and not parked
-            if not state.open_request or state.sent:
-                continue
-            if not self.ready_for(type_url, wanted):
-                continue  # sent once the clusters it uses are warm
-            if not changed and not removed and state.responded:
-                continue
-            state.responded = True
-            state.nonce = str(next(_nonces))
-            state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
-            state.sent_entries = {e.name: e for e in changed}
-            state.open_request = False
-            self._count(type_url, len(changed) + len(removed))
-            self.out.put_nowait(
-                discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info=snapshot.version(
-                        self.route_key if type_url == ROUTE else type_url
-                    ),
-                    resources=[
-                        discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
-                        for e in changed
-                    ],
-                    removed_resources=removed,
-                    type_url=type_url,
-                    nonce=state.nonce,
-                )
+    def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
+        wanted = self.wanted(type_url, snapshot)
+        changed = [
+            e
+            for n, e in wanted.items()
+            if state.acked.get(n) != e.version and (n, e.version) not in state.parked
+        ]
+        removed = [n for n in state.acked if n not in wanted]
+        parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
+        state.clean = not changed and not removed and not state.sent and not parked
+        if not state.open_request or state.sent:
+            return
+        if not self.ready_for(type_url, wanted):
+            return  # sent once the clusters it uses are warm
+        if not changed and not removed and state.responded:
+            return
+        state.responded = True
+        state.nonce = str(next(_nonces))
+        state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
+        state.sent_entries = {e.name: e for e in changed}
+        state.open_request = False
+        self._count(type_url, len(changed) + len(removed))
+        self.out.put_nowait(
+            discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snapshot.version(
+                    self.route_key if type_url == ROUTE else type_url
+                ),
+                resources=[
+                    discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
+                    for e in changed
+                ],
+                removed_resources=removed,
+                type_url=type_url,
+                nonce=state.nonce,
             )
+        )
