@@ -7,6 +7,7 @@ anything heavy is imported.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from typing import NoReturn
 
@@ -53,6 +54,36 @@ def port(text: str) -> int:
     if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
     return value
+
+
+def ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, written the canonical way."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+_SIZE = re.compile(r"^(?P<value>\d+)(?P<unit>B|KiB|MiB|GiB)?$")
+_SIZE_UNIT = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def size(text: str) -> int:
+    """Bytes from `1048576`, `512KiB`, `16MiB` or `1GiB`."""
+    match = _SIZE.match(text.strip())
+    if not match or int(match["value"]) == 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 16MiB, 512KiB)")
+    return int(match["value"]) * _SIZE_UNIT[match["unit"]]
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:

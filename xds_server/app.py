@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,12 +27,15 @@ from xds_server.certs.secret_volume import SecretVolume
 from xds_server.certs.server_tls import IdentityCheck, ServerTls
 from xds_server.cluster.duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.metrics import XdsMetrics
-from xds_server.model import ingress as model_mod
+from xds_server.model.ingress import ModelMemo, build
+from xds_server.model.types import Model, describe
 from xds_server.sources.api import KubernetesSource
 from xds_server.sources.directory import DirectorySource
-from xds_server.sources.objects import Loaded
+from xds_server.sources.objects import Limits, Loaded
 from xds_server.sources.watch import DirectoryWatcher
+from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import EnvoyPorts
+from xds_server.translate.refusals import refusals
 from xds_server.translate.resources import TranslationMemo, resources
 from xds_server.xds.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
 from xds_server.xds.server import AggregatedDiscovery
@@ -45,6 +48,10 @@ CERT_CHECK = 60.0
 
 CONVERGENCE_WAIT = 30.0
 """Seconds after which a change that not every proxy ACKed is no longer measured."""
+
+REFUSAL_ROUNDS = 3
+"""Builds per change at most: one, and one more per layer of objects Envoy would refuse
+(their removal can expose no new refusal: each is judged on its own content)."""
 
 MAX_MESSAGE = 64 * 2**20
 """Largest gRPC message either way: a 10,000-route config fits many times over."""
@@ -80,6 +87,8 @@ class ServeConfig:
     propagation_delay: float = 2.0
     kubeconfig: Path | None = None
     """With `manifests` None: a kubeconfig file, or None for the pod's service account."""
+    limits: Limits = field(default_factory=Limits)
+    """Bounds on the work any input may cause."""
     duties: DutiesConfig | None = None
     """With `manifests` None: the leader's Lease, Ingress status and Secret rotation."""
 
@@ -95,9 +104,9 @@ class ControlPlane:
         self.store = SnapshotStore()
         self.servicer = AggregatedDiscovery(self.store, self.metrics)
         self.source: DirectorySource | KubernetesSource = (
-            DirectorySource(config.manifests)
+            DirectorySource(config.manifests, config.limits)
             if config.manifests is not None
-            else KubernetesSource(config.kubeconfig)
+            else KubernetesSource(config.kubeconfig, config.limits)
         )
         self.should_exit = asyncio.Event()
         self.grpc_port = 0
@@ -105,13 +114,16 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
-        self.memo = model_mod.ModelMemo()
+        self.memo = ModelMemo()
         self.translation = TranslationMemo()
         self.entry_memo = EntryMemo()
+        self.checked = Checked()
         self.tls: ServerTls | None = None
         self.rotator: Rotator | None = None
         self.duties: ClusterDuties | None = None
         self._reported: dict[str, str] = {}
+        self.rejections: dict[str, None] = {}
+        """What the last change rejected, in order (a dict: ordered and deduplicated)."""
 
     async def serve(self) -> int:
         await self.startup()
@@ -138,7 +150,12 @@ class ControlPlane:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         await server.start()
         self._server = server
-        await self._start_http()
+        try:
+            await self._start_http()
+        except StartupError:
+            await server.stop(None)  # a server left to the collector logs a traceback at exit
+            self._server = None
+            raise
         log.info(
             "xds-server listening: gRPC %s, HTTP %s:%d",
             address,
@@ -265,26 +282,24 @@ class ControlPlane:
             raise StartupError(f"cannot configure the Kubernetes client: {exc}") from exc
 
     async def _feed(self) -> None:
+        """Every change of the input, until cancelled. It never dies of one bad change: a
+        change that cannot be published is logged and counted, the last good config stays."""
         async for loaded in self.source.watch():
-            self.apply(loaded)
+            try:
+                await self.apply(loaded)
+            except Exception:
+                self.metrics.publish_failures.inc()
+                log.exception("change not published; the last good config stays")
 
-    def apply(self, loaded: Loaded) -> bool:
-        """Build and publish the snapshot for a set of objects; keep the last good on error."""
+    async def apply(self, loaded: Loaded) -> bool:
+        """Build (in a worker thread: a 10,000-path Ingress must not stall the event loop)
+        and publish the snapshot for a set of objects; keep the last good one on error."""
         seen = time.monotonic()
-        built = model_mod.build(loaded.objects, self.config.ingress_class, self.memo)
+        built, snapshot = await asyncio.to_thread(self._build, loaded)
         if self.duties is not None:
             self.duties.observe(loaded.objects, built.served)
-        for error in loaded.errors + built.errors:
-            self.metrics.rejected.inc()
-            log.error("rejected: %s", error)
-        try:
-            translated = resources(built, self.config.ports, self.translation)
-            self.translation.forget_unused()
-            snapshot = Snapshot.build(translated, self._serial + 1, self.entry_memo)
-        except InconsistentSnapshot as exc:
-            log.error("snapshot not published, the last good one stays: %s", exc)
-            return False
-        if not self.store.publish(snapshot):
+        self._report_rejections(loaded.errors + built.errors)
+        if snapshot is None or not self.store.publish(snapshot):
             return False
         if self._serial == 0:
             # Everything built so far lives as long as the process: keep the collector from
@@ -296,6 +311,45 @@ class ControlPlane:
         self.metrics.ready.set(1)
         asyncio.get_running_loop().create_task(self._observe_convergence(snapshot, seen))
         return True
+
+    def _build(self, loaded: Loaded) -> tuple[Model, Snapshot | None]:
+        """sources -> model -> translate -> snapshot; None when it must not be published.
+        An object whose resources Envoy would refuse is rejected and the rest built again
+        without it, so one bad object never takes the good ones down with it."""
+        objects, refused = loaded.objects, []
+        for _ in range(REFUSAL_ROUNDS):
+            built = build(objects, self.config.ingress_class, self.memo)
+            translated = resources(built, self.config.ports, self.translation)
+            found = refusals(built, translated, self.checked)
+            if not found.blamed:
+                break
+            refused += [f"{origin}: {reason}" for origin, reason in found.blamed.items()]
+            objects = [obj for obj in objects if describe(obj) not in found.blamed]
+        built.errors[:0] = refused
+        self.translation.forget_unused()
+        self.checked.forget_unused()
+        problems = found.unexplained + [f"still refused: {o}" for o in found.blamed]
+        if problems:
+            for problem in problems:
+                log.error("snapshot not published, the last good one stays: %s", problem)
+            self.metrics.publish_failures.inc()
+            return built, None
+        try:
+            return built, Snapshot.build(translated, self._serial + 1, self.entry_memo)
+        except InconsistentSnapshot as exc:
+            log.error("snapshot not published, the last good one stays: %s", exc)
+            self.metrics.publish_failures.inc()
+            return built, None
+
+    def _report_rejections(self, errors: list[str]) -> None:
+        """Each rejection is logged and counted once, when it appears, not on every reload;
+        the current list is at /status."""
+        current = dict.fromkeys(errors)
+        for error in current.keys() - self.rejections.keys():
+            self.metrics.rejected.inc()
+            log.error("rejected: %s", error)
+        self.rejections = current
+        self.metrics.rejected_now.set(len(current))
 
     async def _observe_convergence(self, snapshot: Snapshot, seen: float) -> None:
         """Change seen -> every connected proxy has ACKed it (or a newer snapshot came)."""
@@ -316,6 +370,7 @@ class ControlPlane:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
@@ -330,9 +385,31 @@ class ControlPlane:
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def degraded(self) -> list[str]:
+        """What an operator should fix while the last good config keeps being served."""
+        problems = [self.source.problem] if self.source.problem else []
+        if self.rejections:
+            problems.append(f"{len(self.rejections)} objects rejected (see /status)")
+        return problems
+
     async def _readyz(self, _: web.Request) -> web.Response:
+        """Ready once there is a config to serve; a degraded input is reported, not made
+        unready: a proxy is better off with the last good config than with none."""
         ready = self.store.current.serial > 0
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        self.metrics.source_problem.set(int(self.source.problem is not None))
+        body: dict[str, object] = {"ready": ready}
+        if ready and self.degraded():
+            body["degraded"] = self.degraded()
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "serial": self.store.current.serial,
+                "source_problem": self.source.problem,
+                "rejected": list(self.rejections),
+            }
+        )
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")

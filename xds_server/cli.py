@@ -16,11 +16,63 @@ from envoy_lifecycle.cmdline import (
     duration,
     help_formatter,
     host_port,
+    ip_address,
     port,
+    positive_int,
+    size,
 )
 from envoy_lifecycle.logs import configure
 from xds_server.certs import command as certs_command
 from xds_server.certs.directory import DEFAULT_IDENTITY
+from xds_server.sources.objects import Limits
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    """Bounds on the work any input may cause; past one, that input is rejected in one line."""
+    defaults = Limits()
+    group = parser.add_argument_group("input limits (past one, the input is rejected)")
+    group.add_argument(
+        "--max-file-size",
+        type=size,
+        default=defaults.file_bytes,
+        metavar="SIZE",
+        help="largest manifest file read, in bytes (or 512KiB, 16MiB)",
+    )
+    group.add_argument(
+        "--max-files",
+        type=positive_int,
+        metavar="N",
+        default=defaults.files,
+        help="manifest files read",
+    )
+    group.add_argument(
+        "--max-documents",
+        type=positive_int,
+        metavar="N",
+        default=defaults.documents,
+        help="YAML documents in one file",
+    )
+    group.add_argument(
+        "--max-values",
+        type=positive_int,
+        metavar="N",
+        default=defaults.values,
+        help="values in one document, YAML aliases expanded (an alias bomb has billions)",
+    )
+    group.add_argument(
+        "--max-depth",
+        type=positive_int,
+        metavar="N",
+        default=defaults.depth,
+        help="nesting of one document",
+    )
+    group.add_argument(
+        "--max-objects",
+        type=positive_int,
+        metavar="N",
+        default=defaults.objects,
+        help="objects in all the input together",
+    )
 
 
 def _security(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="/healthz, /readyz and /metrics",
     )
     serve.add_argument(
-        "--envoy-address", default="0.0.0.0", help="address Envoy's ingress listeners bind"
+        "--envoy-address",
+        type=ip_address,
+        default="0.0.0.0",
+        metavar="IP",
+        help="address Envoy's ingress listeners bind (an IP: Envoy binds no names)",
     )
     serve.add_argument("--envoy-http-port", type=port, default=8080, help="ingress_http port")
     serve.add_argument("--envoy-https-port", type=port, default=8443, help="ingress_https port")
@@ -152,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="with --rotate: wait between CA rotation steps (90s or more with Secrets)",
     )
+    _limits(serve)
     add_logging_flags(serve)
     boot = commands.add_parser(
         "bootstrap",
@@ -218,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_identity=args.client_identity,
         propagation_delay=args.propagation_delay,
         kubeconfig=args.kubeconfig,
+        limits=Limits(
+            file_bytes=args.max_file_size,
+            documents=args.max_documents,
+            values=args.max_values,
+            depth=args.max_depth,
+            objects=args.max_objects,
+            files=args.max_files,
+        ),
         duties=DutiesConfig(
             namespace=args.kube_namespace or os.environ.get("POD_NAMESPACE", "envoy-lifecycle"),
             identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),

@@ -29,8 +29,10 @@ class XdsMetrics:
             ["type"],
             registry=self.registry,
         )
+        # By type only: node ids are chosen by clients, so one label value per node would let
+        # any client grow /metrics without bound (the node is in the NACK's log line).
         self.nacks = Counter(
-            "xds_nacks", "Responses rejected by a proxy.", ["node", "type"], registry=self.registry
+            "xds_nacks", "Responses rejected by a proxy.", ["type"], registry=self.registry
         )
         self.snapshots = Counter(
             "xds_snapshots",
@@ -38,7 +40,24 @@ class XdsMetrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "xds_rejected_objects", "Input objects or files rejected.", registry=self.registry
+            "xds_rejected_objects",
+            "Rejections of input objects or files, each counted once when it appears.",
+            registry=self.registry,
+        )
+        self.rejected_now = Gauge(
+            "xds_rejected_objects_current",
+            "Input objects or files rejected as of the last change (listed at /status).",
+            registry=self.registry,
+        )
+        self.source_problem = Gauge(
+            "xds_source_problem",
+            "1 while the input cannot be read (the last good config is served meanwhile).",
+            registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "xds_publish_failures",
+            "Changes whose snapshot could not be built (the last good one stays).",
+            registry=self.registry,
         )
         self.convergence = Histogram(
             "xds_convergence_seconds",

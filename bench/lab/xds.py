@@ -162,8 +162,16 @@ class XdsServer:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     async def metrics(self) -> str:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            return (await client.get(f"http://127.0.0.1:{self.http_port}/metrics")).text
+        return (await self.get("/metrics")).text
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+            return await client.get(f"http://127.0.0.1:{self.http_port}{path}")
+
+    async def status(self) -> dict[str, Any]:
+        """`GET /status`: the serial, the source's problem and the current rejections."""
+        body: dict[str, Any] = (await self.get("/status")).json()
+        return body
 
     def stop(self) -> None:
         stop_process(self.proc)

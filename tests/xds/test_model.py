@@ -99,9 +99,9 @@ def test_ready_endpoints_only_at_the_named_slice_port() -> None:
             "Service default/missing not found",
         ),
         (ingress("x", [rule(None, ("/", "Prefix", "a", 99))]), "has no port 99"),
-        (ingress("x", [rule(None, ("nope", "Prefix", "a", 80))]), "must start with /"),
-        (ingress("x", [rule(None, ("/", "Regex", "a", 80))]), "pathType must be"),
-        (ingress("x", [rule("a.*.com", ("/", "Prefix", "a", 80))]), "one leading label"),
+        (ingress("x", [rule(None, ("nope", "Prefix", "a", 80))]), "must be an absolute path"),
+        (ingress("x", [rule(None, ("/", "Regex", "a", 80))]), "expected one of Exact"),
+        (ingress("x", [rule("a.*.com", ("/", "Prefix", "a", 80))]), "a DNS name or *."),
         (ingress("x", []), "no rules and no defaultBackend"),
     ],
 )
@@ -109,9 +109,10 @@ def test_an_invalid_ingress_is_rejected_in_one_line_and_the_rest_is_kept(
     bad: dict[str, Any], says: str
 ) -> None:
     good = ingress("good", [rule("ok.example.com", ("/", "Prefix", "a", 80))])
-    model = build(objects(*BASE, good, bad), None)
+    loaded = parse_documents(yaml.safe_dump_all([*BASE, good, bad]), "test.yaml")
+    model = build(loaded.objects, None)
     assert "ok.example.com" in model.hosts
-    (error,) = model.errors
+    (error,) = loaded.errors + model.errors
     assert error.startswith("test.yaml: Ingress default/x: ")
     assert says in error
     assert "\n" not in error
@@ -283,6 +284,7 @@ spec: {ports: [{name: http, port: 80}]}
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: s-a, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints:
 - {addresses: [10.0.0.1], conditions: {ready: no}}

@@ -204,6 +204,19 @@ def is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def matching(pair: Pair) -> x509.Certificate:
+    """The certificate, if both PEM blocks parse and the key is the certificate's own."""
+    try:
+        cert = pair.cert
+        key = serialization.load_pem_private_key(pair.key, None)
+    except (ValueError, TypeError) as exc:
+        why = str(exc).splitlines()[0].split(". See ")[0]
+        raise InvalidPair(f"unreadable certificate or key: {why}") from exc
+    if key.public_key() != cert.public_key():
+        raise InvalidPair(f"the key does not match certificate {serial_hex(cert)}")
+    return cert
+
+
 def validate(
     pair: Pair,
     bundle: Sequence[x509.Certificate],
@@ -214,13 +227,7 @@ def validate(
 ) -> x509.Certificate:
     """The leaf, if the pair may be served: key matches, chains to the bundle, names, and
     (unless `dates` is False, for callers that judge expiry apart) valid `at` (now)."""
-    try:
-        cert = pair.cert
-        key = serialization.load_pem_private_key(pair.key, None)
-    except ValueError as exc:
-        raise InvalidPair(f"unreadable certificate or key: {exc}") from exc
-    if key.public_key() != cert.public_key():
-        raise InvalidPair(f"the key does not match certificate {serial_hex(cert)}")
+    cert = matching(pair)
     moment = at or now()
     if dates and not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
         raise InvalidPair(

@@ -78,6 +78,8 @@ def _ready_endpoints(
     slice_port_name = named[port_name].get("name") or ""
     found: set[Endpoint] = set()
     for body in slices:
+        if body.get("addressType") == "FQDN":
+            continue  # names, not addresses: kube-proxy skips these slices too
         numbers = [
             p.get("port")
             for p in body.get("ports") or []

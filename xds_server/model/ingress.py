@@ -22,13 +22,16 @@ the rest of the model is built without it.
 
 from __future__ import annotations
 
+import datetime
+import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from xds_server.model.backends import Resolved, resolve_backend, slices_by_service
-from xds_server.model.secrets import add_secrets
+from xds_server.model.secrets import Checked, add_secrets
 from xds_server.model.types import (
     EXACT,
     PREFIX,
@@ -45,6 +48,8 @@ from xds_server.sources.objects import KubeObject
 
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 LEGACY_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+
+log = logging.getLogger("xds_server.model")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class ModelMemo:
     def __init__(self) -> None:
         self.world: tuple[int, ...] = ()
         self.parts: dict[int, tuple[dict[str, Any], IngressPart | Rejected]] = {}
+        self.secrets: Checked = {}
         self._refs: list[KubeObject] = []
 
     def start(self, backends: list[KubeObject]) -> None:
@@ -80,6 +86,9 @@ class ModelMemo:
                 result: IngressPart | Rejected = compute()
             except Rejected as exc:
                 result = exc
+            except Exception as exc:  # a shape the sources let through: this object only
+                log.exception("model: %s/%s", ingress.namespace, ingress.name)
+                result = Rejected(f"cannot be used ({type(exc).__name__}: {exc})")
             found = (ingress.body, result)
             self.parts[id(ingress.body)] = found
         if isinstance(found[1], Rejected):
@@ -108,7 +117,7 @@ def build(
     alive: set[int] = set()
     first_part: dict[str, int] = {}
     shared: set[str] = set()
-    for ingress in sorted(by_kind["Ingress"], key=lambda o: (o.namespace, o.name)):
+    for ingress in sorted(by_kind["Ingress"], key=age_order):
         if not _our_class(ingress, ingress_class, default_class):
             continue
         alive.add(id(ingress.body))
@@ -133,8 +142,43 @@ def build(
     memo.forget_except(alive)
     for host in shared:  # each part's routes come sorted already
         model.hosts[host].routes.sort(key=lambda r: r.precedence)
-    add_secrets(model, by_kind["Secret"])
+    _claim_tls_hosts(model)
+    add_secrets(model, by_kind["Secret"], memo.secrets)
     return model
+
+
+def age_order(obj: KubeObject) -> tuple[str, str, str]:
+    """Who wins a conflict Kubernetes leaves open: the oldest object (creationTimestamp), then
+    namespace/name. An object without a timestamp (a manifest file) counts as oldest."""
+    created = (obj.body.get("metadata") or {}).get("creationTimestamp")
+    stamp = created.isoformat() if isinstance(created, datetime.datetime) else str(created or "")
+    return (stamp, obj.namespace, obj.name)
+
+
+def _claim_tls_hosts(model: Model) -> None:
+    """One certificate per SNI name: Envoy refuses two filter chains that match the same
+    name, and with them the whole HTTPS listener. The first binding in age order keeps a
+    name; a later one loses it (logged, naming both), and one with no name left is dropped.
+    A binding without hosts is the default certificate: there is one."""
+    owners: dict[str, TlsBinding] = {}
+    kept: list[TlsBinding] = []
+    for binding in model.tls:
+        free: list[str] = []
+        for host in dict.fromkeys(binding.hosts or ("",)):
+            owner = owners.get(host)
+            if owner is None:
+                owners[host] = binding
+                free.append(host)
+            else:
+                shown = f"TLS host {host}" if host else "the default TLS certificate (no hosts)"
+                model.errors.append(
+                    f"{binding.origin}: {shown} is already served by {owner.origin}"
+                    f" with Secret {owner.secret}; not with {binding.secret}"
+                )
+        if free:
+            hosts = tuple(h for h in free if h)
+            kept.append(binding if hosts == binding.hosts else replace(binding, hosts=hosts))
+    model.tls = kept
 
 
 def _default_class(classes: list[KubeObject]) -> str | None:
@@ -166,6 +210,7 @@ def _ingress_part(
         raise Rejected("has no spec")
     staged: list[tuple[str, Route]] = []
     upstreams: dict[str, list[Endpoint]] = {}
+    origin = describe(ingress)
 
     def resolve(backend: Any, where: str) -> Upstream:
         upstream, endpoints = resolve_backend(
@@ -175,48 +220,52 @@ def _ingress_part(
         return upstream
 
     for index, rule in enumerate(spec.get("rules") or []):
-        host = _host(rule.get("host"), index)
+        host = _host(rule.get("host"))
         for number, path in enumerate((rule.get("http") or {}).get("paths") or []):
             where = f"rules[{index}].http.paths[{number}]"
             value, kind = _route(path, where)
-            staged.append((host, Route(value, kind, resolve(path.get("backend"), where))))
+            upstream = resolve(path.get("backend"), where)
+            staged.append((host, Route(value, kind, upstream, origin)))
     if spec.get("defaultBackend") is not None:
-        staged.append(("*", Route("/", PREFIX, resolve(spec["defaultBackend"], "defaultBackend"))))
+        upstream = resolve(spec["defaultBackend"], "defaultBackend")
+        staged.append(("*", Route("/", PREFIX, upstream, origin)))
     if not staged:
         raise Rejected("has no rules and no defaultBackend")
-    tls = [_tls(ingress.namespace, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
+    tls = [_tls(ingress, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
     staged.sort(key=lambda item: (item[0], item[1].precedence))  # stable: ties keep order
     return IngressPart(staged, upstreams, tls)
 
 
-def _host(value: Any, index: int) -> str:
-    if value in (None, ""):
-        return "*"
-    host = str(value).lower()
-    labels = host.split(".")
-    wildcard_ok = labels[0] == "*" and len(labels) > 2 and "*" not in "".join(labels[1:])
-    if "*" in host and not wildcard_ok:
-        raise Rejected(f"rules[{index}].host {value!r}: a wildcard must be one leading label")
-    return host
+def _host(value: Any) -> str:
+    """The sources checked the syntax (a DNS name or `*.` one); matching ignores case."""
+    return "*" if value in (None, "") else str(value).lower()
 
 
-def _route(path: Any, where: str) -> tuple[str, str]:
-    if not isinstance(path, dict):
-        raise Rejected(f"{where} is not a mapping")
-    value = path.get("path", "/") or "/"
-    kind = path.get("pathType")
-    if kind not in (EXACT, PREFIX, "ImplementationSpecific"):
-        raise Rejected(f"{where}.pathType must be Exact, Prefix or ImplementationSpecific")
-    if not str(value).startswith("/"):
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _route(path: dict[str, Any], where: str) -> tuple[str, str]:
+    """The path and how it matches. Kubernetes accepts some paths no request path can
+    match and Envoy refuses (`?` or `#` in a prefix, control characters): rejected here,
+    naming the path, rather than NACKed by every proxy."""
+    value = str(path.get("path") or "/")
+    if not value.startswith("/"):
         raise Rejected(f"{where}.path {value!r} must start with /")
-    value = str(value)
-    if kind == EXACT:
+    if CONTROL.search(value):
+        raise Rejected(f"{where}.path {value!r} has a control character")
+    if path["pathType"] == EXACT:
         return value, EXACT
+    if "?" in value or "#" in value:
+        raise Rejected(
+            f"{where}.path {value!r}: a prefix with ? or # matches no request path"
+            " (the query and fragment are not part of it)"
+        )
     return (value.rstrip("/") or "/"), PREFIX
 
 
-def _tls(namespace: str, entry: Any, index: int) -> TlsBinding:
-    if not isinstance(entry, dict) or not entry.get("secretName"):
+def _tls(ingress: KubeObject, entry: Any, index: int) -> TlsBinding:
+    if not entry.get("secretName"):
         raise Rejected(f"tls[{index}] needs secretName")
     hosts = tuple(str(h).lower() for h in entry.get("hosts") or [])
-    return TlsBinding(hosts=hosts, secret=f"{namespace}/{entry['secretName']}")
+    secret = f"{ingress.namespace}/{entry['secretName']}"
+    return TlsBinding(hosts, secret, origin=describe(ingress))

@@ -35,6 +35,7 @@ class Route:
     path: str
     kind: str  # EXACT or PREFIX
     upstream: Upstream
+    origin: str = ""  # the object it comes from, as rejections name it
 
     @property
     def precedence(self) -> tuple[int, int]:
@@ -50,8 +51,9 @@ class Host:
 
 @dataclass(frozen=True)
 class TlsBinding:
-    hosts: tuple[str, ...]
+    hosts: tuple[str, ...]  # SNI names; none: the default certificate
     secret: str  # namespace/name
+    origin: str = ""  # the object that asked for it, as rejections name it
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class TlsSecret:
     name: str  # namespace/name
     certificate: bytes
     key: bytes
+    origin: str = ""
 
 
 @dataclass

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xds_server.sources.objects import KubeObject, Loaded, parse_documents
+from xds_server.sources.objects import KubeObject, Limits, Loaded, parse_item
 from xds_server.sources.watch import BURST_GAP
 
 WATCH_SECONDS = 300
 """Server-side timeout of one watch request; it then resumes from the last version seen."""
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+FAILURES_REPORTED = 3
+"""Failed watch attempts in a row before readiness reports the API as a problem (one
+failure is routine: a watch cut by a load balancer, an API server restarting)."""
 
 log = logging.getLogger("xds_server.kubernetes")
 
@@ -63,12 +66,23 @@ class Gone(Exception):
 
 
 class KubernetesSource:
-    def __init__(self, kubeconfig: Path | None = None) -> None:
+    def __init__(self, kubeconfig: Path | None = None, limits: Limits | None = None) -> None:
         self.kubeconfig = kubeconfig
+        self.limits = limits or Limits()
         self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {k.kind: {} for k in KINDS}
+        self._rejected: dict[str, dict[tuple[str, str], list[str]]] = {k.kind: {} for k in KINDS}
         self._listed: set[str] = set()
         self._stop = threading.Event()
-        self.errors: list[str] = []
+        self.failing: dict[str, str] = {}
+        """Kinds whose watch keeps failing, with the last error (written by their threads)."""
+
+    @property
+    def problem(self) -> str | None:
+        """Why the objects may be stale (the last good ones are served meanwhile), or None."""
+        if not self.failing:
+            return None
+        kinds = ", ".join(f"{kind} ({error})" for kind, error in sorted(self.failing.items()))
+        return f"Kubernetes API: watches failing: {kinds}; the last good objects stay"
 
     def client(self) -> Any:
         """An ApiClient from --kubeconfig, or the pod's service account."""
@@ -89,7 +103,7 @@ class KubernetesSource:
         api_client = self.client()
         threads = [
             threading.Thread(
-                target=KindWatcher(kind, api_client, emit, self._stop).run,
+                target=KindWatcher(kind, api_client, emit, self._stop, self.failing).run,
                 name=f"watch-{kind.kind}",
                 daemon=True,
             )
@@ -112,29 +126,36 @@ class KubernetesSource:
         objects = self._objects[kind]
         if event == "LIST":
             objects.clear()
+            self._rejected[kind].clear()
             for item in payload:
                 self._put(kind, item)
             self._listed.add(kind)
         elif event == "DELETED":
-            metadata = payload.get("metadata") or {}
-            objects.pop((metadata.get("namespace") or "default", metadata.get("name", "")), None)
+            key = _key(payload)
+            objects.pop(key, None)
+            self._rejected[kind].pop(key, None)
         else:  # ADDED, MODIFIED
             self._put(kind, payload)
 
     def _put(self, kind: str, item: dict[str, Any]) -> None:
+        """Checked as a manifest would be: the API server's own checks are not all ours
+        (Envoy's are stricter), and a version skew may let through what we cannot read."""
         spec = next(k for k in KINDS if k.kind == kind)
         item.setdefault("apiVersion", spec.api_version)  # list items carry neither
         item.setdefault("kind", kind)
-        metadata = item.get("metadata") or {}
-        source = f"api:{kind}/{metadata.get('namespace', '')}/{metadata.get('name', '?')}"
-        loaded = parse_documents(json.dumps(item), source + ".json")
-        self.errors.extend(loaded.errors)
+        key = _key(item)
+        loaded = parse_item(item, f"api:{kind}/{key[0]}/{key[1]}", self.limits)
+        self._objects[kind].pop(key, None)
+        self._rejected[kind].pop(key, None)
+        if loaded.errors:
+            self._rejected[kind][key] = loaded.errors
         for obj in loaded.objects:
             self._objects[kind][(obj.namespace, obj.name)] = obj
 
     def load(self) -> Loaded:
-        errors, self.errors = self.errors, []
+        """Every object now, and why each rejected one was (as long as it stays rejected)."""
         objects = [obj for by_name in self._objects.values() for obj in by_name.values()]
+        errors = [e for by_name in self._rejected.values() for es in by_name.values() for e in es]
         return Loaded(objects=objects, errors=errors)
 
 
@@ -147,6 +168,7 @@ class KindWatcher:
         api_client: Any,
         emit: Callable[[str, str, Any], None],
         stop: threading.Event,
+        failing: dict[str, str],
     ) -> None:
         from kubernetes import client
 
@@ -154,6 +176,7 @@ class KindWatcher:
         self.call = getattr(getattr(client, kind.api)(api_client), kind.method)
         self.emit = emit
         self.stop = stop
+        self.failing = failing
         self.version: str | None = None
 
     def run(self) -> None:
@@ -164,6 +187,7 @@ class KindWatcher:
                     self.list()
                 self.watch_once()
                 failures = 0
+                self.failing.pop(self.kind.kind, None)
             except Gone:
                 log.info(
                     "%s: resourceVersion %s expired, listing again", self.kind.kind, self.version
@@ -171,6 +195,8 @@ class KindWatcher:
                 self.version = None
             except Exception as exc:  # the API server is down, a proxy cut us off, ...
                 failures += 1
+                if failures >= FAILURES_REPORTED:
+                    self.failing[self.kind.kind] = _short(exc)
                 delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2**failures))
                 log.warning(
                     "%s: watch failed (%s); retrying in %.1fs", self.kind.kind, _short(exc), delay
@@ -234,3 +260,9 @@ def _short(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
     text = f"HTTP {status}" if status else type(exc).__name__
     return f"{text}: {str(exc).splitlines()[0][:200]}" if str(exc) else text
+
+
+def _key(item: dict[str, Any]) -> tuple[str, str]:
+    metadata = item.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    return (str(metadata.get("namespace") or "default"), str(metadata.get("name") or "?"))

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from xds_server.sources import schema
+
 KNOWN_KINDS = {
     ("networking.k8s.io/v1", "Ingress"),
     ("networking.k8s.io/v1", "IngressClass"),
@@ -44,7 +46,29 @@ class Loaded:
     errors: list[str] = field(default_factory=list)
 
 
-def _documents(text: str, source: str) -> list[Any]:
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one file may cause: each has a `serve` flag and a clear rejection."""
+
+    file_bytes: int = 16 * 2**20
+    """A manifest larger than this is not read (the API server keeps objects under 1.5 MiB)."""
+    documents: int = 10_000
+    """YAML documents in one file."""
+    values: int = 1_000_000
+    """Values in one document once YAML aliases are expanded (an alias bomb has billions)."""
+    depth: int = 64
+    """Nesting of one document (Kubernetes objects need about fifteen levels)."""
+    objects: int = 100_000
+    """Objects in all the manifests together."""
+    files: int = 20_000
+    """Manifest files in the directory tree."""
+
+
+class TooMuch(ValueError):
+    """Input beyond a limit: rejected before anything expensive is done with it."""
+
+
+def _documents(text: str, source: str, limits: Limits) -> list[Any]:
     """JSON (a subset of YAML) parses 50x faster, so a JSON file is read as JSON."""
     if source.endswith(".json") or text.lstrip().startswith(("{", "[")):
         try:
@@ -53,23 +77,51 @@ def _documents(text: str, source: str) -> list[Any]:
             pass  # YAML flow style can look like JSON; let the YAML parser judge
         else:
             return [document] if document is not None else []
+    documents = []
     try:
-        return [doc for doc in yaml.load_all(text, Loader=_LOADER) if doc is not None]
+        for doc in yaml.load_all(text, Loader=_LOADER):
+            if doc is not None:
+                documents.append(doc)
+            if len(documents) > limits.documents:
+                raise TooMuch(f"{source}: more than {limits.documents} documents (--max-documents)")
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return documents
 
 
-def parse_documents(text: str, source: str) -> Loaded:
-    """Objects of one file; raise ValueError when the file itself does not parse."""
-    documents = _documents(text, source)
+def _check_shape(document: Any, source: str, limits: Limits) -> None:
+    """Count every value as the model would meet it (an alias counts each time it is used),
+    and stop at the first bound crossed: the walk costs at most `limits.values` steps."""
+    budget = limits.values
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        budget -= 1
+        if budget < 0:
+            raise TooMuch(
+                f"{source}: more than {limits.values} values once YAML aliases are expanded"
+                " (--max-values)"
+            )
+        if depth > limits.depth:
+            raise TooMuch(f"{source}: nested deeper than {limits.depth} levels (--max-depth)")
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+
+
+def parse_documents(text: str, source: str, limits: Limits | None = None) -> Loaded:
+    """Objects of one file; raise ValueError when the file itself cannot be used."""
+    limits = limits or Limits()
+    try:
+        documents = _documents(text, source, limits)
+        for document in documents:
+            _check_shape(document, source, limits)
+    except RecursionError:
+        raise TooMuch(f"{source}: nested too deeply to parse (--max-depth)") from None
     loaded = Loaded()
     for document in documents:
-        items = (
-            document.get("items")
-            if isinstance(document, dict) and document.get("kind", "").endswith("List")
-            else [document]
-        )
-        for item in items or []:
+        for item in _items(document, source, loaded):
             obj, error = _object(item, source)
             if error:
                 loaded.errors.append(error)
@@ -78,16 +130,51 @@ def parse_documents(text: str, source: str) -> Loaded:
     return loaded
 
 
+def parse_item(item: dict[str, Any], source: str, limits: Limits) -> Loaded:
+    """One object as the API server gave it, checked like one from a file."""
+    loaded = Loaded()
+    try:
+        _check_shape(item, source, limits)
+    except TooMuch as exc:
+        loaded.errors.append(str(exc))
+        return loaded
+    obj, error = _object(item, source)
+    if error:
+        loaded.errors.append(error)
+    elif obj is not None:
+        loaded.objects.append(obj)
+    return loaded
+
+
+def _items(document: Any, source: str, loaded: Loaded) -> list[Any]:
+    """A `…List` document's items, or the document itself."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not (isinstance(kind, str) and kind.endswith("List")):
+        return [document]
+    items = document.get("items")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        loaded.errors.append(f"{source}: {kind}: items must be a list")
+        return []
+    return items
+
+
 def _object(item: Any, source: str) -> tuple[KubeObject | None, str | None]:
     if not isinstance(item, dict):
         return None, f"{source}: a document is not a mapping"
     api_version, kind = item.get("apiVersion"), item.get("kind")
     metadata = item.get("metadata") or {}
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    label = f"{source}: {kind or '?'} {name or '?'}"
+    namespace = metadata.get("namespace") or "default" if isinstance(metadata, dict) else "?"
+    shown = [v if isinstance(v, str) else "?" for v in (kind, namespace, name)]
+    label = f"{source}: {shown[0]} {shown[1]}/{shown[2]}"
     if not isinstance(api_version, str) or not isinstance(kind, str) or not isinstance(name, str):
-        return None, f"{label}: needs apiVersion, kind and metadata.name"
+        return None, f"{label}: needs apiVersion, kind and metadata.name (strings)"
     if (api_version, kind) not in KNOWN_KINDS:
         return None, None  # other kinds are not ours: ignored silently
-    namespace = metadata.get("namespace") or "default"
-    return KubeObject(api_version, kind, str(namespace), name, item, source), None
+    try:
+        schema.check(kind, item)
+    except schema.Invalid as exc:
+        return None, f"{label}: {exc}"
+    return KubeObject(api_version, kind, namespace, name, item, source), None

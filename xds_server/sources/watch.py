@@ -27,6 +27,8 @@ _EVENTS = (
     | 0x00000080  # IN_MOVED_TO
     | 0x00000100  # IN_CREATE
     | 0x00000200  # IN_DELETE
+    | 0x00000400  # IN_DELETE_SELF: the directory itself went away
+    | 0x00000800  # IN_MOVE_SELF
 )
 
 
@@ -35,7 +37,7 @@ class DirectoryWatcher:
 
     def __init__(self) -> None:
         self._fd = -1
-        self._watched: set[Path] = set()
+        self._watched: dict[Path, tuple[int, int]] = {}
         self._event = asyncio.Event()
         libc_name = ctypes.util.find_library("c")
         try:
@@ -52,14 +54,20 @@ class DirectoryWatcher:
         return self._fd >= 0
 
     def watch(self, directories: Iterable[Path]) -> None:
-        """Add directories (new ones only); a failure leaves polling to do the work."""
+        """Add directories not watched yet, or watched as another inode (moved away and made
+        again); a failure leaves polling to do the work."""
         if self._libc is None or self._fd < 0:
             return
         for directory in directories:
-            if directory in self._watched:
+            try:
+                info = os.stat(directory)
+            except OSError:
+                continue
+            inode = (info.st_dev, info.st_ino)
+            if self._watched.get(directory) == inode:
                 continue
             if self._libc.inotify_add_watch(self._fd, os.fsencode(directory), _EVENTS) >= 0:
-                self._watched.add(directory)
+                self._watched[directory] = inode
 
     def _readable(self) -> None:
         try:

@@ -67,17 +67,20 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         self.metrics.proxies.inc()
         reader = asyncio.create_task(self._read(stream, requests))
         watcher = asyncio.create_task(self._watch(stream))
+        getter: asyncio.Future[Any] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(stream.out.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
-                    getter.cancel()
                     return
                 yield getter.result()
         finally:
-            reader.cancel()
-            watcher.cancel()
+            # Every task of the stream ends here, awaited: none is left pending at exit.
+            tasks = [task for task in (getter, reader, watcher) if task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.streams.discard(stream)
             self.metrics.proxies.dec()
             self.answered.set()

@@ -31,6 +31,8 @@ from xds_server.xds.order import PUSH_ORDER
 
 WILDCARD_TYPES = {LISTENER, CLUSTER, VHOST}
 log = logging.getLogger("xds_server.ads")
+NACK_REASON_CHARS = 4000
+"""Longest NACK reason logged: enough for a listener's full error, bounded per line."""
 _nonces = itertools.count(1)
 
 
@@ -47,6 +49,9 @@ class TypeState:
     acked_entries: dict[str, Entry] = field(default_factory=dict)
     sent_entries: dict[str, Entry] = field(default_factory=dict)
     parked: set[tuple[str, str]] = field(default_factory=set)  # NACKed (name, version)
+    probes: list[list[tuple[str, str]]] = field(default_factory=list)
+    """Delta: groups of (name, version) from a NACKed response, tried apart to find which
+    one the proxy refuses (halving: about 2·log2(n) round trips for one bad among n)."""
     parked_version: str | None = None  # SotW: a NACKed type version
     acked_version: str | None = None  # SotW: the type version the proxy has
     responded: bool = False  # the first request of a type is always answered, even if empty
@@ -130,13 +135,22 @@ class Stream:
         self.metrics.resources.labels(kind).inc(resources)
 
     def nack(self, type_url: str, error: status_pb2.Status) -> None:
-        self.metrics.nacks.labels(self.node, type_url.rsplit(".", 1)[-1]).inc()
+        kind = type_url.rsplit(".", 1)[-1]
+        self.metrics.nacks.labels(kind).inc()
         log.warning(
-            "NACK from %s for %s: %s (parked until the input changes)",
+            "NACK from %s for %s: %s",
             self.node,
-            type_url.rsplit(".", 1)[-1],
-            error.message.splitlines()[0][:300] if error.message else "?",
+            kind,
+            reason(error.message),
+            extra={"fields": {"node": self.node, "type": kind}},
         )
+
+
+def reason(message: str) -> str:
+    """Envoy's whole rejection on one line, bounded: the first line alone is often just
+    `Proto constraint validation failed (...)` without the field that broke it."""
+    flat = " | ".join(line.strip() for line in message.splitlines() if line.strip()) or "?"
+    return flat if len(flat) <= NACK_REASON_CHARS else flat[:NACK_REASON_CHARS] + "…"
 
 
 class SotwStream(Stream):
@@ -208,7 +222,12 @@ class DeltaStream(Stream):
         if request.response_nonce and request.response_nonce == state.nonce:
             if request.HasField("error_detail"):
                 self.nack(request.type_url, request.error_detail)
-                state.parked |= set(state.sent.items())
+                suspects = sorted((n, v) for n, v in state.sent.items() if v)
+                if len(suspects) <= 1:
+                    state.parked |= set(suspects)  # the culprit: never re-sent as it is
+                else:  # one of them, or more: try each half on its own
+                    half = len(suspects) // 2
+                    state.probes[:0] = [suspects[:half], suspects[half:]]
             else:
                 for name, version in state.sent.items():
                     if version:
@@ -255,6 +274,9 @@ class DeltaStream(Stream):
             if state.acked.get(n) != e.version and (n, e.version) not in state.parked
         ]
         removed = [n for n in state.acked if n not in wanted]
+        probe = _probe(state, wanted)
+        if probe is not None:  # finding a culprit: only its suspects go out, a group at a time
+            changed, removed = probe, []
         parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
         state.clean = not changed and not removed and not state.sent and not parked
         if not state.open_request or state.sent:
@@ -264,6 +286,8 @@ class DeltaStream(Stream):
         if not changed and not removed and state.responded:
             return
         state.responded = True
+        if probe is not None:
+            state.probes.pop(0)
         state.nonce = str(next(_nonces))
         state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
         state.sent_entries = {e.name: e for e in changed}
@@ -283,3 +307,20 @@ class DeltaStream(Stream):
                 nonce=state.nonce,
             )
         )
+
+
+def _probe(state: TypeState, wanted: dict[str, Entry]) -> list[Entry] | None:
+    """The next group of suspects still wanted as they were (a suspect whose content changed
+    is new input, judged afresh), or None when no culprit is being looked for."""
+    while state.probes:
+        group = [
+            wanted[name]
+            for name, version in state.probes[0]
+            if name in wanted
+            and wanted[name].version == version
+            and state.acked.get(name) != version
+        ]
+        if group:
+            return group
+        state.probes.pop(0)
+    return None
