@@ -27,17 +27,13 @@ from xds_server.certs.secret_volume import SecretVolume
 from xds_server.certs.server_tls import IdentityCheck, ServerTls
 from xds_server.cluster.duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.metrics import XdsMetrics
-from xds_server.model.ingress import ModelMemo, build
-from xds_server.model.types import Model, describe
+from xds_server.pipeline import Pipeline
 from xds_server.sources.api import KubernetesSource
 from xds_server.sources.directory import DirectorySource
 from xds_server.sources.objects import Limits, Loaded
 from xds_server.sources.watch import DirectoryWatcher
-from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import EnvoyPorts
-from xds_server.translate.refusals import refusals
-from xds_server.translate.resources import TranslationMemo, resources
-from xds_server.xds.cache import EntryMemo, InconsistentSnapshot, Snapshot, SnapshotStore
+from xds_server.xds.cache import Snapshot, SnapshotStore
 from xds_server.xds.server import AggregatedDiscovery
 
 STOP_GRACE = 5.0
@@ -48,10 +44,6 @@ CERT_CHECK = 60.0
 
 CONVERGENCE_WAIT = 30.0
 """Seconds after which a change that not every proxy ACKed is no longer measured."""
-
-REFUSAL_ROUNDS = 3
-"""Builds per change at most: one, and one more per layer of objects Envoy would refuse
-(their removal can expose no new refusal: each is judged on its own content)."""
 
 MAX_MESSAGE = 64 * 2**20
 """Largest gRPC message either way: a 10,000-route config fits many times over."""
@@ -114,10 +106,7 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
-        self.memo = ModelMemo()
-        self.translation = TranslationMemo()
-        self.entry_memo = EntryMemo()
-        self.checked = Checked()
+        self.pipeline = Pipeline(config.ingress_class, config.ports)
         self.tls: ServerTls | None = None
         self.rotator: Rotator | None = None
         self.duties: ClusterDuties | None = None
@@ -295,10 +284,15 @@ class ControlPlane:
         """Build (in a worker thread: a 10,000-path Ingress must not stall the event loop)
         and publish the snapshot for a set of objects; keep the last good one on error."""
         seen = time.monotonic()
-        built, snapshot = await asyncio.to_thread(self._build, loaded)
+        built = await asyncio.to_thread(self.pipeline.build, loaded, self._serial + 1)
         if self.duties is not None:
-            self.duties.observe(loaded.objects, built.served)
-        self._report_rejections(loaded.errors + built.errors)
+            self.duties.observe(loaded.objects, built.model.served)
+        self._report_rejections(loaded.errors + built.model.errors)
+        for problem in built.problems:
+            log.error("snapshot not published, the last good one stays: %s", problem)
+        if built.problems:
+            self.metrics.publish_failures.inc()
+        snapshot = built.snapshot
         if snapshot is None or not self.store.publish(snapshot):
             return False
         if self._serial == 0:
@@ -311,35 +305,6 @@ class ControlPlane:
         self.metrics.ready.set(1)
         asyncio.get_running_loop().create_task(self._observe_convergence(snapshot, seen))
         return True
-
-    def _build(self, loaded: Loaded) -> tuple[Model, Snapshot | None]:
-        """sources -> model -> translate -> snapshot; None when it must not be published.
-        An object whose resources Envoy would refuse is rejected and the rest built again
-        without it, so one bad object never takes the good ones down with it."""
-        objects, refused = loaded.objects, []
-        for _ in range(REFUSAL_ROUNDS):
-            built = build(objects, self.config.ingress_class, self.memo)
-            translated = resources(built, self.config.ports, self.translation)
-            found = refusals(built, translated, self.checked)
-            if not found.blamed:
-                break
-            refused += [f"{origin}: {reason}" for origin, reason in found.blamed.items()]
-            objects = [obj for obj in objects if describe(obj) not in found.blamed]
-        built.errors[:0] = refused
-        self.translation.forget_unused()
-        self.checked.forget_unused()
-        problems = found.unexplained + [f"still refused: {o}" for o in found.blamed]
-        if problems:
-            for problem in problems:
-                log.error("snapshot not published, the last good one stays: %s", problem)
-            self.metrics.publish_failures.inc()
-            return built, None
-        try:
-            return built, Snapshot.build(translated, self._serial + 1, self.entry_memo)
-        except InconsistentSnapshot as exc:
-            log.error("snapshot not published, the last good one stays: %s", exc)
-            self.metrics.publish_failures.inc()
-            return built, None
 
     def _report_rejections(self, errors: list[str]) -> None:
         """Each rejection is logged and counted once, when it appears, not on every reload;

@@ -144,6 +144,12 @@ def _host(value: Any, where: str) -> None:
     raise Invalid(f"{where}: must be a DNS name, not an IP address, got {value!r}")
 
 
+def _rule_host(value: Any, where: str) -> None:
+    """A rule's host may be empty: the API omits it, and the rule matches every host."""
+    if value != "":
+        _host(value, where)
+
+
 def _one_backend_port(value: Any, where: str) -> None:
     if ("number" in value) == ("name" in value):
         raise Invalid(f"{where}: exactly one of number or name")
@@ -223,7 +229,7 @@ SPECS: dict[str, Check] = {
             "rules": list_of(
                 obj(
                     {
-                        "host": _host,
+                        "host": _rule_host,
                         "http": obj({"paths": list_of(INGRESS_PATH, 1)}, required=("paths",)),
                     }
                 )
