@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -239,3 +240,20 @@ def test_certs_cli_mistakes_are_one_line(tmp_path: Path) -> None:
     assert "damaged" in result.stderr
     assert result.stderr.count("\n") == 1
     assert CertDirectory(damaged).stores[CA].current() is not None
+
+
+def test_a_ca_replaced_by_another_directorys_is_an_error_and_nothing_is_reissued(
+    tmp_path: Path,
+) -> None:
+    ours, theirs = init_certs(tmp_path / "ours"), init_certs(tmp_path / "theirs")
+    (ours.root / "ca").rename(tmp_path / "ca.ours")
+    shutil.copytree(theirs.root / "ca", ours.root / "ca", symlinks=True)
+    before = {which: stored_serial(ours, which) for which in ("server", "envoy")}
+    check = certs_cli("check", "--dir", str(ours.root))
+    assert check.returncode != 0
+    assert "belong to another CA than ca/" in check.stdout + check.stderr
+    rotate = certs_cli("rotate", "--force", "--dir", str(ours.root))
+    assert rotate.returncode != 0
+    assert "Traceback" not in rotate.stderr
+    assert "nothing was changed" in rotate.stderr
+    assert {which: stored_serial(ours, which) for which in ("server", "envoy")} == before

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from xds_server.certs import pki
 from xds_server.certs.secret_volume import SecretVolume, Version
@@ -241,6 +242,30 @@ def issue(authority: Authority, which: str) -> pki.Pair:
     profile = authority.profile
     return pki.issue_leaf(
         authority.signer, common, names, usage, profile.leaf_lifetime, profile.algorithm
+    )
+
+
+def foreign(which: str, files: dict[str, bytes], authority: Authority) -> str | None:
+    """Why a leaf store belongs to another CA than the CA store (ca/ replaced by another
+    directory's), or None. Its certificate is signed by none of the CAs ca/ trusts, and it
+    trusts none of them: no step of a CA rotation ever leaves a store like that, so
+    re-issuing from this CA would switch every peer's trust at once."""
+    if CERT not in files or BUNDLE not in files:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(files[CERT])
+        trusted = pki.load_bundle(files[BUNDLE])
+    except (ValueError, pki.InvalidPair):
+        return None  # unreadable: repaired by re-issuing, as any broken leaf
+    known = {ca.fingerprint(hashes.SHA256()) for ca in authority.bundle}
+    if any(pki.issued_by(cert, ca) for ca in authority.bundle):
+        return None
+    if known & {ca.fingerprint(hashes.SHA256()) for ca in trusted}:
+        return None
+    return (
+        f"{which}/tls.crt ({pki.serial_hex(cert)}) and its trust bundle belong to another CA"
+        " than ca/: was ca/ replaced? Restore it, or start afresh with `certs init` in an"
+        " empty directory"
     )
 
 

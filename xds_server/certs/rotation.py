@@ -29,6 +29,7 @@ from xds_server.certs.directory import (
     Finding,
     Profile,
     check_leaf,
+    foreign,
     issue,
     new_authority,
 )
@@ -141,6 +142,9 @@ class Rotator:
         """Make a leaf store what the CA store says it should be; True when only its trust
         bundle had to be fixed."""
         files = self.certs.leaf(which)
+        mismatch = foreign(which, files, authority)
+        if mismatch is not None:
+            raise CertError(f"{mismatch}; nothing was changed")
         now = self.clock()
         try:
             cert = check_leaf(which, files, authority, now)
@@ -209,6 +213,10 @@ def inspect(certs: CertDirectory, now: datetime.datetime | None = None) -> list[
         if not certs.stores[which].exists():
             continue
         files = certs.leaf(which)
+        mismatch = foreign(which, files, authority) if authority is not None else None
+        if mismatch is not None:
+            findings.append(Finding(which, "error", mismatch))
+            continue
         try:
             cert = check_leaf(which, files, authority, dates=False)
         except pki.InvalidPair as exc:
