@@ -44,11 +44,34 @@ def _compact(value: object) -> str:
 
 
 def configure(logger_name: str, log_format: str = "text", level: str = "info") -> logging.Logger:
-    """One handler on stderr for `logger_name` and everything below it."""
+    """One handler on stderr for `logger_name` and everything below it, and for the HTTP
+    server library's own logger, whose complaints about malformed requests become one line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    logger = logging.getLogger(logger_name)
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
-    return logger
+    for name in (logger_name, HTTP_SERVER_LOGGER):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+    http = logging.getLogger(HTTP_SERVER_LOGGER)
+    if not any(isinstance(f, OneLineClientErrors) for f in http.filters):
+        http.addFilter(OneLineClientErrors())
+    return logging.getLogger(logger_name)
+
+
+HTTP_SERVER_LOGGER = "aiohttp.server"
+
+
+class OneLineClientErrors(logging.Filter):
+    """A malformed request is the client's mistake: one warning line that says what was
+    wrong, not a traceback of the parser (anyone who can connect could fill the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and type(error).__module__.endswith("http_exceptions"):
+            lines = [line.strip() for line in str(error).splitlines()]
+            what = " ".join(line for line in lines if line and set(line) != {"^"})
+            record.msg, record.args = "%s: %s", (record.getMessage(), what)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

@@ -1,5 +1,5 @@
-import sys
+"""`python -m shutdown_manager`."""
 
-from shutdown_manager.cli import main
+from envoy_lifecycle.entry import shutdown_manager
 
-sys.exit(main())
+shutdown_manager()

@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"shutdown-manager {args.command}"
     try:
         policy = policy_from(args)
+        _check_ready_file(args.ready_file)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -227,6 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_hook(
         args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
     )
+
+
+def _check_ready_file(path: Path | None) -> None:
+    """Checked when the command starts, not when the flag is parsed: the manifests' command
+    lines are parsed offline too, where the pod's directories do not exist."""
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        raise ValueError(f"--ready-file: {path.parent} is not an existing directory")
+    if path.is_dir():
+        raise ValueError(f"--ready-file: {path} is a directory; name a file in it")
 
 
 def _serve(prog: str, args: argparse.Namespace, policy: DrainPolicy) -> int:
@@ -253,6 +265,9 @@ def _serve(prog: str, args: argparse.Namespace, policy: DrainPolicy) -> int:
     except (StartupError, EnvoyCommandError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, StartupError) else 2
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        print(f"{prog}: interrupted while starting", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from shutdown_manager.admin import (
     AdminError,
     EnvoyUnreachable,
 )
+from shutdown_manager.logs import get_logger
 from shutdown_manager.policy import (
     ADMIN_CALLS_PER_SECOND,
     HEARTBEAT,
@@ -167,8 +168,16 @@ class DrainEngine:
         self._kernel = KernelConnectionCounter()
 
     def _emit(self, event: DrainEvent) -> None:
+        """Every observer hears every event: one that fails (a ready file whose directory
+        went away, a full disk) is logged, and keeps neither the others (the hook waiting
+        for `finished`) nor the drain from going on."""
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:
+                get_logger("drain").error(
+                    "a drain observer failed on %r: %s", event.kind, exc or type(exc).__name__
+                )
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._start

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -25,7 +27,18 @@ from shutdown_manager.address import AdminAddress
 from shutdown_manager.policy import DrainPolicy
 
 CONNECT_TIMEOUT = 2.0
-"""Seconds to reach the sidecar before draining alone: it answers in milliseconds if alive."""
+"""Seconds to reach the sidecar, and for its first answer, before draining alone: it answers
+in milliseconds if alive."""
+
+SILENCE_LIMIT = 10.0
+"""Seconds without a line from a draining sidecar before the hook takes it for stuck (it
+reports at least every second; a sidecar stopped by SIGSTOP or starved of CPU says nothing)."""
+
+LAST_LOOK = 0.5
+"""Seconds a drain taken over past its deadline still gets: fail the health check, look once."""
+
+DEADLINE_GRACE = 5.0
+"""Seconds past the drain's own deadline the hook still waits for the sidecar's last word."""
 
 
 class SidecarUnavailable(Exception):
@@ -42,7 +55,6 @@ def _request_drain(control_socket: Path) -> BinaryIO:
     sock.settimeout(CONNECT_TIMEOUT)
     sock.connect(str(control_socket))
     sock.sendall(b"POST /drain HTTP/1.0\r\nHost: shutdown-manager\r\nContent-Length: 0\r\n\r\n")
-    sock.settimeout(None)  # the drain itself may take as long as its deadline
     stream = sock.makefile("rb")
     sock.close()  # the file object keeps the connection open
     status = stream.readline().split()
@@ -52,14 +64,19 @@ def _request_drain(control_socket: Path) -> BinaryIO:
         )
     while stream.readline().strip():  # headers
         pass
+    sock.settimeout(SILENCE_LIMIT)  # the drain may take its deadline, but never goes quiet
     return stream
 
 
-def ask_sidecar(control_socket: Path, out: TextIO) -> int:
-    """Stream the sidecar's drain; return the exit status it ended with."""
+def ask_sidecar(control_socket: Path, out: TextIO, deadline: float) -> int:
+    """Stream the sidecar's drain; return the exit status it ended with. Gives up (raises
+    SidecarUnavailable) on a sidecar that goes quiet, or has not finished by `deadline`
+    (monotonic seconds): the hook then drains by itself."""
     try:
         with _request_drain(control_socket) as stream:
             for line in stream:
+                if time.monotonic() > deadline:
+                    raise SidecarUnavailable("sidecar still draining past the deadline")
                 if not line.strip():
                     continue
                 event = json.loads(line)
@@ -111,8 +128,9 @@ def run_hook(
     admin_timeout: float,
     out: TextIO = sys.stdout,
 ) -> int:
+    started = time.monotonic()
     try:
-        return ask_sidecar(control_socket, out)
+        return ask_sidecar(control_socket, out, started + policy.drain_timeout + DEADLINE_GRACE)
     except SidecarUnavailable as exc:
         from shutdown_manager.logs import get_logger
 
@@ -120,4 +138,13 @@ def run_hook(
             "sidecar at %s unavailable (%s): draining from the hook", control_socket, exc
         )
         print(f"sidecar unavailable ({exc}): draining from the hook", file=out, flush=True)
-    return drain_alone(admin_address, policy, ready_file, admin_timeout, out)
+    return drain_alone(admin_address, _remaining(policy, started), ready_file, admin_timeout, out)
+
+
+def _remaining(policy: DrainPolicy, started: float) -> DrainPolicy:
+    """The policy for what is left of the drain once time was spent on a failed sidecar:
+    the deadline and the minimum count from the hook's start, not from now."""
+    spent = time.monotonic() - started
+    timeout = max(LAST_LOOK, policy.drain_timeout - spent)
+    minimum = min(timeout, max(0.0, policy.min_drain_duration - spent))
+    return replace(policy, drain_timeout=timeout, min_drain_duration=minimum)

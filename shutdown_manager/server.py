@@ -26,6 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from envoy_lifecycle.http import HTTP_SERVER_OPTIONS
 from shutdown_manager.address import AdminAddress
 from shutdown_manager.admin import AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
@@ -121,6 +122,11 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # A terminal closing, or a habit from other daemons: SIGHUP would otherwise end the
+        # process on the spot, its control socket left behind. `serve` has nothing to reload.
+        loop.add_signal_handler(
+            signal.SIGHUP, log.info, "SIGHUP ignored: serve has nothing to reload"
+        )
         await self.should_exit.wait()
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -200,7 +206,7 @@ class Sidecar:
         app.router.add_get("/shutdown", self._shutdown_wait)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port)
@@ -217,7 +223,7 @@ class Sidecar:
         app = web.Application()
         app.router.add_post("/drain", self._drain_stream)
         app.router.add_get("/status", self._status)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
         await runner.setup()
         self._runners.append(runner)
         sock = bind_private_socket(self.config.control_socket)

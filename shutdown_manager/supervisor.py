@@ -230,9 +230,12 @@ class Supervisor:
 
     async def _spawn(self, epoch: int) -> asyncio.subprocess.Process:
         argv = self.command.for_epoch(epoch)
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent()
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent()
+            )
+        except OSError as exc:  # not there, not executable, a directory, not a program
+            raise EnvoyCommandError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         log.info(
             "started Envoy epoch %d (pid %d)", epoch, process.pid,
             extra={"fields": {"epoch": epoch, "pid": process.pid, "argv": argv}},
@@ -250,7 +253,12 @@ class Supervisor:
             log.warning("SIGHUP ignored: Envoy has not reported its base id yet")
             return
         epoch = self.epoch + 1
-        new = await self._spawn(epoch)
+        try:
+            new = await self._spawn(epoch)
+        except EnvoyCommandError as exc:  # the binary went away under us: keep serving
+            log.error("hot restart to epoch %d failed: %s; epoch %d keeps serving", epoch, exc,
+                      self.epoch)  # fmt: skip
+            return
         if not await self._wait_live(new, epoch):
             log.error("hot restart to epoch %d failed: epoch %d keeps serving", epoch, self.epoch)
             await _terminate(new)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["drain", "--min-drain-duration", "30s", "--drain-timeout", "10s"], "between 0 and"),
         (["drain", "--poll-interval", "10ms"], "at least 0.1"),
         (["serve", "--no-such-flag"], "unrecognized arguments"),
+        (["drain", "--ready-file", "/nonexistent/dir/ready"], "is not an existing directory"),
+        (["serve", "--ready-file", "/nonexistent/dir/ready"], "is not an existing directory"),
+        (["serve", "--ready-file", "/tmp"], "is a directory"),
         ([], "required"),
     ],
 )
@@ -75,3 +81,37 @@ def test_help_explains_every_flag_with_its_default() -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("binary", ["/nonexistent-binary", "/etc/hostname", "/tmp"])
+def test_an_envoy_command_that_cannot_start_is_one_line_and_exit_2(
+    workdir: Path, binary: str
+) -> None:
+    result = run(
+        "run", "--listen", "127.0.0.1:0", "--control-socket", str(workdir / "c.sock"),
+        "--admin-address", f"unix://{workdir}/admin.sock", "--", binary,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot start {binary}:" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("after", [0.05, 0.2, 0.5])
+def test_ctrl_c_while_starting_is_no_traceback(workdir: Path, after: float) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shutdown_manager", "serve", "--listen", "127.0.0.1:0",
+         "--control-socket", str(workdir / "c.sock"), "--admin-address",
+         f"unix://{workdir}/admin.sock", "--drain-timeout", "2s", "--min-drain-duration", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(after)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import stat
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from bench.lab.clients import http_client
 from bench.lab.envoy import Envoy
 from bench.lab.sidecar import SidecarProcess, run_hook
+from envoy_lifecycle.http import IDLE_TIMEOUT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -202,3 +204,67 @@ async def test_status_and_metrics_describe_the_drain(
         "shutdown_manager_drain_duration_seconds_count 1.0",
     ):
         assert name in metrics
+
+
+async def test_a_ready_file_whose_directory_vanished_never_hangs_the_hook(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    shared = workdir / "shared"
+    shared.mkdir()
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--ready-file", str(shared / "ready"))
+    shared.rmdir()  # the emptyDir went away under the running sidecar
+    status, output = await run_hook("--control-socket", str(sidecar.control_socket), timeout=20)
+    assert status == 0, output
+    body = (await get(f"{sidecar.url}/status")).json()
+    assert body["outcome"] == "drained", body
+    assert any("a drain observer failed" in str(line["msg"]) for line in log_lines(sidecar))
+    sidecar.signal()
+    assert await sidecar.wait_exit(timeout=10) == 0
+
+
+async def test_a_stopped_sidecar_does_not_hold_the_hook_it_drains_alone(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    sidecar.signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        status, output = await run_hook(
+            "--control-socket", str(sidecar.control_socket),
+            "--admin-address", envoy.admin_address,
+            *FAST,
+            timeout=30,
+        )  # fmt: skip
+    finally:
+        sidecar.signal(signal.SIGCONT)
+    assert status == 0, output
+    assert "draining from the hook" in output
+    assert await envoy.state() == "DRAINING"
+
+
+async def test_sighup_leaves_serve_running_and_its_socket_in_place(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    sidecar.signal(signal.SIGHUP)
+    await asyncio.sleep(0.3)
+    assert (await get(f"{sidecar.url}/healthz")).status_code == 200
+    assert sidecar.control_socket.exists()
+    assert any("SIGHUP ignored" in str(line["msg"]) for line in log_lines(sidecar))
+
+
+async def test_malformed_requests_are_one_line_and_dribbling_clients_are_cut(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.0 400")
+    writer.close()
+    await asyncio.sleep(0.2)
+    lines = log_lines(sidecar)
+    assert "Traceback" not in sidecar.log()
+    assert any("Invalid header token" in str(line["msg"]) for line in lines)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    assert await asyncio.wait_for(reader.read(), timeout=IDLE_TIMEOUT * 4) == b"", "closed"
+    writer.close()

@@ -1,5 +1,5 @@
-import sys
+"""`python -m xds_server`."""
 
-from xds_server.cli import main
+from envoy_lifecycle.entry import xds_server
 
-sys.exit(main())
+xds_server()

@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from envoy_lifecycle.http import HTTP_SERVER_OPTIONS
 from xds_server.certs import pki
 from xds_server.certs.directory import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
 from xds_server.certs.rotation import Rotator, inspect
@@ -336,7 +337,7 @@ class ControlPlane:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
         try:

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.lab.ads_client import SyntheticProxy
 from bench.lab.backend import Backend
 from bench.lab.xds import (
     XdsEnvoy,
@@ -398,3 +400,35 @@ def test_a_busy_http_port_is_one_line_and_no_traceback(workdir: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
     assert f"127.0.0.1:{port}" in errors[0]
+
+
+async def test_streams_that_end_leave_no_task_behind(
+    workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
+) -> None:
+    write_manifests(
+        manifests,
+        "app",
+        [*app(backends, "a"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
+    )
+    server = await XdsServer(workdir, manifests).start()
+    processes.append(server)
+    proxies = []
+    for node in range(6):
+        proxy = await SyntheticProxy(f"127.0.0.1:{server.grpc_port}", f"p{node}").start()
+        await until(lambda p=proxy: _has_routes(p))
+        proxies.append(proxy)
+    for proxy in proxies[:3]:  # gone while the server runs
+        await proxy.stop()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)  # the others still connected
+    await asyncio.sleep(0.5)
+    for proxy in proxies[3:]:
+        await proxy.stop()
+    await asyncio.to_thread(server.proc.wait, 20)
+    assert server.proc.returncode == 0
+    assert "Task was destroyed" not in server.log()
+    assert "Traceback" not in server.log(), server.log()
+
+
+async def _has_routes(proxy: SyntheticProxy) -> bool:
+    return bool(proxy.vhosts)

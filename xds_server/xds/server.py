@@ -76,11 +76,12 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
                     return
                 yield getter.result()
         finally:
-            # Every task of the stream ends here, awaited: none is left pending at exit.
-            tasks = [task for task in (getter, reader, watcher) if task is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Every task of the stream is cancelled here, the pending `get` included (left
+            # alone, it was destroyed pending at exit). Not awaited: the stream's own task may
+            # be the one being cancelled, and gRPC reports an await that raises there.
+            for task in (getter, reader, watcher):
+                if task is not None:
+                    task.cancel()
             self.streams.discard(stream)
             self.metrics.proxies.dec()
             self.answered.set()
