@@ -21,6 +21,7 @@ from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from envoy_lifecycle.http import HTTP_SERVER_OPTIONS
+from xds_server import collector
 from xds_server.certs import pki
 from xds_server.certs.directory import DEFAULT_IDENTITY, SERVER, CertDirectory, CertError, Finding
 from xds_server.certs.rotation import Rotator, inspect
@@ -297,10 +298,8 @@ class ControlPlane:
         if snapshot is None or not self.store.publish(snapshot):
             return False
         if self._serial == 0:
-            # Everything built so far lives as long as the process: keep the collector from
-            # walking it on every full collection (pauses of tens of ms at 10,000 routes).
-            gc.collect()
-            gc.freeze()
+            gc.collect()  # once, before the first freeze: start from a clean heap
+        collector.settle()
         self._serial = snapshot.serial
         self.metrics.snapshots.inc()
         self.metrics.ready.set(1)

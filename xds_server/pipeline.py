@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xds_server import collector
 from xds_server.model.ingress import ModelMemo, build
 from xds_server.model.types import Model, describe
 from xds_server.sources.objects import Loaded
@@ -43,6 +44,10 @@ class Pipeline:
         self.checked = Checked()
 
     def build(self, loaded: Loaded, serial: int) -> Built:
+        with collector.paused():
+            return self._build(loaded, serial)
+
+    def _build(self, loaded: Loaded, serial: int) -> Built:
         objects, refused = loaded.objects, []
         for _ in range(REFUSAL_ROUNDS):
             model = build(objects, self.ingress_class, self.models)

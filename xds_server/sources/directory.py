@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xds_server import collector
 from xds_server.sources.objects import KubeObject, Limits, Loaded, TooMuch, parse_documents
 from xds_server.sources.watch import BURST_GAP, DirectoryWatcher
 
@@ -140,7 +141,8 @@ class DirectorySource:
             raise TooMuch(
                 f"{source}: {stamp[0]} bytes, more than {self.limits.file_bytes} (--max-file-size)"
             )
-        loaded = parse_documents(Path(path).read_text(), source, self.limits)
+        with collector.paused():
+            loaded = parse_documents(Path(path).read_text(), source, self.limits)
         self._parsed[path] = (stamp, loaded)
         return loaded
 
