@@ -26,7 +26,14 @@ from google.rpc import status_pb2
 
 from xds_server.metrics import XdsMetrics
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
-from xds_server.xds.cache import Entry, Snapshot, SnapshotStore, clusters_used, type_version
+from xds_server.xds.cache import (
+    Entry,
+    Snapshot,
+    SnapshotStore,
+    clusters_used,
+    route_entry,
+    type_version,
+)
 from xds_server.xds.order import PUSH_ORDER
 
 WILDCARD_TYPES = {LISTENER, CLUSTER, VHOST}
@@ -50,8 +57,11 @@ class TypeState:
     sent_entries: dict[str, Entry] = field(default_factory=dict)
     parked: set[tuple[str, str]] = field(default_factory=set)  # NACKed (name, version)
     probes: list[list[tuple[str, str]]] = field(default_factory=list)
-    """Delta: groups of (name, version) from a NACKed response, tried apart to find which
-    one the proxy refuses (halving: about 2·log2(n) round trips for one bad among n)."""
+    """Groups of (name, version) from a NACKed response, tried apart to find which one the
+    proxy refuses (halving: about 2·log2(n) round trips for one bad among n). Delta: of the
+    type's resources; SotW route configurations: of their virtual hosts."""
+    sent_vhosts: Mapping[str, Entry] = field(default_factory=dict)  # SotW routes: sent
+    acked_vhosts: Mapping[str, Entry] = field(default_factory=dict)  # SotW routes: it has
     parked_version: str | None = None  # SotW: a NACKed type version
     acked_version: str | None = None  # SotW: the type version the proxy has
     responded: bool = False  # the first request of a type is always answered, even if empty
@@ -154,6 +164,9 @@ def reason(message: str) -> str:
 
 
 class SotwStream(Stream):
+    _assembled: dict[str, Entry] | None = None
+    """The virtual hosts of the route configurations `wanted` just assembled, if it did."""
+
     def handle(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot) -> None:
         if request.node.id:
             self.node = request.node.id
@@ -164,10 +177,12 @@ class SotwStream(Stream):
             return  # stale: a newer response is on its way
         if request.HasField("error_detail"):
             self.nack(request.type_url, request.error_detail)
-            state.parked_version = type_version(state.sent_entries)
+            if not (request.type_url == ROUTE and _split_suspects(state)):
+                state.parked_version = type_version(state.sent_entries)
         elif request.response_nonce:
             state.acked_entries = dict(state.sent_entries)
             state.acked_version = type_version(state.acked_entries)
+            state.acked_vhosts = state.sent_vhosts
         state.wildcard = request.type_url in WILDCARD_TYPES and not list(request.resource_names)
         state.names = set(request.resource_names)
         state.subscribed_seen = True
@@ -185,7 +200,39 @@ class SotwStream(Stream):
             state.acked_entries = entries
             state.acked_version = version
 
+    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+        """Route configurations as the snapshot has them, unless a NACK put some virtual
+        hosts in doubt: then assembled for this proxy alone (see `_contained_routes`)."""
+        state = self.types[type_url]
+        if type_url != ROUTE or not (state.parked or state.probes):
+            return super().wanted(type_url, snapshot)
+        return self._contained_routes(state, snapshot)
+
+    def _contained_routes(self, state: TypeState, snapshot: Snapshot) -> dict[str, Entry]:
+        """Each route configuration from the snapshot's virtual hosts, except that a parked
+        one, or a suspect outside the group being tried, is sent as the proxy last ACKed it
+        (or not at all if it never had it)."""
+        vhosts = snapshot.entries(VHOST)
+        state.parked &= {(name, entry.version) for name, entry in vhosts.items()}  # still bad
+        group = set(state.probes[0]) if state.probes else set()
+        doubtful = state.parked | {pair for probe in state.probes for pair in probe}
+        by_config: dict[str, list[Entry]] = {}
+        for name, entry in vhosts.items():
+            pick: Entry | None = entry
+            if (name, entry.version) in doubtful - group:
+                pick = state.acked_vhosts.get(name)
+            if pick is not None:
+                by_config.setdefault(name.split("/", 1)[0], []).append(pick)
+        wanted = {
+            name: route_entry(name, by_config.get(name, []))
+            for name in snapshot.entries(ROUTE_VHDS)
+            if state.wildcard or name in state.names
+        }
+        self._assembled = {v.name: v for vhosts in by_config.values() for v in vhosts}
+        return wanted
+
     def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
+        self._assembled = None
         entries = self.wanted(type_url, snapshot)
         version = type_version(entries)
         state.clean = version == state.acked_version
@@ -197,6 +244,10 @@ class SotwStream(Stream):
             return  # sent once the clusters it uses are warm
         state.nonce = str(next(_nonces))
         state.sent_entries = entries
+        if type_url == ROUTE:
+            state.sent_vhosts = self._sent_vhosts(snapshot)
+            if state.probes:
+                state.probes.pop(0)
         state.open_request = False
         self._count(type_url, len(entries))
         self.out.put_nowait(
@@ -207,6 +258,35 @@ class SotwStream(Stream):
                 nonce=state.nonce,
             )
         )
+
+    def _sent_vhosts(self, snapshot: Snapshot) -> Mapping[str, Entry]:
+        if self._assembled is not None:
+            return self._assembled
+        return snapshot.entries(VHOST)  # the snapshot's own mapping: nothing copied
+
+
+def _split_suspects(state: TypeState) -> bool:
+    """After a NACK of route configurations: the virtual hosts that changed since the last
+    ACK are the suspects; one alone is the culprit (parked), more are tried in halves.
+    False when no virtual host changed (the whole version is parked instead)."""
+    suspects = sorted(
+        (name, entry.version)
+        for name, entry in state.sent_vhosts.items()
+        if _version_of(state.acked_vhosts.get(name)) != entry.version
+        and (name, entry.version) not in state.parked
+    )
+    if not suspects:
+        return False
+    if len(suspects) == 1:
+        state.parked |= set(suspects)
+    else:
+        half = len(suspects) // 2
+        state.probes[:0] = [suspects[:half], suspects[half:]]
+    return True
+
+
+def _version_of(entry: Entry | None) -> str | None:
+    return None if entry is None else entry.version
 
 
 class DeltaStream(Stream):
