@@ -60,6 +60,8 @@ class IngressPart:
     routes: list[tuple[str, Route]]
     upstreams: dict[str, list[Endpoint]]
     tls: list[TlsBinding]
+    default: Route | None = None
+    """Its defaultBackend: for its own hosts' unmatched paths, and for unmatched hosts."""
 
 
 class ModelMemo:
@@ -132,19 +134,57 @@ def build(
             entry = model.hosts.get(host)
             if entry is None:
                 entry = model.hosts[host] = Host(host)
-                first_part[host] = id(part)
-            elif first_part[host] != id(part):
+            if first_part.setdefault(host, id(part)) != id(part):
                 shared.add(host)  # routes from several Ingresses: sorted again below
             entry.routes.append(route)
+        if part.default is not None:
+            _claim_defaults(model, part)
         model.clusters.update(part.upstreams)
         model.tls.extend(part.tls)
         model.served.add((ingress.namespace, ingress.name))
     memo.forget_except(alive)
-    for host in shared:  # each part's routes come sorted already
-        model.hosts[host].routes.sort(key=lambda r: r.precedence)
+    for host in shared:  # each part's routes come sorted already, without duplicates
+        entry = model.hosts[host]
+        entry.routes.sort(key=lambda r: r.precedence)  # stable: the oldest first
+        entry.routes = _first_of_each_path(entry.name, entry.routes, model.errors)
     _claim_tls_hosts(model)
     add_secrets(model, by_kind["Secret"], memo.secrets)
     return model
+
+
+def _claim_defaults(model: Model, part: IngressPart) -> None:
+    """An Ingress' defaultBackend serves its own hosts' unmatched paths, and requests whose
+    host matches no rule (the `*` host); for each, the oldest Ingress claiming it wins and a
+    later one is named."""
+    default = part.default
+    assert default is not None
+    for name in [*dict.fromkeys(h for h, _ in part.routes if h != "*"), "*"]:
+        host = model.hosts.setdefault(name, Host(name))
+        if host.default is None:
+            host.default = default
+        elif host.default.origin != default.origin:
+            where = "requests matching no host" if name == "*" else f"host {name}"
+            model.errors.append(
+                f"{default.origin}: defaultBackend not used for {where}: {host.default.origin}"
+                " is older and has one"
+            )
+
+
+def _first_of_each_path(host: str, routes: list[Route], errors: list[str]) -> list[Route]:
+    """One route per path and type on a host: the first (in precedence, then age) serves it,
+    a later one is named (Envoy would never reach it)."""
+    seen: dict[tuple[str, str], Route] = {}
+    kept: list[Route] = []
+    for route in routes:
+        first = seen.setdefault((route.path, route.kind), route)
+        if first is route:
+            kept.append(route)
+        elif first.origin != route.origin:
+            errors.append(
+                f"{route.origin}: {route.kind} {route.path} on host {host} is served by"
+                f" {first.origin}, which is older; this one is not used"
+            )
+    return kept
 
 
 def age_order(obj: KubeObject) -> tuple[str, str, str]:
@@ -226,14 +266,27 @@ def _ingress_part(
             value, kind = _route(path, where)
             upstream = resolve(path.get("backend"), where)
             staged.append((host, Route(value, kind, upstream, origin)))
+    default = None
     if spec.get("defaultBackend") is not None:
         upstream = resolve(spec["defaultBackend"], "defaultBackend")
-        staged.append(("*", Route("/", PREFIX, upstream, origin)))
-    if not staged:
+        default = Route("/", PREFIX, upstream, origin)
+    if not staged and default is None:
         raise Rejected("has no rules and no defaultBackend")
     tls = [_tls(ingress, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
     staged.sort(key=lambda item: (item[0], item[1].precedence))  # stable: ties keep order
-    return IngressPart(staged, upstreams, tls)
+    return IngressPart(_one_route_per_path(staged), upstreams, tls, default)
+
+
+def _one_route_per_path(staged: list[tuple[str, Route]]) -> list[tuple[str, Route]]:
+    """Within one Ingress the first of two rules with the same host, path and type wins
+    (the API server allows both; Envoy would never reach the second)."""
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for host, route in staged:
+        if (host, route.path, route.kind) not in seen:
+            seen.add((host, route.path, route.kind))
+            kept.append((host, route))
+    return kept
 
 
 def _host(value: Any) -> str:

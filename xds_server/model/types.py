@@ -45,8 +45,15 @@ class Route:
 
 @dataclass
 class Host:
-    name: str  # exact host, `*.domain`, or `*`
+    name: str  # exact host, `*.domain` (one label), or `*` (what matches no rule's host)
     routes: list[Route] = field(default_factory=list)
+    default: Route | None = None
+    """Where a request for this host that matches none of its paths goes: the defaultBackend
+    of the oldest Ingress with a rule for this host and a defaultBackend; None: 404."""
+
+    @property
+    def wildcard(self) -> bool:
+        return self.name.startswith("*.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from xds_server.model.types import Host, Model
 from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import HTTP, HTTPS
+from xds_server.translate.routes import planned
 from xds_server.translate.type_urls import LISTENER, SECRET, VHOST
 
 _ROUTE = re.compile(r"^routes\[(\d+)\]")
@@ -50,11 +51,12 @@ def _origins(
     type_url: str, name: str, violation: str, model: Model, hosts: dict[str, Host]
 ) -> list[str]:
     if type_url == VHOST and name in hosts:
-        routes = hosts[name].routes
+        host = hosts[name]
+        routes = [r for r, _ in planned(host, model.hosts.get("*") if host.wildcard else None)]
         route = _ROUTE.match(violation)
-        if route:
-            return [routes[int(route[1])].origin]
-        return list(dict.fromkeys(r.origin for r in routes))  # the host's name: all of them
+        if route and routes[int(route[1])] is not None:
+            return [routes[int(route[1])].origin]  # type: ignore[union-attr]
+        return list(dict.fromkeys(r.origin for r in routes if r is not None))  # all of them
     if type_url == LISTENER and name == HTTPS:
         chain = _CHAIN.match(violation)
         if chain and int(chain[1]) < len(model.tls):

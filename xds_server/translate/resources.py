@@ -19,7 +19,7 @@ from xds_server.translate.listeners import (
     https_listener,
     tls_secret,
 )
-from xds_server.translate.routes import vhds_config, virtual_host
+from xds_server.translate.routes import planned, vhds_config, virtual_host
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE_VHDS, SECRET, VHOST
 
 
@@ -31,9 +31,10 @@ def resources(
     the full route configurations are assembled from them (see ROUTE_VHDS)."""
     memo = memo or TranslationMemo()
     vhosts: dict[str, Message] = {}
+    catch_all = model.hosts.get("*")
     for config in (HTTP, HTTPS):
         for host in model.sorted_hosts():
-            vhost = memo.virtual_host(config, host)
+            vhost = memo.virtual_host(config, host, catch_all if host.wildcard else None)
             vhosts[vhost.name] = vhost
     result: dict[str, dict[str, Message]] = {
         CLUSTER: {name: memo.cluster(name) for name in model.clusters},
@@ -60,14 +61,17 @@ class TranslationMemo:
         self._vhds: dict[str, Message] = {}
         self._used: set[object] = set()
 
-    def virtual_host(self, config: str, host: Host) -> route_components_pb2.VirtualHost:
+    def virtual_host(
+        self, config: str, host: Host, catch_all: Host | None = None
+    ) -> route_components_pb2.VirtualHost:
         # Routes of an unchanged Ingress are the very same objects (the model's memo), so
         # their identities make a key far cheaper to hash than their contents; the routes
         # are kept with the message, so an identity is never reused while it is a key.
-        key = (config, host.name, tuple(map(id, host.routes)))
+        routes = [route for route, _ in planned(host, catch_all) if route is not None]
+        key = (config, host.name, tuple(map(id, routes)))
         found = self._vhosts.get(key)
         if found is None:
-            found = self._vhosts[key] = (list(host.routes), virtual_host(config, host))
+            found = self._vhosts[key] = (routes, virtual_host(config, host, catch_all))
         self._used.add(key)
         message = found[1]
         assert isinstance(message, route_components_pb2.VirtualHost)

@@ -8,6 +8,7 @@ configurations.
 from __future__ import annotations
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
@@ -23,20 +24,74 @@ def route_match(route: Route) -> route_components_pb2.RouteMatch:
     return route_components_pb2.RouteMatch(path_separated_prefix=route.path)
 
 
-def virtual_host(config: str, host: Host) -> route_components_pb2.VirtualHost:
+Planned = list[tuple[Route | None, bool]]
+"""A virtual host's routes in order: the model route (None: the one-label 404) and whether
+it carries the one-label check of a wildcard host."""
+
+
+def planned(host: Host, catch_all: Host | None) -> Planned:
+    """Kubernetes' host semantics on top of Envoy's. Envoy picks a virtual host by exact
+    domain, then by the longest `*.suffix` of any depth; Kubernetes' `*.foo.com` covers one
+    label. So a wildcard host's own routes (and its defaultBackend, or a 404) are taken only
+    when the request's host has one label before the suffix; a deeper host, which matches
+    no rule's host in Kubernetes' eyes, gets the routes of the `*` host (rules without a
+    host, then the oldest defaultBackend), repeated here because Envoy never falls back from
+    one virtual host to another. Exact hosts and `*` need no check."""
+    own: Planned = [(route, host.wildcard) for route in host.routes]
+    if host.default is not None:
+        own.append((host.default, host.wildcard))
+    elif host.wildcard:
+        own.append((None, True))  # one label, no path matched, no defaultBackend: 404
+    if host.wildcard and catch_all is not None:
+        own += [(route, False) for route in catch_all.routes]
+        if catch_all.default is not None:
+            own.append((catch_all.default, False))
+    return own
+
+
+def virtual_host(
+    config: str, host: Host, catch_all: Host | None = None
+) -> route_components_pb2.VirtualHost:
+    """Ports never reach the domains: the connection manager strips any port from the Host
+    header first (`strip_any_host_port`), so `foo.com:8080` matches `foo.com`."""
+    label = _one_label(host.name) if host.wildcard else None
     return route_components_pb2.VirtualHost(
         name=f"{config}/{host.name}",
-        domains=[host.name] if host.name == "*" else [host.name, f"{host.name}:*"],
+        domains=[host.name],
         routes=[
-            route_components_pb2.Route(
-                match=route_match(route),
-                route=route_components_pb2.RouteAction(
-                    cluster=route.upstream.cluster,
-                    timeout=duration_pb2.Duration(seconds=0),  # streams end on their own
-                ),
-            )
-            for route in host.routes
+            _route(route, label if checked else None) for route, checked in planned(host, catch_all)
         ],
+    )
+
+
+def _one_label(wildcard: str) -> route_components_pb2.HeaderMatcher:
+    """The Host is one DNS label, then the wildcard's suffix (any case: hosts ignore it)."""
+    suffix = wildcard[1:].replace(".", "\\.")
+    return route_components_pb2.HeaderMatcher(
+        name=":authority",
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=f"(?i)^[^.]+{suffix}$")
+        ),
+    )
+
+
+def _route(
+    route: Route | None, label: route_components_pb2.HeaderMatcher | None
+) -> route_components_pb2.Route:
+    headers = [label] if label is not None else []
+    if route is None:
+        return route_components_pb2.Route(
+            match=route_components_pb2.RouteMatch(prefix="/", headers=headers),
+            direct_response=route_components_pb2.DirectResponseAction(status=404),
+        )
+    match = route_match(route)
+    match.headers.extend(headers)
+    return route_components_pb2.Route(
+        match=match,
+        route=route_components_pb2.RouteAction(
+            cluster=route.upstream.cluster,
+            timeout=duration_pb2.Duration(seconds=0),  # streams end on their own
+        ),
     )
 
 

@@ -129,7 +129,11 @@ class Stream:
         return all(state.clean for state in self.types.values() if state.subscribed_seen)
 
     def push(self, snapshot: Snapshot) -> None:
-        """Answer what is open and has changed, type by type in make-before-break order."""
+        """Answer what is open and has changed, type by type in make-before-break order.
+        Before the first snapshot there is nothing to say: an empty answer would tell a
+        reconnecting proxy to delete everything it has (requests wait for the first one)."""
+        if snapshot.serial == 0:
+            return
         self.pushed_serial = snapshot.serial
         for type_url in PUSH_ORDER:
             state = self.types[type_url]
