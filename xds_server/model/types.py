@@ -50,10 +50,11 @@ class Host:
     default: Route | None = None
     """Where a request for this host that matches none of its paths goes: the defaultBackend
     of the oldest Ingress with a rule for this host and a defaultBackend; None: 404."""
+    wildcard: bool = field(init=False)
+    """`*.domain`: derived once (asked for every route of every host on every change)."""
 
-    @property
-    def wildcard(self) -> bool:
-        return self.name.startswith("*.")
+    def __post_init__(self) -> None:
+        self.wildcard = self.name.startswith("*.")
 
 
 @dataclass(frozen=True)

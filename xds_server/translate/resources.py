@@ -19,7 +19,7 @@ from xds_server.translate.listeners import (
     https_listener,
     tls_secret,
 )
-from xds_server.translate.routes import planned, vhds_config, virtual_host
+from xds_server.translate.routes import vhds_config, virtual_host
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE_VHDS, SECRET, VHOST
 
 
@@ -55,7 +55,9 @@ class TranslationMemo:
     serializes nor hashes again. A change to one Ingress rebuilds only its hosts."""
 
     def __init__(self) -> None:
-        self._vhosts: dict[tuple[str, str, tuple[int, ...]], tuple[list[Route], Message]] = {}
+        self._vhosts: dict[
+            tuple[str, str, tuple[int, ...]], tuple[list[Route | None], Message]
+        ] = {}
         self._clusters: dict[str, Message] = {}
         self._assignments: dict[tuple[str, tuple[Endpoint, ...]], Message] = {}
         self._vhds: dict[str, Message] = {}
@@ -67,7 +69,9 @@ class TranslationMemo:
         # Routes of an unchanged Ingress are the very same objects (the model's memo), so
         # their identities make a key far cheaper to hash than their contents; the routes
         # are kept with the message, so an identity is never reused while it is a key.
-        routes = [route for route, _ in planned(host, catch_all) if route is not None]
+        routes = [*host.routes, host.default]
+        if catch_all is not None:
+            routes += [*catch_all.routes, catch_all.default]
         key = (config, host.name, tuple(map(id, routes)))
         found = self._vhosts.get(key)
         if found is None:

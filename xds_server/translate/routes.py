@@ -37,10 +37,11 @@ def planned(host: Host, catch_all: Host | None) -> Planned:
     no rule's host in Kubernetes' eyes, gets the routes of the `*` host (rules without a
     host, then the oldest defaultBackend), repeated here because Envoy never falls back from
     one virtual host to another. Exact hosts and `*` need no check."""
-    own: Planned = [(route, host.wildcard) for route in host.routes]
+    checked = host.wildcard
+    own: Planned = [(route, checked) for route in host.routes]
     if host.default is not None:
-        own.append((host.default, host.wildcard))
-    elif host.wildcard:
+        own.append((host.default, checked))
+    elif checked:
         own.append((None, True))  # one label, no path matched, no defaultBackend: 404
     if host.wildcard and catch_all is not None:
         own += [(route, False) for route in catch_all.routes]
