@@ -26,53 +26,32 @@ from xds_server.certs import command as certs_command
 from xds_server.certs.directory import DEFAULT_IDENTITY
 from xds_server.sources.objects import Limits
 
+LIMIT_FLAGS = (
+    ("--max-file-size", "file_bytes", "largest manifest file read, in bytes (or 512KiB, 16MiB)"),
+    ("--max-files", "files", "manifest files read"),
+    ("--max-documents", "documents", "YAML documents in one file"),
+    ("--max-values", "values", "values in one document, YAML aliases expanded (an alias bomb "
+     "has billions)"),
+    ("--max-depth", "depth", "nesting of one document"),
+    ("--max-objects", "objects", "objects in all the input together"),
+)  # fmt: skip
+"""Each bound of `Limits`: its flag, its field, what it bounds."""
+
 
 def _limits(parser: argparse.ArgumentParser) -> None:
     """Bounds on the work any input may cause; past one, that input is rejected in one line."""
     defaults = Limits()
     group = parser.add_argument_group("input limits (past one, the input is rejected)")
-    group.add_argument(
-        "--max-file-size",
-        type=size,
-        default=defaults.file_bytes,
-        metavar="SIZE",
-        help="largest manifest file read, in bytes (or 512KiB, 16MiB)",
-    )
-    group.add_argument(
-        "--max-files",
-        type=positive_int,
-        metavar="N",
-        default=defaults.files,
-        help="manifest files read",
-    )
-    group.add_argument(
-        "--max-documents",
-        type=positive_int,
-        metavar="N",
-        default=defaults.documents,
-        help="YAML documents in one file",
-    )
-    group.add_argument(
-        "--max-values",
-        type=positive_int,
-        metavar="N",
-        default=defaults.values,
-        help="values in one document, YAML aliases expanded (an alias bomb has billions)",
-    )
-    group.add_argument(
-        "--max-depth",
-        type=positive_int,
-        metavar="N",
-        default=defaults.depth,
-        help="nesting of one document",
-    )
-    group.add_argument(
-        "--max-objects",
-        type=positive_int,
-        metavar="N",
-        default=defaults.objects,
-        help="objects in all the input together",
-    )
+    for flag, attribute, meaning in LIMIT_FLAGS:
+        is_size = attribute == "file_bytes"
+        group.add_argument(
+            flag,
+            dest=attribute,
+            type=size if is_size else positive_int,
+            default=getattr(defaults, attribute),
+            metavar="SIZE" if is_size else "N",
+            help=meaning,
+        )
 
 
 def _security(parser: argparse.ArgumentParser) -> None:
@@ -275,14 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_identity=args.client_identity,
         propagation_delay=args.propagation_delay,
         kubeconfig=args.kubeconfig,
-        limits=Limits(
-            file_bytes=args.max_file_size,
-            documents=args.max_documents,
-            values=args.max_values,
-            depth=args.max_depth,
-            objects=args.max_objects,
-            files=args.max_files,
-        ),
+        limits=Limits(**{attribute: getattr(args, attribute) for _, attribute, _ in LIMIT_FLAGS}),
         duties=DutiesConfig(
             namespace=args.kube_namespace or os.environ.get("POD_NAMESPACE", "envoy-lifecycle"),
             identity=args.identity or os.environ.get("POD_NAME") or socket.gethostname(),

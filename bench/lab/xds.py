@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 import subprocess
 import sys
 import time
@@ -59,6 +61,49 @@ def ingress(
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"rules": rules, **spec},
     }
+
+
+def tls_secret(
+    name: str, certificate: bytes, key: bytes, namespace: str = "default"
+) -> dict[str, Any]:
+    """A `kubernetes.io/tls` Secret, as an Ingress' TLS section names it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "tls.crt": base64.b64encode(certificate).decode(),
+            "tls.key": base64.b64encode(key).decode(),
+        },
+    }
+
+
+async def https_get(port: int, host: str, ca: bytes) -> tuple[str, list[str]]:
+    """GET / from Envoy over TLS with SNI `host`, the hostname verified against `ca`: the
+    body and the DNS names of the certificate served. Retries the connection while the
+    https listener warms (it waits for its secrets)."""
+    from cryptography import x509
+
+    context = ssl.create_default_context(cadata=ca.decode())
+    for attempt in range(100):
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname=host
+            )
+            break
+        except (OSError, ssl.SSLError):
+            if attempt == 99:
+                raise
+            await asyncio.sleep(0.05)
+    peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    names = x509.load_der_x509_certificate(peer).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
+    writer.close()
+    return body, names.value.get_values_for_type(x509.DNSName)
 
 
 def ingress_class(name: str, default: bool = False) -> dict[str, Any]:

@@ -11,7 +11,6 @@ raises the count for a longer run.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import os
 from typing import Any
@@ -23,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.lab.envoy_validate import envoy_accepts
+from bench.lab.xds import tls_secret
 from xds_server.certs import pki
 from xds_server.pipeline import Pipeline
 from xds_server.sources.objects import TooMuch, parse_documents
@@ -144,19 +144,6 @@ slices = st.builds(
 )  # fmt: skip
 
 
-def secret(name: str, certificate: bytes, key: bytes) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name},
-        "data": {
-            "tls.crt": base64.b64encode(certificate).decode(),
-            "tls.key": base64.b64encode(key).decode(),
-        },
-    }
-
-
 BASE = [
     {
         "apiVersion": "v1",
@@ -165,7 +152,7 @@ BASE = [
         "spec": {"ports": [{"name": "http", "port": 80}]},
     }
     for name in ("a", "b")
-] + [secret("good", _LEAF.certificate, _LEAF.key), secret("garbage", b"x", b"y")]
+] + [tls_secret("good", _LEAF.certificate, _LEAF.key), tls_secret("garbage", b"x", b"y")]
 """Always there, so that most Ingresses find their backends (fuzzed ones may shadow them)."""
 manifests = st.lists(st.one_of(ingresses, services, slices), max_size=8)
 

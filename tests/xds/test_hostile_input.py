@@ -6,7 +6,6 @@ and no proxy ever sees what it would refuse."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
 import os
@@ -29,6 +28,7 @@ from bench.lab.xds import (
     ingress,
     rule,
     service,
+    tls_secret,
     until,
     who,
     write_manifests,
@@ -40,19 +40,6 @@ pytestmark = pytest.mark.timeout(120)
 
 GOOD_BACKENDS = "ab"
 DAY = datetime.timedelta(days=1)
-
-
-def tls_secret(name: str, certificate: bytes, key: bytes) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {
-            "tls.crt": base64.b64encode(certificate).decode(),
-            "tls.key": base64.b64encode(key).decode(),
-        },
-    }
 
 
 def good_app(backends: dict[str, Backend], tls: pki.Pair) -> list[dict[str, Any]]:
@@ -187,6 +174,14 @@ def write_raw(directory: Path, name: str, content: str | bytes) -> None:
     (directory / f".{name}.tmp").rename(directory / name)
 
 
+def write_app(
+    manifests: Path, backends: dict[str, Backend], target: str, name: str = "app"
+) -> None:
+    """Services a and b, and every request routed to `target`."""
+    route = ingress("i", [rule(None, ("/", "Prefix", target, 80))])
+    write_manifests(manifests, name, [*app(backends, "ab"), route])
+
+
 async def start(
     processes: list[Any], workdir: Path, manifests: Path, *flags: str, sotw: bool = False
 ) -> tuple[XdsServer, XdsEnvoy]:
@@ -253,11 +248,7 @@ async def _status_clean(server: XdsServer) -> bool:
 async def test_a_missing_directory_keeps_the_last_good_config_and_says_so(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests,
-        "app",
-        [*app(backends, "ab"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
-    )
+    write_app(manifests, backends, "a")
     server, envoy = await start(processes, workdir, manifests)
     gone = manifests.with_name("manifests.gone")
     os.rename(manifests, gone)
@@ -266,11 +257,7 @@ async def test_a_missing_directory_keeps_the_last_good_config_and_says_so(
     assert await who(envoy, "any.example", "/") == "a", "routes stay"
     assert "the directory is missing" in server.log()
     os.rename(gone, manifests)
-    write_manifests(
-        manifests,
-        "app",
-        [*app(backends, "ab"), ingress("i", [rule(None, ("/", "Prefix", "b", 80))])],
-    )
+    write_app(manifests, backends, "b")
     await until(lambda: _routes(envoy, "any.example", "b"))
     assert "degraded" not in (await server.get("/readyz")).json()
 
@@ -283,11 +270,7 @@ async def _degraded(server: XdsServer, says: str) -> bool:
 async def test_symlink_loops_are_walked_once_and_nothing_is_read_twice(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests,
-        "app",
-        [*app(backends, "ab"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
-    )
+    write_app(manifests, backends, "a")
     (manifests / "sub").mkdir()
     write_manifests(
         manifests / "sub", "more", [ingress("j", [rule("j.example", ("/", "Prefix", "b", 80))])]
@@ -305,11 +288,7 @@ async def test_symlink_loops_are_walked_once_and_nothing_is_read_twice(
 async def test_the_same_object_in_two_files_is_served_once_and_named_twice(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests,
-        "a-first",
-        [*app(backends, "ab"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
-    )
+    write_app(manifests, backends, "a", name="a-first")
     write_manifests(manifests, "b-second", [ingress("i", [rule(None, ("/", "Prefix", "b", 80))])])
     server, envoy = await start(processes, workdir, manifests)
     assert await who(envoy, "x.example", "/") == "a"
@@ -320,11 +299,7 @@ async def test_the_same_object_in_two_files_is_served_once_and_named_twice(
 async def test_big_input_is_read_off_the_event_loop_and_limits_reject_what_is_too_much(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests,
-        "app",
-        [*app(backends, "ab"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
-    )
+    write_app(manifests, backends, "a")
     server, envoy = await start(processes, workdir, manifests, "--max-file-size", "2MiB")
     serial = (await server.status())["serial"]
     paths = [(f"/p{n}", "Prefix", "b", 80) for n in range(10_000)]
@@ -405,11 +380,7 @@ def test_a_busy_http_port_is_one_line_and_no_traceback(workdir: Path) -> None:
 async def test_streams_that_end_leave_no_task_behind(
     workdir: Path, manifests: Path, backends: dict[str, Backend], processes: list[Any]
 ) -> None:
-    write_manifests(
-        manifests,
-        "app",
-        [*app(backends, "a"), ingress("i", [rule(None, ("/", "Prefix", "a", 80))])],
-    )
+    write_app(manifests, backends, "a")
     server = await XdsServer(workdir, manifests).start()
     processes.append(server)
     proxies = []

@@ -8,10 +8,8 @@ table; then the rules Kubernetes leaves to the controller, as this project settl
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
-import ssl
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,16 @@ import pytest
 
 from bench.lab.echo import Echo
 from bench.lab.envoy import free_port
-from bench.lab.xds import XdsEnvoy, XdsServer, endpoint_slice, ingress, service, write_manifests
+from bench.lab.xds import (
+    XdsEnvoy,
+    XdsServer,
+    endpoint_slice,
+    https_get,
+    ingress,
+    service,
+    tls_secret,
+    write_manifests,
+)
 from xds_server.certs import pki
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,25 +147,12 @@ HOST_SCENARIOS = [
 ]
 
 
-def tls_secret(name: str, pair: pki.Pair) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {
-            "tls.crt": base64.b64encode(pair.certificate).decode(),
-            "tls.key": base64.b64encode(pair.key).decode(),
-        },
-    }
-
-
 @FLAVOURS
 async def test_host_rules(sotw: bool, cluster: Cluster) -> None:
     ca = pki.issue_ca("conformance-ca", DAY, "ecdsa-p256")
     leaf = pki.issue_leaf(ca, "foo.bar.com", ["foo.bar.com"], "server", DAY, "ecdsa-p256")
     await cluster.services("wildcard-foo-com", "foo-bar-com")
-    await cluster.start(tls_secret("conformance-tls", leaf), HOST_RULES)
+    await cluster.start(tls_secret("conformance-tls", leaf.certificate, leaf.key), HOST_RULES)
     await cluster.settled("foo.bar.com", "/", "foo-bar-com")
     for host, served_by, seen_host in HOST_SCENARIOS:
         status, echoed, _ = await cluster.send("GET", host, "/")
@@ -172,29 +166,6 @@ async def test_host_rules(sotw: bool, cluster: Cluster) -> None:
     assert names == ["foo.bar.com"], "the secure connection verifies foo.bar.com"
     assert json.loads(body)["service"] == "foo-bar-com"
     assert json.loads(body)["host"] == "foo.bar.com"
-
-
-async def https_get(port: int, host: str, ca: bytes) -> tuple[str, list[str]]:
-    """GET / over TLS with SNI `host`, the hostname verified: the body and the DNS names."""
-    from cryptography import x509
-
-    context = ssl.create_default_context(cadata=ca.decode())
-    for _ in range(100):  # the https listener warms until its secret arrives
-        try:
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname=host
-            )
-            break
-        except (OSError, ssl.SSLError):
-            await asyncio.sleep(0.05)
-    peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    names = x509.load_der_x509_certificate(peer).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName
-    )
-    writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
-    writer.close()
-    return body, names.value.get_values_for_type(x509.DNSName)
 
 
 PATH_RULES = ingress(

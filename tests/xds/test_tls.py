@@ -3,16 +3,12 @@ the xDS server over mutual TLS set up by `xds-server bootstrap --certs-dir`."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import ssl
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from bench.lab.backend import Backend
@@ -21,9 +17,11 @@ from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     endpoint_slice,
+    https_get,
     ingress,
     rule,
     service,
+    tls_secret,
     write_manifests,
 )
 from xds_server.certs import pki
@@ -36,35 +34,6 @@ DAY = timedelta(days=1)
 def leaf(ca: pki.Pair, common: str, name: str, usage: pki.Usage = "server") -> pki.Pair:
     """A one-day ECDSA leaf from the product's own issuer."""
     return pki.issue_leaf(ca, common, [name], usage, DAY, "ecdsa-p256")
-
-
-def tls_secret(name: str, certificate: bytes, key: bytes) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": "default"},
-        "data": {
-            "tls.crt": base64.b64encode(certificate).decode(),
-            "tls.key": base64.b64encode(key).decode(),
-        },
-    }
-
-
-async def https_get(port: int, host: str, ca: bytes) -> tuple[str, list[str]]:
-    """GET / over TLS with SNI `host`: the body and the DNS names of the served certificate."""
-    context = ssl.create_default_context(cadata=ca.decode())
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname=host
-    )
-    peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    names = x509.load_der_x509_certificate(peer).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName
-    )
-    writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
-    writer.close()
-    return body, names.value.get_values_for_type(x509.DNSName)
 
 
 async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
@@ -100,14 +69,7 @@ async def test_ingress_tls_hosts_are_served_by_sni_with_their_secrets(
     envoy = XdsEnvoy(workdir, server, "tls-node")
     processes.append(envoy)
     await envoy.start()
-    for _ in range(100):  # the https listener warms until its secrets arrive
-        try:
-            body, names = await https_get(
-                server.envoy_https_port, "foo.example.com", ca.certificate
-            )
-            break
-        except (OSError, ssl.SSLError):
-            await asyncio.sleep(0.1)
+    body, names = await https_get(server.envoy_https_port, "foo.example.com", ca.certificate)
     assert (body, names) == ("a", ["foo.example.com"])
     assert await https_get(server.envoy_https_port, "bar.example.com", trusted) == (
         "b",

@@ -122,11 +122,7 @@ def parse_documents(text: str, source: str, limits: Limits | None = None) -> Loa
     loaded = Loaded()
     for document in documents:
         for item in _items(document, source, loaded):
-            obj, error = _object(item, source)
-            if error:
-                loaded.errors.append(error)
-            elif obj is not None:
-                loaded.objects.append(obj)
+            _add(loaded, item, source)
     return loaded
 
 
@@ -138,12 +134,16 @@ def parse_item(item: dict[str, Any], source: str, limits: Limits) -> Loaded:
     except TooMuch as exc:
         loaded.errors.append(str(exc))
         return loaded
+    _add(loaded, item, source)
+    return loaded
+
+
+def _add(loaded: Loaded, item: Any, source: str) -> None:
     obj, error = _object(item, source)
     if error:
         loaded.errors.append(error)
     elif obj is not None:
         loaded.objects.append(obj)
-    return loaded
 
 
 def _items(document: Any, source: str, loaded: Loaded) -> list[Any]:
