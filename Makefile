@@ -56,7 +56,7 @@ bench-certs: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/certs.py
 
 readme: setup
-	$(PY) -m envoy_lifecycle.reference README.md
+	$(PY) -m envoy_lifecycle.reference docs/reference.md
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png

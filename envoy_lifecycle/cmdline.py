@@ -12,7 +12,7 @@ import re
 from typing import NoReturn
 
 HELP_WIDTH = 100
-"""Fixed help width, so the README reference generated from it is the same everywhere."""
+"""Fixed help width, so the reference generated from it is the same everywhere."""
 
 _DURATION = re.compile(r"^(?P<value>\d+(\.\d+)?)(?P<unit>ms|s|m|h|d)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

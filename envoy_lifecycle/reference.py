@@ -1,7 +1,7 @@
-"""The README's command reference, generated from the real argument parsers.
+"""The command reference (docs/reference.md), generated from the real argument parsers.
 
-`python -m envoy_lifecycle.reference README.md` rewrites the block between the markers;
-a test fails when the README and `--help` disagree, so the two cannot drift apart.
+`python -m envoy_lifecycle.reference docs/reference.md` rewrites the block between the
+markers; a test fails when the reference and `--help` disagree, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def splice(text: str, block: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    path = Path(argv[0] if argv else "README.md")
+    path = Path(argv[0] if argv else "docs/reference.md")
     path.write_text(splice(path.read_text(), render()))
     return 0
 

@@ -127,8 +127,8 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--drain-listeners",
         action="store_true",
-        help="also call /drain_listeners?graceful&skip_exit (irreversible; see README's "
-        "drain-method matrix for why it is off by default)",
+        help="also call /drain_listeners?graceful&skip_exit (irreversible; docs/drain.md, "
+        '"What closes an idle connection", says why it is off by default)',
     )
     group.add_argument(
         "--ready-file",

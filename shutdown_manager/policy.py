@@ -19,7 +19,7 @@ WAKE_INTERVAL = 0.02
 
 @dataclass(frozen=True)
 class DrainPolicy:
-    """Defaults fit a pod with Kubernetes' default 30 s grace period (see README for 300 s)."""
+    """Defaults fit a pod with Kubernetes' default 30 s grace period (docs/drain.md: 300 s)."""
 
     drain_timeout: float = 25.0
     min_drain_duration: float = 5.0

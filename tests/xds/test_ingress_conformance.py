@@ -3,7 +3,7 @@ over SotW: every scenario of the five features of kubernetes-sigs/ingress-contro
 (host rules with TLS by SNI, path rules, default backend, ingress class, load balancing) and
 the path examples table of the Kubernetes Ingress documentation, each written anew here as a
 table; then the rules Kubernetes leaves to the controller, as this project settles them
-(README, "Ingress semantics")."""
+(docs/xds.md, "Ingress semantics")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Model-based: for random sets of Ingresses and random requests, a plain reference of the
-Kubernetes rules (as the README settles what Kubernetes leaves open) and a matcher that
+Kubernetes rules (as docs/xds.md settles what Kubernetes leaves open) and a matcher that
 follows Envoy's documented matching over the configuration we translate pick the same
 backend, or both 404. The Envoy matcher is itself checked against the real Envoy on a sample,
 so it cannot drift from the binary."""
