@@ -310,7 +310,7 @@ class ControlPlane:
         """Each rejection is logged and counted once, when it appears, not on every reload;
         the current list is at /status."""
         current = dict.fromkeys(errors)
-        for error in current.keys() - self.rejections.keys():
+        for error in (e for e in current if e not in self.rejections):  # in input order
             self.metrics.rejected.inc()
             log.error("rejected: %s", error)
         self.rejections = current
