@@ -117,8 +117,7 @@ def _checks(descriptor: Any) -> list[FieldRule]:
     checks = _compiled.get(descriptor.full_name)
     if checks is None:
         checks = []
-        _compiled[descriptor.full_name] = checks  # before recursing: types may nest themselves
-        for field in descriptor.fields:
+        for field in descriptor.fields:  # nested types are compiled when first met
             rules = field.GetOptions().Extensions[_FIELD_RULES]
             required = _singular_message(field) and (
                 rules.message.required or rules.duration.required or rules.any.required
@@ -126,6 +125,7 @@ def _checks(descriptor: Any) -> list[FieldRule]:
             check = _field_check(field, rules)
             if check is not None or required:
                 checks.append((field, check, required))
+        _compiled[descriptor.full_name] = checks
     return checks
 
 
