@@ -104,6 +104,9 @@ def test_ctrl_c_while_starting_is_no_traceback(workdir: Path, after: float) -> N
          f"unix://{workdir}/admin.sock", "--drain-timeout", "2s", "--min-drain-duration", "0"],
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a job started in the background of a script (CI) inherits
+        # SIGINT ignored, and Python then leaves it ignored until serve installs its handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         time.sleep(after)

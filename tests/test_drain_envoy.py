@@ -55,11 +55,16 @@ async def test_no_connections_releases_right_after_the_minimum(envoy: Envoy) -> 
 
 async def test_busy_keepalive_clients_are_counted_and_never_fail(envoy: Envoy) -> None:
     """Requests always in flight: Envoy closes each connection after its response, the
-    clients reconnect, and the drain is held until they stop."""
+    clients reconnect, and the drain is held until they stop. Each request lasts 3 s and the
+    drain starts once all four are in flight, so they hold it past the check however slow the
+    machine (short requests left instants with every client between two connections)."""
     stop, tally, events = asyncio.Event(), Tally(), list[DrainEvent]()
-    url = envoy.url("/slow?s=0.2")
+    url = envoy.url("/slow?s=3")
     load = [asyncio.create_task(steady_load(url, stop, tally, pause=0)) for _ in range(4)]
-    await asyncio.sleep(0.3)
+    for _ in range(200):
+        if (await count_now(envoy) or 0) >= 4:
+            break
+        await asyncio.sleep(0.01)
     drainer = asyncio.create_task(
         drain(envoy, events, min_drain_duration=1.0, drain_timeout=20, quiet_period=0)
     )
