@@ -64,6 +64,9 @@ class TypeState:
     acked_vhosts: Mapping[str, Entry] = field(default_factory=dict)  # SotW routes: it has
     parked_version: str | None = None  # SotW: a NACKed type version
     acked_version: str | None = None  # SotW: the type version the proxy has
+    resumed_version: str | None = None
+    """SotW: the version a reconnecting proxy said it has, before there was a snapshot to
+    compare it with (judged at the first push)."""
     responded: bool = False  # the first request of a type is always answered, even if empty
     subscribed_seen: bool = False
     clean: bool = False  # the last push found nothing to send and nothing is awaiting an ACK
@@ -198,9 +201,12 @@ class SotwStream(Stream):
     def _resumed(self, type_url: str, version: str, snapshot: Snapshot) -> None:
         """A proxy reconnecting with the version it has: versions are content hashes, so if it
         is the current one there is nothing to send (after a restart, or from a replica)."""
+        state = self.types[type_url]
+        if snapshot.serial == 0:
+            state.resumed_version = version  # nothing to compare with yet
+            return
         entries = self.wanted(type_url, snapshot)
         if type_version(entries) == version:
-            state = self.types[type_url]
             state.acked_entries = entries
             state.acked_version = version
 
@@ -237,6 +243,9 @@ class SotwStream(Stream):
 
     def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
         self._assembled = None
+        if state.resumed_version is not None:
+            resumed, state.resumed_version = state.resumed_version, None
+            self._resumed(type_url, resumed, snapshot)
         entries = self.wanted(type_url, snapshot)
         version = type_version(entries)
         state.clean = version == state.acked_version
