@@ -1,24 +1,27 @@
 """One change of the input through the whole flow: objects -> model -> Envoy resources ->
 snapshot. The process (app) runs it in a worker thread; the tests and the fuzzer run the very
-same code. The memos of every stage live here, so an unchanged object costs nothing twice.
+same code. Every stage keeps its state here and is handed only what changed, so a change
+costs what it touches: one Ingress changed among a thousand re-models, re-translates,
+re-checks and re-serializes that Ingress' hosts alone.
 
 An object whose resources Envoy would refuse is rejected and the rest built again without it:
 one bad object never takes the good ones down with it, and no proxy is sent what it refuses.
+It stays out while it is unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xds_server import collector
-from xds_server.model.ingress import ModelMemo, build
+from xds_server.model.state import Key, ModelState
 from xds_server.model.types import Model, describe
-from xds_server.sources.objects import Loaded
+from xds_server.sources.objects import KubeObject, Loaded
 from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.refusals import refusals
-from xds_server.translate.resources import TranslationMemo, resources
-from xds_server.xds.cache import EntryMemo, InconsistentSnapshot, Snapshot
+from xds_server.translate.resources import Changes, Translator
+from xds_server.xds.cache import InconsistentSnapshot, Snapshot
 
 REFUSAL_ROUNDS = 3
 """Builds per change at most: one, and one more per layer of objects Envoy would refuse
@@ -28,6 +31,7 @@ REFUSAL_ROUNDS = 3
 @dataclass
 class Built:
     model: Model
+    """The model as of this change (its own copy: the next change does not alter it)."""
     snapshot: Snapshot | None
     """None: nothing may be published for this change (see `problems`)."""
     problems: list[str] = field(default_factory=list)
@@ -36,34 +40,111 @@ class Built:
 
 class Pipeline:
     def __init__(self, ingress_class: str | None, ports: EnvoyPorts) -> None:
-        self.ingress_class = ingress_class
-        self.ports = ports
-        self.models = ModelMemo()
-        self.translations = TranslationMemo()
-        self.entries = EntryMemo()
+        self.state = ModelState(ingress_class)
+        self.translator = Translator(ports)
         self.checked = Checked()
+        self._input: dict[Key, KubeObject] = {}
+        """The objects the model holds now."""
+        self._refused: dict[Key, tuple[KubeObject, str]] = {}
+        """Objects Envoy would refuse, with why: left out while they are unchanged."""
+        self._unexplained: dict[tuple[str, str], list[str]] = {}
+        """Resources Envoy would refuse for no object's sake (a flag, or our own bug)."""
+        self._snapshot = Snapshot({}, 0)
+        self._last: Loaded | None = None
+        """The objects of the last build, when it completed: the next may say what differs."""
 
     def build(self, loaded: Loaded, serial: int) -> Built:
         with collector.paused():
             return self._build(loaded, serial)
 
     def _build(self, loaded: Loaded, serial: int) -> Built:
-        objects, refused = loaded.objects, []
+        objects = loaded.by_key()
+        for key in [k for k, (obj, _) in self._refused.items() if objects.get(k) is not obj]:
+            del self._refused[key]  # changed or gone: judged afresh
+        follows, self._last = self._last, None
+        if loaded.follows is not None and loaded.follows is follows:
+            changes = self._changes_of(objects, loaded.changed)
+        else:
+            changes = self._changes(objects)
+        translated: Changes = {}
         for _ in range(REFUSAL_ROUNDS):
-            model = build(objects, self.ingress_class, self.models)
-            translated = resources(model, self.ports, self.translations)
-            found = refusals(model, translated, self.checked)
+            dirty = self.state.update(changes)
+            for key, obj in changes.items():
+                if obj is None:
+                    self._input.pop(key, None)
+                else:
+                    self._input[key] = obj
+            changed = self.translator.update(self.state.model, dirty)
+            for type_url, messages in changed.items():
+                translated.setdefault(type_url, {}).update(messages)
+            found = refusals(self.state.model, changed, self.checked)
+            for type_url, messages in changed.items():
+                for name in messages:
+                    self._unexplained.pop((type_url, name), None)
+            self._unexplained.update(found.unexplained)
             if not found.blamed:
                 break
-            refused += [f"{origin}: {reason}" for origin, reason in found.blamed.items()]
-            objects = [obj for obj in objects if describe(obj) not in found.blamed]
-        model.errors[:0] = refused
-        self.translations.forget_unused()
+            changes = self._refuse(found.blamed)
         self.checked.forget_unused()
-        problems = found.unexplained + [f"still refused: {o}" for o in found.blamed]
+        self._last = loaded
+        self._snapshot = self._snapshot.derive(translated, serial)
+        model = self._model()
+        problems = [reason for reasons in self._unexplained.values() for reason in reasons]
+        problems += [f"still refused: {origin}" for origin in found.blamed]
         if problems:
             return Built(model, None, problems)
         try:
-            return Built(model, Snapshot.build(translated, serial, self.entries))
+            self._snapshot.check()
         except InconsistentSnapshot as exc:
             return Built(model, None, [str(exc)])
+        return Built(model, self._snapshot)
+
+    def _changes(self, objects: dict[Key, KubeObject]) -> dict[Key, KubeObject | None]:
+        """What differs between the objects the model holds and those it should hold: a
+        source hands back the very same object for an unchanged one."""
+        changes: dict[Key, KubeObject | None] = {
+            key: obj
+            for key, obj in objects.items()
+            if self._input.get(key) is not obj and key not in self._refused
+        }
+        for key in self._input.keys() - objects.keys():
+            changes[key] = None
+        for key in self._refused.keys() & self._input.keys():
+            changes[key] = None
+        return changes
+
+    def _changes_of(
+        self, objects: dict[Key, KubeObject], keys: frozenset[Key]
+    ) -> dict[Key, KubeObject | None]:
+        """The same, when the source said which keys changed since the last build's input."""
+        changes = {
+            key: objects.get(key)
+            for key in keys
+            if self._input.get(key) is not objects.get(key) and key not in self._refused
+        }
+        for key in self._refused.keys() & self._input.keys():
+            changes[key] = None
+        return changes
+
+    def _refuse(self, blamed: dict[str, str]) -> dict[Key, KubeObject | None]:
+        """Leave out the objects blamed (as rejections name them); the changes that does."""
+        changes: dict[Key, KubeObject | None] = {}
+        for key, obj in self._input.items():
+            reason = blamed.get(describe(obj))
+            if reason is not None:
+                self._refused[key] = (obj, f"{describe(obj)}: {reason}")
+                changes[key] = None
+        return changes
+
+    def _model(self) -> Model:
+        """A copy of the model for this change's readers (status, rejections, tests)."""
+        model = self.state.model
+        return replace(
+            model,
+            hosts=dict(model.hosts),
+            clusters=dict(model.clusters),
+            tls=list(model.tls),
+            secrets=dict(model.secrets),
+            errors=[reason for _, reason in self._refused.values()] + model.errors,
+            served=set(model.served),
+        )

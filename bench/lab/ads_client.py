@@ -14,7 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
-from xds_server.xds.cache import versions_digest
+from xds_server.xds.cache import named_digest
 
 
 class SyntheticProxy:
@@ -25,7 +25,10 @@ class SyntheticProxy:
         self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
         self.vhosts: dict[str, str] = {}  # virtual host name -> version
         self.routes_version = ""
-        """The digest of the virtual hosts it has (see `versions_digest`), once per update."""
+        """The digest of the virtual hosts it has (see `versions_digest`), once per update:
+        kept per resource, as the server keeps it, so 100 clients of 2,000 virtual hosts do
+        not spend the benchmark's CPU hashing them all again on every change."""
+        self._digest = 0
         self.arrivals: list[tuple[float, str]] = []  # (monotonic, routes digest)
         self.bytes = 0
         self.responses = 0
@@ -72,11 +75,18 @@ class SyntheticProxy:
             self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
         elif response.type_url == VHOST:
             for resource in response.resources:
+                self._forget(resource.name)
                 self.vhosts[resource.name] = resource.version
+                self._digest ^= named_digest(resource.name, resource.version)
             for name in response.removed_resources:
-                self.vhosts.pop(name, None)
-            self.routes_version = versions_digest(self.vhosts) if self.vhosts else ""
+                self._forget(name)
+            self.routes_version = f"{self._digest:016x}" if self.vhosts else ""
             self.arrivals.append((time.monotonic(), self.routes_version))
+
+    def _forget(self, name: str) -> None:
+        version = self.vhosts.pop(name, None)
+        if version is not None:
+            self._digest ^= named_digest(name, version)
 
     def _subscribe(self, type_url: str, names: list[str]) -> None:
         self.queue.put_nowait(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from bench.lab.xds import endpoint_slice, ingress, service
 from tests.xds.test_ingress_conformance import Cluster, backend, host_rule, path
-from xds_server.model.ingress import build
+from xds_server.model.state import build
 from xds_server.sources.objects import parse_documents
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.resources import resources

@@ -12,14 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.lab.xds import endpoint_slice, ingress, ingress_class, rule, service
-from xds_server.model.ingress import ModelMemo, build
+from xds_server.model.state import build
 from xds_server.model.types import EXACT, PREFIX
-from xds_server.sources.objects import KubeObject, parse_documents
+from xds_server.pipeline import Pipeline
+from xds_server.sources.objects import KubeObject, Loaded, parse_documents
 from xds_server.translate.listeners import EnvoyPorts
-from xds_server.translate.resources import TranslationMemo, resources
+from xds_server.translate.resources import resources
 from xds_server.translate.routes import referenced_clusters
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
-from xds_server.xds.cache import EntryMemo, Snapshot
+from xds_server.xds.cache import Snapshot
 
 
 def objects(*bodies: dict[str, Any]) -> list[KubeObject]:
@@ -164,7 +165,8 @@ def test_full_route_configurations_are_assembled_exactly_from_the_virtual_hosts(
     out = resources(model, EnvoyPorts())
     snapshot = Snapshot.build(out, 1)
     for name in ("ingress_http", "ingress_https"):
-        vhosts = [v for key, v in out[VHOST].items() if key.startswith(name + "/")]
+        keys = sorted(k for k in out[VHOST] if k.startswith(name + "/"))  # exact hosts, then *
+        vhosts = [out[VHOST][k] for k in sorted(keys, key=lambda k: k.endswith("/*"))]
         expected = route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
         entry = snapshot.entries(ROUTE)[name]
         assert entry.resource.value == expected.SerializeToString(deterministic=True)
@@ -177,8 +179,9 @@ def test_full_route_configurations_are_assembled_exactly_from_the_virtual_hosts(
 
 
 def test_an_unchanged_virtual_host_is_the_same_entry_in_the_next_snapshot() -> None:
-    """Memos across builds: a change to one Ingress re-serializes only its hosts."""
-    memo, translation, entries = ModelMemo(), TranslationMemo(), EntryMemo()
+    """The pipeline keeps its stages' state: a change to one Ingress re-serializes only
+    its hosts."""
+    pipeline = Pipeline(None, EnvoyPorts())
     loaded = objects(
         *BASE,
         *(
@@ -186,14 +189,12 @@ def test_an_unchanged_virtual_host_is_the_same_entry_in_the_next_snapshot() -> N
             for n in range(5)
         ),
     )
-    first = Snapshot.build(
-        resources(build(loaded, None, memo), EnvoyPorts(), translation), 1, entries
-    )
+    first = pipeline.build(Loaded(loaded), 1).snapshot
+    assert first is not None
     changed = objects(ingress("i3", [rule("h3.example.com", ("/", "Prefix", "b", 80))]))
     loaded = [o for o in loaded if o.name != "i3"] + changed
-    second = Snapshot.build(
-        resources(build(loaded, None, memo), EnvoyPorts(), translation), 2, entries
-    )
+    second = pipeline.build(Loaded(loaded), 2).snapshot
+    assert second is not None
     same = [n for n, e in second.entries(VHOST).items() if first.entries(VHOST).get(n) is e]
     assert sorted(same) == sorted(
         f"{config}/h{n}.example.com"

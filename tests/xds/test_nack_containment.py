@@ -16,7 +16,7 @@ from google.rpc import status_pb2
 
 from bench.lab.xds import endpoint_slice, ingress, rule, service
 from xds_server.metrics import XdsMetrics
-from xds_server.model.ingress import build
+from xds_server.model.state import build
 from xds_server.sources.objects import parse_documents
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.resources import resources

@@ -7,13 +7,13 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from bench.lab.xds import endpoint_slice, ingress, rule, service
 from xds_server.metrics import XdsMetrics
-from xds_server.model import ingress as model
+from xds_server.model import state as model
 from xds_server.sources.objects import parse_documents
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.resources import resources
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 from xds_server.xds.cache import Snapshot, SnapshotStore
-from xds_server.xds.streams import DeltaStream
+from xds_server.xds.streams import DeltaStream, SotwStream
 
 
 def snapshot(backend: str, serial: int) -> Snapshot:
@@ -86,3 +86,19 @@ def test_routes_to_a_new_cluster_wait_for_its_cluster_and_endpoints_acks() -> No
     assert removals == [(CLUSTER, ["default/a/http"]), (ENDPOINT, ["default/a/http"])], (
         "a and its endpoints go only after routes without it are ACKed"
     )
+
+
+def test_a_sotw_proxy_resuming_before_the_first_snapshot_is_sent_nothing_it_has() -> None:
+    """A restarted server hears a reconnecting proxy's versions before its first snapshot:
+    they are judged against that snapshot when it comes, not against the empty one."""
+    first = snapshot("a", 1)
+    stream = SotwStream(SnapshotStore(), XdsMetrics())
+    for type_url in (CLUSTER, LISTENER):
+        stream.handle(
+            discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=first.version(type_url)),
+            Snapshot({}, 0),
+        )
+    stream.push(first)
+    assert sent(stream) == []  # type: ignore[arg-type]
+    stream.push(snapshot("b", 2))  # a real change is still sent
+    assert [r.type_url for r in sent(stream)] == [CLUSTER]  # type: ignore[arg-type]

@@ -25,18 +25,15 @@ from __future__ import annotations
 import datetime
 import logging
 import re
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from xds_server.model.backends import Resolved, resolve_backend, slices_by_service
-from xds_server.model.secrets import Checked, add_secrets
+from xds_server.model.backends import Resolved, resolve_backend
 from xds_server.model.types import (
     EXACT,
     PREFIX,
     Endpoint,
-    Host,
     Model,
     Rejected,
     Route,
@@ -55,122 +52,17 @@ log = logging.getLogger("xds_server.model")
 @dataclass(frozen=True)
 class IngressPart:
     """What one Ingress contributes, computed once while it and the Services and
-    EndpointSlices do not change."""
+    EndpointSlices it names do not change."""
 
-    routes: list[tuple[str, Route]]
+    by_host: dict[str, list[Route]]
+    """Its routes per host (`*`: rules without a host), each list in precedence order."""
     upstreams: dict[str, list[Endpoint]]
     tls: list[TlsBinding]
     default: Route | None = None
     """Its defaultBackend: for its own hosts' unmatched paths, and for unmatched hosts."""
 
 
-class ModelMemo:
-    """Per-Ingress results kept between builds. A source hands back the very same object
-    for an unchanged manifest, so a change to one Ingress re-reads only that Ingress; a
-    change to any Service or EndpointSlice starts afresh (endpoints are shared)."""
-
-    def __init__(self) -> None:
-        self.world: tuple[int, ...] = ()
-        self.parts: dict[int, tuple[dict[str, Any], IngressPart | Rejected]] = {}
-        self.secrets: Checked = {}
-        self._refs: list[KubeObject] = []
-
-    def start(self, backends: list[KubeObject]) -> None:
-        world = tuple(id(obj.body) for obj in backends)
-        if world != self.world:
-            self.world, self.parts = world, {}
-        self._refs = backends  # keep the bodies alive: their ids stay theirs
-
-    def part(self, ingress: KubeObject, compute: Any) -> IngressPart:
-        found = self.parts.get(id(ingress.body))
-        if found is None or found[0] is not ingress.body:
-            try:
-                result: IngressPart | Rejected = compute()
-            except Rejected as exc:
-                result = exc
-            except Exception as exc:  # a shape the sources let through: this object only
-                log.exception("model: %s/%s", ingress.namespace, ingress.name)
-                result = Rejected(f"cannot be used ({type(exc).__name__}: {exc})")
-            found = (ingress.body, result)
-            self.parts[id(ingress.body)] = found
-        if isinstance(found[1], Rejected):
-            raise found[1]
-        return found[1]
-
-    def forget_except(self, alive: set[int]) -> None:
-        for key in set(self.parts) - alive:
-            del self.parts[key]
-
-
-def build(
-    objects: Iterable[KubeObject], ingress_class: str | None, memo: ModelMemo | None = None
-) -> Model:
-    """The model for a set of objects; rejected objects are listed in `model.errors`."""
-    by_kind: dict[str, list[KubeObject]] = defaultdict(list)
-    for obj in objects:
-        by_kind[obj.kind].append(obj)
-    model = Model()
-    memo = memo or ModelMemo()
-    memo.start(by_kind["Service"] + by_kind["EndpointSlice"])
-    services = {(o.namespace, o.name): o for o in by_kind["Service"]}
-    slices = slices_by_service(by_kind["EndpointSlice"])
-    resolved: Resolved = {}
-    default_class = _default_class(by_kind["IngressClass"])
-    alive: set[int] = set()
-    first_part: dict[str, int] = {}
-    shared: set[str] = set()
-    for ingress in sorted(by_kind["Ingress"], key=age_order):
-        if not _our_class(ingress, ingress_class, default_class):
-            continue
-        alive.add(id(ingress.body))
-        try:
-            part = memo.part(
-                ingress, lambda i=ingress: _ingress_part(i, services, slices, resolved)
-            )
-        except Rejected as exc:
-            model.errors.append(f"{describe(ingress)}: {exc}")
-            continue
-        for host, route in part.routes:
-            entry = model.hosts.get(host)
-            if entry is None:
-                entry = model.hosts[host] = Host(host)
-            if first_part.setdefault(host, id(part)) != id(part):
-                shared.add(host)  # routes from several Ingresses: sorted again below
-            entry.routes.append(route)
-        if part.default is not None:
-            _claim_defaults(model, part)
-        model.clusters.update(part.upstreams)
-        model.tls.extend(part.tls)
-        model.served.add((ingress.namespace, ingress.name))
-    memo.forget_except(alive)
-    for host in shared:  # each part's routes come sorted already, without duplicates
-        entry = model.hosts[host]
-        entry.routes.sort(key=lambda r: r.precedence)  # stable: the oldest first
-        entry.routes = _first_of_each_path(entry.name, entry.routes, model.errors)
-    _claim_tls_hosts(model)
-    add_secrets(model, by_kind["Secret"], memo.secrets)
-    return model
-
-
-def _claim_defaults(model: Model, part: IngressPart) -> None:
-    """An Ingress' defaultBackend serves its own hosts' unmatched paths, and requests whose
-    host matches no rule (the `*` host); for each, the oldest Ingress claiming it wins and a
-    later one is named."""
-    default = part.default
-    assert default is not None
-    for name in [*dict.fromkeys(h for h, _ in part.routes if h != "*"), "*"]:
-        host = model.hosts.setdefault(name, Host(name))
-        if host.default is None:
-            host.default = default
-        elif host.default.origin != default.origin:
-            where = "requests matching no host" if name == "*" else f"host {name}"
-            model.errors.append(
-                f"{default.origin}: defaultBackend not used for {where}: {host.default.origin}"
-                " is older and has one"
-            )
-
-
-def _first_of_each_path(host: str, routes: list[Route], errors: list[str]) -> list[Route]:
+def first_of_each_path(host: str, routes: list[Route], errors: list[str]) -> list[Route]:
     """One route per path and type on a host: the first (in precedence, then age) serves it,
     a later one is named (Envoy would never reach it)."""
     seen: dict[tuple[str, str], Route] = {}
@@ -195,7 +87,7 @@ def age_order(obj: KubeObject) -> tuple[str, str, str]:
     return (stamp, obj.namespace, obj.name)
 
 
-def _claim_tls_hosts(model: Model) -> None:
+def claim_tls_hosts(model: Model) -> None:
     """One certificate per SNI name: Envoy refuses two filter chains that match the same
     name, and with them the whole HTTPS listener. The first binding in age order keeps a
     name; a later one loses it (logged, naming both), and one with no name left is dropped.
@@ -221,15 +113,16 @@ def _claim_tls_hosts(model: Model) -> None:
     model.tls = kept
 
 
-def _default_class(classes: list[KubeObject]) -> str | None:
-    for obj in classes:
+def default_class(classes: Iterable[KubeObject]) -> str | None:
+    """The IngressClass marked default (the first by name, should several be)."""
+    for obj in sorted(classes, key=lambda c: c.name):
         annotations = obj.body.get("metadata", {}).get("annotations") or {}
         if str(annotations.get(DEFAULT_CLASS_ANNOTATION, "")).lower() == "true":
             return obj.name
     return None
 
 
-def _our_class(ingress: KubeObject, wanted: str | None, default_class: str | None) -> bool:
+def our_class(ingress: KubeObject, wanted: str | None, default_class: str | None) -> bool:
     if wanted is None:
         return True
     spec = ingress.body.get("spec") or {}
@@ -238,7 +131,23 @@ def _our_class(ingress: KubeObject, wanted: str | None, default_class: str | Non
     return named == wanted if named else default_class == wanted
 
 
-def _ingress_part(
+def services_named(ingress: KubeObject) -> set[tuple[str, str]]:
+    """(namespace, name) of every Service the Ingress names: its part depends on them."""
+    spec = ingress.body.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    backends = [spec.get("defaultBackend")]
+    for rule in spec.get("rules") or []:
+        paths = (rule.get("http") or {}).get("paths") or [] if isinstance(rule, dict) else []
+        backends += [path.get("backend") for path in paths if isinstance(path, dict)]
+    found = set()
+    for backend in backends:
+        service = backend.get("service") if isinstance(backend, dict) else None
+        if isinstance(service, dict) and service.get("name"):
+            found.add((ingress.namespace, str(service["name"])))
+    return found
+
+
+def ingress_part(
     ingress: KubeObject,
     services: dict[tuple[str, str], KubeObject],
     slices: dict[tuple[str, str], list[dict[str, Any]]],
@@ -274,7 +183,10 @@ def _ingress_part(
         raise Rejected("has no rules and no defaultBackend")
     tls = [_tls(ingress, entry, i) for i, entry in enumerate(spec.get("tls") or [])]
     staged.sort(key=lambda item: (item[0], item[1].precedence))  # stable: ties keep order
-    return IngressPart(_one_route_per_path(staged), upstreams, tls, default)
+    by_host: dict[str, list[Route]] = {}
+    for host, route in _one_route_per_path(staged):
+        by_host.setdefault(host, []).append(route)
+    return IngressPart(by_host, upstreams, tls, default)
 
 
 def _one_route_per_path(staged: list[tuple[str, Route]]) -> list[tuple[str, Route]]:

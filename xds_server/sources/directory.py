@@ -2,9 +2,12 @@
 
 Every `*.yaml`/`*.yml`/`*.json` file may hold several documents. A file that does not parse
 keeps its previous objects (the last good config stays), and every rejected file or object
-gets one log line naming the file, kind and name. inotify says when the directory changed (a
-poll backs it up): a change is a different (name, size, mtime) set, so an atomic rename, an
-edit in place and a kubelet-style `..data` swap are all seen.
+gets one log line naming the file, kind and name. inotify says which file changed, and that
+file alone is read again: a change costs what changed, however many files there are. A full
+look (a stat per file) runs when inotify cannot name the file (a new subdirectory, a
+kubelet-style `..data` swap, an overflow), and every SAFETY_POLL as the net for events that
+were missed: a change is a different (name, size, mtime, inode) set, so an atomic rename, an
+edit in place and a swap are all seen.
 
 Hostile trees are survived: symlinks are followed, but a directory or file reached a second
 way (a link loop, `ln -s . again`) is read once; a directory that disappears keeps the last
@@ -24,20 +27,30 @@ from pathlib import Path
 
 from xds_server import collector
 from xds_server.sources.objects import KubeObject, Limits, Loaded, TooMuch, parse_documents
-from xds_server.sources.watch import BURST_GAP, DirectoryWatcher
+from xds_server.sources.watch import BURST_GAP, Changes, DirectoryWatcher
 
 SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.05
 """Seconds between looks at the directory (a stat per file) when inotify is missing."""
 
+INLINE_BYTES = 16 * 1024
+"""Named files this small in all are read on the event loop itself (about a millisecond of
+parsing): a worker thread's hand-over would cost a third of that change's time again."""
+
 SAFETY_POLL = 1.0
-"""With inotify, still look this often, in case an event was missed (e.g. a new subdirectory)."""
+"""With inotify, still walk the tree this often, in case an event was missed (a file changed
+behind a symlink that points out of the tree)."""
+
+STALE_WALK = 0.1
+"""A walk made while a change was read is made again after this long (not at once: under a
+burst of changes it would be stale again, and walk after walk would take the CPU)."""
 
 
 log = logging.getLogger("xds_server.sources")
 
 Stamp = tuple[int, int, int]
 """(size, mtime in ns, inode) of a file: any of them changing means it must be read again."""
+Key = tuple[str, str, str]
 
 
 @dataclass
@@ -46,17 +59,69 @@ class Scan:
     directories: list[Path] = field(default_factory=list)
 
 
+class Definitions:
+    """Objects by key as the files define them: the first file (in path order) defines an
+    object; a later copy is an error naming both files. Kept up to date one file at a time."""
+
+    def __init__(self) -> None:
+        self.objects: dict[Key, KubeObject] = {}
+        self.count = 0
+        """Objects in all files, copies included (what `--max-objects` bounds)."""
+        self._by_key: dict[Key, list[tuple[str, KubeObject]]] = {}
+        self._copies: set[Key] = set()
+        self.touched: set[Key] = set()
+        """Keys whose object changed since the caller last cleared this."""
+
+    def replace(self, path: str, old: list[KubeObject], new: list[KubeObject]) -> None:
+        for obj in old:
+            self._by_key[obj.key] = [d for d in self._by_key[obj.key] if d[0] != path]
+        for obj in new:
+            self._by_key.setdefault(obj.key, []).append((path, obj))
+        for key in {obj.key for obj in (*old, *new)}:
+            defined = self._by_key[key]
+            defined.sort(key=lambda d: d[0])  # stable: within a file, its first copy wins
+            before = self.objects.get(key)
+            if defined:
+                self.objects[key] = defined[0][1]
+            else:
+                del self._by_key[key], self.objects[key]
+            if self.objects.get(key) is not before:
+                self.touched.add(key)
+            if len(defined) > 1:
+                self._copies.add(key)
+            else:
+                self._copies.discard(key)
+        self.count += len(new) - len(old)
+
+    def errors(self) -> list[str]:
+        found = []
+        for key in sorted(self._copies):
+            kept = self._by_key[key][0][1]
+            for _, obj in self._by_key[key][1:]:
+                found.append(
+                    f"{obj.source}: {obj.kind} {obj.namespace}/{obj.name}: already defined in"
+                    f" {kept.source}, which is used"
+                )
+        return found
+
+
 class DirectorySource:
-    """All objects of a directory, re-read when it changes; per-file last good content."""
+    """All objects of a directory, kept up to date file by file; per-file last good content."""
 
     def __init__(self, directory: Path, limits: Limits | None = None) -> None:
         self.directory = directory
         self.limits = limits or Limits()
         self.problem: str | None = None
         """Why the directory cannot be read now (the last good objects are kept), or None."""
-        self._good: dict[str, list[KubeObject]] = {}
         self._parsed: dict[str, tuple[Stamp, Loaded]] = {}  # only changed files re-parse
-        self._seen: dict[str, Stamp] = {}  # files as of the last load (none yet)
+        self._seen: dict[str, Stamp] = {}  # files as of the last look (none yet)
+        self._files: dict[str, list[KubeObject]] = {}  # each file's last good objects
+        self._errors: dict[str, str] = {}  # files that cannot be used now, and why
+        self._notes: dict[str, list[str]] = {}  # files read with some objects rejected: why
+        self._directories: set[str] = set()
+        self._definitions = Definitions()
+        self._last: Loaded | None = None
+        self._looks = 0  # how many looks so far: a walk made across one is stale
 
     def scan(self) -> Scan:
         """Every manifest file with its stamp, and every directory to watch: one os.scandir
@@ -96,42 +161,137 @@ class DirectorySource:
                         raise TooMuch(f"more than {self.limits.files} manifest files (--max-files)")
         return scan
 
-    def load(self, scan: Scan | None = None) -> Loaded:
-        """Read everything now: rejected files keep their last good objects. Raises TooMuch
-        when all the files together hold more than `limits.objects` objects."""
-        files = (scan or self.scan()).files
-        result = Loaded()
-        for path in sorted(files):
-            cached = self._parsed.get(path)
-            if cached is not None and cached[0] == files[path]:  # unchanged: nothing to do
-                result.objects.extend(cached[1].objects)
-                result.errors.extend(cached[1].errors)
-                continue
-            source = os.path.relpath(path, self.directory)
-            try:
-                loaded = self._parse(path, source, files[path])
-            except UnicodeDecodeError as exc:
-                result.errors.append(
-                    f"{source}: not UTF-8 text (invalid byte at offset {exc.start})"
-                )
-            except ValueError as exc:
-                result.errors.append(str(exc))
-            except OSError as exc:
-                result.errors.append(f"{source}: cannot be read: {exc.strerror}")
+    def load(self) -> Loaded:
+        """Read everything now (what changed since the last look, after a full look)."""
+        self._apply(self.scan())
+        return self._loaded()
+
+    def look(
+        self, changes: Changes | None = None, walked: Scan | None = None
+    ) -> tuple[Scan | None, Loaded | None] | None:
+        """In a worker thread: the objects if any file changed since the last look, with the
+        scan when it was a full one (its directories are to be watched). `changes` names the
+        files to look at; None, or a change no file explains, is a full look (with the walk
+        `walked`, if it was made already). None when the directory cannot be used
+        (`problem` says why)."""
+        self._looks += 1
+        try:
+            full = changes is None or changes.everything or self.problem or not self._seen
+            paths = None if full else self._files_of(changes)  # type: ignore[arg-type]
+            if paths is None:
+                scan: Scan | None = walked or self.scan()
+                assert scan is not None
+                changed = self._apply(scan)
             else:
-                self._good[path] = loaded.objects
-                result.objects.extend(loaded.objects)
-                result.errors.extend(loaded.errors)
+                scan, changed = None, self._refresh(paths)
+            loaded = self._loaded() if changed else None
+        except (OSError, TooMuch) as exc:
+            self._set_problem(
+                f"manifests {self.directory}: {_reason(exc)}; the last good objects stay"
+            )
+            self._seen = {}  # once it is back, read it again whatever it holds
+            return None
+        self._set_problem(None)
+        return scan, loaded
+
+    def _files_of(self, changes: Changes) -> dict[str, Stamp | None] | None:
+        """The manifest files an event named, with their stamps now (None: gone); None when
+        the events say more than which files changed (a directory, or a `..data` swap)."""
+        found: dict[str, Stamp | None] = {}
+        for path in map(str, changes.paths):
+            name = os.path.basename(path)
+            if name.startswith("..") or path in self._directories:
+                return None
+            try:
+                info = os.stat(path)
+            except OSError:
+                found[path] = None
                 continue
-            result.objects.extend(self._good.get(path, []))
-        for gone in set(self._good) - files.keys():
-            del self._good[gone]
-        for gone in set(self._parsed) - files.keys():
-            del self._parsed[gone]
-        if len(result.objects) > self.limits.objects:
+            if stat.S_ISDIR(info.st_mode):
+                return None  # a new directory (or a link to one): a full look watches it
+            if name.endswith(SUFFIXES):
+                regular = stat.S_ISREG(info.st_mode)
+                found[path] = (info.st_size, info.st_mtime_ns, info.st_ino) if regular else None
+        return found
+
+    def _small(self, changes: Changes) -> bool:
+        """Whether `changes` names only files, INLINE_BYTES in all (a stat each)."""
+        if changes.everything or self.problem or not self._seen:
+            return False
+        try:
+            files = self._files_of(changes)
+        except OSError:
+            return False
+        if files is None:
+            return False  # a full look: a walk over the tree
+        return sum(stamp[0] for stamp in files.values() if stamp) <= INLINE_BYTES
+
+    def _apply(self, scan: Scan) -> bool:
+        """Make the objects those of `scan`'s files; whether anything changed."""
+        self._directories = {str(d) for d in scan.directories}
+        gone: dict[str, Stamp | None] = {path: None for path in self._seen.keys() - scan.files}
+        return self._refresh({**scan.files, **gone})
+
+    def _refresh(self, files: dict[str, Stamp | None]) -> bool:
+        changed = False
+        for path in sorted(files):
+            stamp = files[path]
+            if stamp is not None and self._seen.get(path) == stamp:
+                continue
+            if stamp is None and path not in self._seen:
+                continue
+            changed = True
+            if stamp is None:
+                self._forget(path)
+            else:
+                self._seen[path] = stamp
+                self._read(path, stamp)
+        if len(self._seen) > self.limits.files:
+            raise TooMuch(f"more than {self.limits.files} manifest files (--max-files)")
+        if self._definitions.count > self.limits.objects:
             raise TooMuch(f"more than {self.limits.objects} objects (--max-objects)")
-        result.objects = first_of_each(result.objects, result.errors)
-        return result
+        return changed
+
+    def _forget(self, path: str) -> None:
+        self._definitions.replace(path, self._files.pop(path, []), [])
+        self._seen.pop(path, None)
+        self._parsed.pop(path, None)
+        self._errors.pop(path, None)
+        self._notes.pop(path, None)
+
+    def _read(self, path: str, stamp: Stamp) -> None:
+        """Parse one file; one that cannot be used keeps its last good objects."""
+        source = os.path.relpath(path, self.directory)
+        self._errors.pop(path, None)
+        try:
+            loaded = self._parse(path, source, stamp)
+        except UnicodeDecodeError as exc:
+            self._errors[path] = f"{source}: not UTF-8 text (invalid byte at offset {exc.start})"
+        except ValueError as exc:
+            self._errors[path] = str(exc)
+        except OSError as exc:
+            self._errors[path] = f"{source}: cannot be read: {exc.strerror}"
+        else:
+            _keep(self._notes, path, loaded.errors)
+            self._definitions.replace(path, self._files.get(path, []), loaded.objects)
+            self._files[path] = loaded.objects
+            return
+        self._notes.pop(path, None)  # the error alone: the notes were of another content
+
+    def _loaded(self) -> Loaded:
+        errors = []
+        for path in sorted({*self._errors, *self._notes}):
+            errors += self._notes.get(path, [])
+            if path in self._errors:
+                errors.append(self._errors[path])
+        index = dict(self._definitions.objects)
+        loaded = Loaded(list(index.values()), errors + self._definitions.errors(), index)
+        if self._last is not None:
+            self._last.follows = None  # a link to the one before only: no chain kept alive
+        loaded.follows, loaded.changed = self._last, frozenset(self._definitions.touched)
+        self._definitions.touched.clear()
+        self._last = loaded
+        return loaded
 
     def _parse(self, path: str, source: str, stamp: Stamp) -> Loaded:
         cached = self._parsed.get(path)
@@ -146,25 +306,6 @@ class DirectorySource:
         self._parsed[path] = (stamp, loaded)
         return loaded
 
-    def look(self) -> tuple[Scan, Loaded | None] | None:
-        """In a worker thread: the scan, and the objects if any file changed since the last
-        look; None when the directory cannot be used (`problem` says why)."""
-        try:
-            scan = self.scan()
-            if scan.files == self._seen:  # nothing added, removed, resized or touched
-                loaded = None
-            else:
-                self._seen = scan.files
-                loaded = self.load(scan)
-        except (OSError, TooMuch) as exc:
-            self._set_problem(
-                f"manifests {self.directory}: {_reason(exc)}; the last good objects stay"
-            )
-            self._seen = {}  # once it is back, read it again whatever it holds
-            return None
-        self._set_problem(None)
-        return scan, loaded
-
     def _set_problem(self, problem: str | None) -> None:
         if problem != self.problem:
             if problem:
@@ -174,38 +315,70 @@ class DirectorySource:
         self.problem = problem
 
     async def watch(self) -> AsyncIterator[Loaded]:
-        """The objects now, then again after every change (inotify wakes us at once; the
-        poll is the safety net, and the only way where inotify is missing)."""
+        """The objects now, then again after every change: inotify wakes us at once and
+        names the files to read. The safety walk (every SAFETY_POLL) runs in a worker thread
+        beside the change path, not in front of it: a change is never kept waiting for a
+        walk, and a walk made while a change was read is stale and made again. Where
+        inotify is missing, a full look every POLL_INTERVAL is all there is."""
         watcher = DirectoryWatcher()
         loop = asyncio.get_running_loop()
         last = -BURST_GAP
+        walk: asyncio.Task[tuple[int, Scan | None]] | None = None
+        looked = await asyncio.to_thread(self.look)
         try:
             while True:
-                looked = await asyncio.to_thread(self.look)
                 if looked is not None:
-                    watcher.watch(looked[0].directories)
+                    if looked[0] is not None:
+                        watcher.watch(looked[0].directories)
                     if looked[1] is not None:
                         last = loop.time()
                         yield looked[1]
-                if await watcher.changed(SAFETY_POLL if watcher.active else POLL_INTERVAL):
+                if not watcher.active:
+                    await asyncio.sleep(POLL_INTERVAL)
+                    looked = await asyncio.to_thread(self.look)
+                    continue
+                walk = walk or asyncio.create_task(self._walk(SAFETY_POLL))
+                woke = asyncio.create_task(watcher.ready(SAFETY_POLL))
+                await asyncio.wait({woke, walk}, return_when=asyncio.FIRST_COMPLETED)
+                woke.cancel()  # consumes nothing: a change stays pending for `take`
+                if watcher.pending:
                     # Leading edge at once; the rest of a burst coalesces into one reload.
                     await asyncio.sleep(max(0.0, last + BURST_GAP - loop.time()))
+                    looked = await self._look_at(watcher.take())
+                elif walk.done():
+                    looks, walked = walk.result()
+                    stale = looks != self._looks
+                    walk = asyncio.create_task(self._walk(STALE_WALK if stale else SAFETY_POLL))
+                    looked = None if stale else await asyncio.to_thread(self.look, None, walked)
+                else:
+                    looked = None
         finally:
+            if walk is not None:
+                walk.cancel()
             watcher.close()
 
+    async def _look_at(self, changes: Changes) -> tuple[Scan | None, Loaded | None] | None:
+        if self._small(changes):
+            return self.look(changes)
+        return await asyncio.to_thread(self.look, changes)
 
-def first_of_each(objects: list[KubeObject], errors: list[str]) -> list[KubeObject]:
-    """One object per kind, namespace and name: the first file (in path order) defines it;
-    each later copy is an error naming both files."""
-    first: dict[tuple[str, str, str], KubeObject] = {}
-    for obj in objects:
-        kept = first.setdefault(obj.key, obj)
-        if kept is not obj:
-            errors.append(
-                f"{obj.source}: {obj.kind} {obj.namespace}/{obj.name}: already defined in"
-                f" {kept.source}, which is used"
-            )
-    return list(first.values()) if len(first) < len(objects) else objects
+    async def _walk(self, delay: float) -> tuple[int, Scan | None]:
+        """After `delay`, the walk over the tree (None: it failed, a look will say why),
+        with the number of looks it started after."""
+        await asyncio.sleep(delay)
+        looks = self._looks
+        try:
+            return looks, await asyncio.to_thread(self.scan)
+        except (OSError, TooMuch):
+            return looks, None
+
+
+def _keep(table: dict[str, list[str]], path: str, errors: list[str]) -> None:
+    """Only files with something to say are kept: the errors are collected per change."""
+    if errors:
+        table[path] = errors
+    else:
+        table.pop(path, None)
 
 
 def _reason(exc: BaseException) -> str:

@@ -44,6 +44,20 @@ class KubeObject:
 class Loaded:
     objects: list[KubeObject] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    index: dict[tuple[str, str, str], KubeObject] | None = None
+    """The same objects by key, when the source keeps them so (no need to build it again)."""
+    follows: Loaded | None = field(default=None, repr=False, compare=False)
+    changed: frozenset[tuple[str, str, str]] = frozenset()
+    """With `follows`: the keys whose object differs from the one there (every other object
+    is the very same), so a consumer of both need not compare them all."""
+
+    def by_key(self) -> dict[tuple[str, str, str], KubeObject]:
+        """Objects by (kind, namespace, name); the first of two with the same key wins."""
+        if self.index is None:
+            self.index = {}
+            for obj in self.objects:
+                self.index.setdefault(obj.key, obj)
+        return self.index
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,12 @@ BOUNDS: tuple[tuple[str, Callable[[Any, Any], bool], str], ...] = (
 _FIELD_RULES = validate_pb2.rules
 _ONEOF_REQUIRED = validate_pb2.required
 _MESSAGE_DISABLED = (validate_pb2.disabled, validate_pb2.ignored)
+BY_CONTENT = frozenset({"envoy.config.route.v3.Route"})
+"""Message types whose violations are remembered by content: every route is in two virtual
+hosts (HTTP and HTTPS), and a change to one path of a host re-checks its other routes."""
+BY_CONTENT_LIMIT = 100_000
+"""Contents remembered at most (then forgotten all at once): memory stays bounded."""
+_by_content: dict[tuple[str, bytes], Violations] = {}
 _compiled: dict[str, list[FieldRule]] = {}
 _required_oneofs: dict[str, list[str]] = {}
 _patterns: dict[str, re.Pattern[str]] = {}
@@ -78,6 +84,26 @@ def violations(message: Message) -> Violations:
 
 
 def _check_message(message: Message, where: str, found: Violations) -> None:
+    descriptor = message.DESCRIPTOR
+    if descriptor.full_name in BY_CONTENT:
+        _check_by_content(message, where, found)
+        return
+    _check_fields(message, where, found)
+
+
+def _check_by_content(message: Message, where: str, found: Violations) -> None:
+    key = (message.DESCRIPTOR.full_name, message.SerializeToString(deterministic=True))
+    known = _by_content.get(key)
+    if known is None:
+        known = []
+        _check_fields(message, "", known)
+        if len(_by_content) >= BY_CONTENT_LIMIT:
+            _by_content.clear()
+        _by_content[key] = known
+    found += [f"{where}.{violation}" if where else violation for violation in known]
+
+
+def _check_fields(message: Message, where: str, found: Violations) -> None:
     descriptor = message.DESCRIPTOR
     if isinstance(message, any_pb2.Any):
         inner = _unpack(message)

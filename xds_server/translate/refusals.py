@@ -10,11 +10,12 @@ A violation no object explains (a flag, or our own bug) stops the snapshot inste
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from xds_server.model.types import Host, Model
+from xds_server.model.types import Model
 from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import HTTP, HTTPS
 from xds_server.translate.routes import planned
@@ -28,30 +29,32 @@ _CHAIN = re.compile(r"^filter_chains\[(\d+)\]")
 class Refusals:
     blamed: dict[str, str] = field(default_factory=dict)
     """Object (as rejections name it) -> the first reason Envoy would give."""
-    unexplained: list[str] = field(default_factory=list)
+    unexplained: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """(type URL, name) -> what Envoy would refuse in it that no object explains."""
 
 
-def refusals(model: Model, translated: dict[str, dict[str, Message]], checked: Checked) -> Refusals:
-    hosts = {f"{config}/{h.name}": h for config in (HTTP, HTTPS) for h in model.hosts.values()}
+def refusals(
+    model: Model, translated: Mapping[str, Mapping[str, Message | None]], checked: Checked
+) -> Refusals:
+    """What Envoy would refuse in the given resources (None: removed, nothing to judge)."""
     found = Refusals()
     for type_url, messages in translated.items():
         kind = type_url.rsplit(".", 1)[-1]
         for name, message in messages.items():
-            for violation in checked.of(message):
+            for violation in checked.of(message) if message is not None else ():
                 reason = f"Envoy would refuse {kind} {name}: {violation}"
-                origins = _origins(type_url, name, violation, model, hosts)
+                origins = _origins(type_url, name, violation, model)
                 for origin in origins:
                     found.blamed.setdefault(origin, reason)
                 if not origins:
-                    found.unexplained.append(reason)
+                    found.unexplained.setdefault((type_url, name), []).append(reason)
     return found
 
 
-def _origins(
-    type_url: str, name: str, violation: str, model: Model, hosts: dict[str, Host]
-) -> list[str]:
-    if type_url == VHOST and name in hosts:
-        host = hosts[name]
+def _origins(type_url: str, name: str, violation: str, model: Model) -> list[str]:
+    config, _, host_name = name.partition("/")
+    host = model.hosts.get(host_name) if config in (HTTP, HTTPS) else None
+    if type_url == VHOST and host is not None:
         routes = [r for r, _ in planned(host, model.hosts.get("*") if host.wildcard else None)]
         route = _ROUTE.match(violation)
         if route and routes[int(route[1])] is not None:

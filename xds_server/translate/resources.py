@@ -1,15 +1,16 @@
-"""Model -> Envoy resources. Pure functions: the same model always gives the same messages.
+"""Model -> Envoy resources, kept current: only what the model says changed is translated
+again (a changed host is its two virtual hosts, whatever the number of routes elsewhere).
 
 The pieces live by kind (listeners, routes, clusters); this module puts them together, by
-type URL and name, and keeps what did not change between translations (TranslationMemo).
+type URL and name. The same model always gives the same messages, however it was reached.
 """
 
 from __future__ import annotations
 
-from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.message import Message
 
-from xds_server.model.types import Endpoint, Host, Model, Route
+from xds_server.model.state import Dirty
+from xds_server.model.types import Model
 from xds_server.translate.clusters import cluster, load_assignment
 from xds_server.translate.listeners import (
     HTTP,
@@ -22,86 +23,81 @@ from xds_server.translate.listeners import (
 from xds_server.translate.routes import vhds_config, virtual_host
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE_VHDS, SECRET, VHOST
 
+TYPES = (CLUSTER, ENDPOINT, ROUTE_VHDS, VHOST, LISTENER, SECRET)
 
-def resources(
-    model: Model, ports: EnvoyPorts, memo: TranslationMemo | None = None
-) -> dict[str, dict[str, Message]]:
+Changes = dict[str, dict[str, Message | None]]
+"""Resources by type URL and name that changed: the new message, or None once removed."""
+
+
+def resources(model: Model, ports: EnvoyPorts) -> dict[str, dict[str, Message]]:
     """Every resource of a model, by type URL and name. Virtual hosts are named
-    `<route configuration>/<host>` (the VHDS convention) and listed in precedence order;
-    the full route configurations are assembled from them (see ROUTE_VHDS)."""
-    memo = memo or TranslationMemo()
-    vhosts: dict[str, Message] = {}
-    catch_all = model.hosts.get("*")
-    for config in (HTTP, HTTPS):
-        for host in model.sorted_hosts():
-            vhost = memo.virtual_host(config, host, catch_all if host.wildcard else None)
-            vhosts[vhost.name] = vhost
-    result: dict[str, dict[str, Message]] = {
-        CLUSTER: {name: memo.cluster(name) for name in model.clusters},
-        ENDPOINT: {name: memo.load_assignment(name, eps) for name, eps in model.clusters.items()},
-        ROUTE_VHDS: {HTTP: memo.vhds_config(HTTP), HTTPS: memo.vhds_config(HTTPS)},
-        VHOST: vhosts,
-        LISTENER: {HTTP: http_listener(ports)},
-        SECRET: {name: tls_secret(name, s.certificate, s.key) for name, s in model.secrets.items()},
-    }
-    if model.tls:
-        result[LISTENER][HTTPS] = https_listener(model, ports)
-    return result
+    `<route configuration>/<host>` (the VHDS convention); the full route configurations
+    are assembled from them (see ROUTE_VHDS)."""
+    translator = Translator(ports)
+    translator.update(model, Dirty(set(model.hosts), set(model.clusters), tls=True))
+    return translator.current
 
 
-class TranslationMemo:
-    """Messages kept between translations, by content: an unchanged virtual host, cluster
-    or load assignment is the very same message object, which the snapshot then neither
-    serializes nor hashes again. A change to one Ingress rebuilds only its hosts."""
+class Translator:
+    """The resources of a model as it changes: `update` translates again what `dirty`
+    names, and says what that changed."""
 
-    def __init__(self) -> None:
-        self._vhosts: dict[
-            tuple[str, str, tuple[int, ...]], tuple[list[Route | None], Message]
-        ] = {}
-        self._clusters: dict[str, Message] = {}
-        self._assignments: dict[tuple[str, tuple[Endpoint, ...]], Message] = {}
-        self._vhds: dict[str, Message] = {}
-        self._used: set[object] = set()
+    def __init__(self, ports: EnvoyPorts) -> None:
+        self.ports = ports
+        self.current: dict[str, dict[str, Message]] = {type_url: {} for type_url in TYPES}
+        self._wildcards: set[str] = set()
+        """Wildcard hosts: each repeats the `*` host's routes for deeper names."""
 
-    def virtual_host(
-        self, config: str, host: Host, catch_all: Host | None = None
-    ) -> route_components_pb2.VirtualHost:
-        # Routes of an unchanged Ingress are the very same objects (the model's memo), so
-        # their identities make a key far cheaper to hash than their contents; the routes
-        # are kept with the message, so an identity is never reused while it is a key.
-        routes = [*host.routes, host.default]
-        if catch_all is not None:
-            routes += [*catch_all.routes, catch_all.default]
-        key = (config, host.name, tuple(map(id, routes)))
-        found = self._vhosts.get(key)
-        if found is None:
-            found = self._vhosts[key] = (routes, virtual_host(config, host, catch_all))
-        self._used.add(key)
-        message = found[1]
-        assert isinstance(message, route_components_pb2.VirtualHost)
-        return message
+    def update(self, model: Model, dirty: Dirty) -> Changes:
+        changes: Changes = {type_url: {} for type_url in TYPES}
+        if not self.current[LISTENER]:
+            for config in (HTTP, HTTPS):
+                self._set(changes, ROUTE_VHDS, config, vhds_config(config))
+            self._set(changes, LISTENER, HTTP, http_listener(self.ports))
+        self._hosts(model, dirty.hosts, changes)
+        for name in dirty.clusters:
+            self._cluster(model, name, changes)
+        if dirty.tls:
+            self._tls(model, changes)
+        return changes
 
-    def cluster(self, name: str) -> Message:
-        if name not in self._clusters:
-            self._clusters[name] = cluster(name)
-        self._used.add(name)
-        return self._clusters[name]
+    def _hosts(self, model: Model, names: set[str], changes: Changes) -> None:
+        catch_all = model.hosts.get("*")
+        for name in names | (self._wildcards if "*" in names else set()):
+            host = model.hosts.get(name)
+            for config in (HTTP, HTTPS):
+                vhost = None
+                if host is not None:
+                    vhost = virtual_host(config, host, catch_all if host.wildcard else None)
+                self._set(changes, VHOST, f"{config}/{name}", vhost)
+            if host is not None and host.wildcard:
+                self._wildcards.add(name)
+            else:
+                self._wildcards.discard(name)
 
-    def load_assignment(self, name: str, endpoints: list[Endpoint]) -> Message:
-        key = (name, tuple(endpoints))
-        if key not in self._assignments:
-            self._assignments[key] = load_assignment(name, endpoints)
-        self._used.add(key)
-        return self._assignments[key]
+    def _cluster(self, model: Model, name: str, changes: Changes) -> None:
+        endpoints = model.clusters.get(name)
+        if endpoints is None:
+            self._set(changes, CLUSTER, name, None)
+            self._set(changes, ENDPOINT, name, None)
+            return
+        if name not in self.current[CLUSTER]:
+            self._set(changes, CLUSTER, name, cluster(name))
+        self._set(changes, ENDPOINT, name, load_assignment(name, endpoints))
 
-    def vhds_config(self, name: str) -> Message:
-        if name not in self._vhds:
-            self._vhds[name] = vhds_config(name)
-        return self._vhds[name]
+    def _tls(self, model: Model, changes: Changes) -> None:
+        self._set(
+            changes, LISTENER, HTTPS, https_listener(model, self.ports) if model.tls else None
+        )
+        for name in self.current[SECRET].keys() - model.secrets.keys():
+            self._set(changes, SECRET, name, None)
+        for name, secret in model.secrets.items():
+            self._set(changes, SECRET, name, tls_secret(name, secret.certificate, secret.key))
 
-    def forget_unused(self) -> None:
-        """Drop what the last translation did not use (memory stays flat under churn)."""
-        for table in (self._vhosts, self._clusters, self._assignments):
-            for key in [k for k in table if k not in self._used]:
-                del table[key]  # type: ignore[arg-type]
-        self._used = set()
+    def _set(self, changes: Changes, type_url: str, name: str, message: Message | None) -> None:
+        current = self.current[type_url]
+        if message is None:
+            if current.pop(name, None) is not None:
+                changes[type_url][name] = None
+        else:
+            current[name] = changes[type_url][name] = message

@@ -2,9 +2,10 @@
 
 Every resource is serialized once (deterministically) and versioned by its content hash, so
 versions are the same across restarts and replicas: a restarted server re-sends nothing
-Envoy does not already have, and Envoy rebuilds and drains nothing. A type's version is the
-hash of its resources' names and versions. A snapshot is checked before it is published:
-every cluster a route uses exists and has endpoints.
+Envoy does not already have, and Envoy rebuilds and drains nothing. A type's version folds
+its resources' names and versions together. A snapshot is derived from the one before by
+what changed, and checked before it is published: every cluster a route uses exists and has
+endpoints.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Entry:
     clusters: frozenset[str] = frozenset()
     """Clusters it sends traffic to (virtual hosts and route configurations): computed
     once per version, not once per proxy and push."""
+
+    @functools.cached_property
+    def digest(self) -> int:
+        """This name at this version, as a number to fold into its type's version."""
+        return named_digest(self.name, self.version)
 
     @functools.cached_property
     def as_field(self) -> bytes:
@@ -99,74 +105,91 @@ def route_entry(name: str, vhosts: list[Entry]) -> Entry:
     )
 
 
-class EntryMemo:
-    """Entries of the last snapshot, reused for the very same message object (see
-    TranslationMemo): an unchanged resource is neither serialized nor hashed again."""
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[Message, Entry]] = {}
-
-    def entries(self, type_url: str, messages: Mapping[str, Message]) -> dict[str, Entry]:
-        wire = ROUTE if type_url == ROUTE_VHDS else type_url
-        built: dict[str, Entry] = {}
-        for name, message in messages.items():
-            found = self._entries.get((type_url, name))
-            if found is None or found[0] is not message:
-                found = (message, _entry(wire, name, message))
-                self._entries[(type_url, name)] = found
-            built[name] = found[1]
-        return built
-
-    def forget_except(self, alive: set[tuple[str, str]]) -> None:
-        for key in set(self._entries) - alive:
-            del self._entries[key]
-
-
 def type_version(entries: Mapping[str, Entry]) -> str:
-    return versions_digest({name: entry.version for name, entry in entries.items()})
+    """One version for a set of resources, from their names and versions: the XOR of one
+    hash per resource, so a snapshot updates it per changed resource (names are unique:
+    nothing cancels out), and any replica computes the same."""
+    digest = 0
+    for entry in entries.values():
+        digest ^= entry.digest
+    return _hex(digest)
 
 
 def versions_digest(versions: Mapping[str, str]) -> str:
-    """One version for a set of resources: a hash of their names and versions."""
-    hasher = hashlib.sha256()
-    for name in sorted(versions):
-        hasher.update(f"{name}={versions[name]};".encode())
-    return hasher.hexdigest()[:16]
+    """The same version for resources known by name and version alone (a proxy's view)."""
+    digest = 0
+    for name, version in versions.items():
+        digest ^= named_digest(name, version)
+    return _hex(digest)
+
+
+def named_digest(name: str, version: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{name}={version}".encode()).digest()[:8], "big")
+
+
+def _hex(digest: int) -> str:
+    return f"{digest:016x}"
 
 
 class InconsistentSnapshot(ValueError):
     """A snapshot that would send Envoy a reference to something it does not have."""
 
 
+Changes = Mapping[str, Mapping[str, Message | None]]
+"""Resources by type URL and name that changed: the new message, or None once removed."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
+    """What every proxy should have. Derived from the previous one by what changed: its
+    cost is that of the change, not of the whole configuration."""
+
     resources: Mapping[str, Mapping[str, Entry]]
     serial: int = 0
+    _digests: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _uses: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """Cluster -> how many virtual hosts send traffic to it."""
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def build(
-        cls,
-        resources: Mapping[str, Mapping[str, Message]],
-        serial: int,
-        memo: EntryMemo | None = None,
-    ) -> Snapshot:
-        memo = memo or EntryMemo()
-        built = {
-            type_url: memo.entries(type_url, resources.get(type_url, {}))
-            for type_url in SNAPSHOT_KEYS
-            if type_url != ROUTE
-        }
-        memo.forget_except({(t, n) for t, entries in built.items() for n in entries})
-        snapshot = cls(built, serial)
+    def build(cls, resources: Mapping[str, Mapping[str, Message]], serial: int) -> Snapshot:
+        """A whole snapshot, checked."""
+        snapshot = cls({}, 0).derive({t: resources.get(t, {}) for t in SNAPSHOT_KEYS}, serial)
         snapshot.check()
         return snapshot
+
+    def derive(self, changes: Changes, serial: int) -> Snapshot:
+        """This snapshot with `changes` applied (not checked: see `check`). Each changed
+        resource is serialized (deterministically) and hashed once, here."""
+        resources = dict(self.resources)
+        digests = dict(self._digests)
+        uses = self._uses
+        for type_url, changed in changes.items():
+            if type_url == ROUTE or not changed:
+                continue  # full route configurations are assembled from the virtual hosts
+            wire = ROUTE if type_url == ROUTE_VHDS else type_url
+            entries = dict(resources.get(type_url, {}))
+            digest = digests.get(type_url, 0)
+            counted = dict(uses) if type_url == VHOST else {}
+            for name, message in changed.items():
+                old = entries.pop(name, None)
+                if old is not None:
+                    digest ^= old.digest
+                    _count(counted, old.clusters, -1)
+                if message is not None:
+                    new = entries[name] = _entry(wire, name, message)
+                    digest ^= new.digest
+                    _count(counted, new.clusters, 1)
+            resources[type_url], digests[type_url] = entries, digest
+            uses = counted if type_url == VHOST else uses
+        return Snapshot(resources, serial, digests, uses)
 
     @functools.cached_property
     def full_routes(self) -> Mapping[str, Entry]:
         """Route configurations with every virtual host, for state-of-the-world proxies:
-        assembled on first use (delta proxies never need them), once per snapshot."""
-        vhosts = list(self.resources.get(VHOST, {}).values())
+        assembled on first use (delta proxies never need them), once per snapshot; exact
+        hosts first, then wildcards, then `*` (for whoever reads a config dump)."""
+        vhosts = sorted(self.resources.get(VHOST, {}).values(), key=_vhost_rank)
         return {
             name: route_entry(name, [v for v in vhosts if v.name.startswith(name + "/")])
             for name in self.resources.get(ROUTE_VHDS, {})
@@ -181,16 +204,37 @@ class Snapshot:
         """A type's version, computed once per snapshot (streams ask on every push)."""
         found = self._versions.get(type_url)
         if found is None:
-            found = self._versions[type_url] = type_version(self.entries(type_url))
+            if type_url == ROUTE:
+                found = type_version(self.full_routes)
+            else:
+                found = _hex(self._digests.get(type_url, 0))
+            self._versions[type_url] = found
         return found
 
     def check(self) -> None:
-        missing = clusters_used(self.entries(VHOST).values()) - set(self.entries(CLUSTER))
+        """Every cluster a route uses exists and has endpoints: a cost per cluster, not
+        per route."""
+        clusters = self.entries(CLUSTER)
+        missing = {name for name, count in self._uses.items() if count and name not in clusters}
         if missing:
             raise InconsistentSnapshot(f"routes use unknown clusters: {sorted(missing)}")
-        without = set(self.entries(CLUSTER)) - set(self.entries(ENDPOINT))
+        without = clusters.keys() - self.entries(ENDPOINT).keys()
         if without:
             raise InconsistentSnapshot(f"clusters without endpoints: {sorted(without)}")
+
+
+def _count(uses: dict[str, int], clusters: frozenset[str], step: int) -> None:
+    for name in clusters:
+        count = uses.get(name, 0) + step
+        if count:
+            uses[name] = count
+        else:
+            del uses[name]
+
+
+def _vhost_rank(entry: Entry) -> tuple[int, str]:
+    host = entry.name.partition("/")[2]
+    return (2 if host == "*" else 1 if host.startswith("*.") else 0, entry.name)
 
 
 @dataclass
