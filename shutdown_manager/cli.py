@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from envoy_lifecycle.cmdline import (
     OneLineParser,
@@ -24,7 +25,13 @@ from shutdown_manager import __version__
 from shutdown_manager.address import AdminAddress, parse_admin_address
 from shutdown_manager.hook import run_hook
 from shutdown_manager.logs import LOGGER_NAME
-from shutdown_manager.policy import HEARTBEAT, MIN_POLL_INTERVAL, DrainPolicy
+from shutdown_manager.policy import (
+    FIELDS,
+    HEARTBEAT,
+    MIN_POLL_INTERVAL,
+    DrainPolicy,
+    with_overrides,
+)
 
 DEFAULT_ADMIN = "unix:///admin/admin.sock"
 DEFAULT_CONTROL_SOCKET = "/admin/shutdown-manager.sock"
@@ -74,8 +81,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_logging_flags(parser)
 
 
-def _drain_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("drain policy")
+def _drain_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The policy flags; without `defaults` a flag not given is left out of the namespace
+    (how the hook tells the flags it was given from the ones it was not)."""
+    group = _PolicyGroup(parser.add_argument_group("drain policy"), defaults)
     group.add_argument(
         "--drain-timeout",
         type=duration,
@@ -130,7 +139,7 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
         help="also call /drain_listeners?graceful&skip_exit (irreversible; docs/drain.md, "
         '"What closes an idle connection", says why it is off by default)',
     )
-    group.add_argument(
+    group.group.add_argument(
         "--ready-file",
         type=Path,
         default=None,
@@ -140,7 +149,29 @@ def _drain_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _PolicyGroup:
+    """An argument group whose defaults can be left out (argparse.SUPPRESS)."""
+
+    def __init__(self, group: argparse._ArgumentGroup, defaults: bool) -> None:
+        self.group, self.defaults = group, defaults
+
+    def add_argument(self, *names: str, **options: Any) -> None:
+        if not self.defaults:
+            options["default"] = argparse.SUPPRESS
+        self.group.add_argument(*names, **options)
+
+
+def given_policy(argv: Sequence[str]) -> dict[str, Any]:
+    """The policy fields set on this command line (the hook sends these, and only these, to
+    the sidecar: the flags it was not given take serve's values)."""
+    given = vars(build_parser(policy_defaults=False).parse_args(argv))
+    found = {name: given[name] for name in FIELDS if name in given}
+    if "ignore_listener" in given:
+        found["ignore_listeners"] = list(given["ignore_listener"])
+    return found
+
+
+def build_parser(policy_defaults: bool = True) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="shutdown-manager",
         description="Drain Envoy gracefully before the kubelet stops it.",
@@ -163,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP server for /healthz, /shutdown (waits only), /metrics and /status",
     )
     _common(serve)
-    _drain_flags(serve)
+    _drain_flags(serve, policy_defaults)
     drain = commands.add_parser(
         "drain",
         help="the preStop exec hook: ask serve to drain, stream progress, exit 0/3/4",
@@ -173,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=help_formatter,
     )
     _common(drain)
-    _drain_flags(drain)
+    _drain_flags(drain, policy_defaults)
     run = commands.add_parser(
         "run",
         help="run Envoy as a child (VMs, systemd, local): SIGTERM drains, SIGHUP hot-restarts",
@@ -190,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP server for /healthz, /shutdown (waits only), /metrics and /status",
     )
     _common(run)
-    _drain_flags(run)
+    _drain_flags(run, policy_defaults)
     run.add_argument(
         "envoy",
         nargs=argparse.REMAINDER,
@@ -216,8 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"shutdown-manager {args.command}"
+    given: dict[str, Any] = {}
     try:
-        policy = policy_from(args)
+        if args.command == "drain":  # the flags not given are serve's, or else the defaults
+            given = given_policy(sys.argv[1:] if argv is None else argv)
+            policy = with_overrides(DrainPolicy(), given)[0]
+        else:
+            policy = policy_from(args)
         _check_ready_file(args.ready_file)
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -226,7 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "run"):
         return _serve(prog, args, policy)
     return run_hook(
-        args.control_socket, args.admin_address, policy, args.ready_file, args.admin_timeout
+        args.control_socket,
+        args.admin_address,
+        policy,
+        args.ready_file,
+        args.admin_timeout,
+        given=given,
     )
 
 

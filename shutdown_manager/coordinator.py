@@ -10,17 +10,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 from shutdown_manager.drain import DrainEngine, DrainEvent, DrainReport, Listener, Phase
+from shutdown_manager.policy import DrainPolicy
 
 SUBSCRIBER_BUFFER = 256
 """Events kept for a slow subscriber; older progress is dropped, the final event never is."""
 
 
 class DrainCoordinator:
-    def __init__(self, make_engine: Callable[[list[Listener]], DrainEngine]) -> None:
+    def __init__(
+        self, make_engine: Callable[[list[Listener], DrainPolicy], DrainEngine], policy: DrainPolicy
+    ) -> None:
         self._make_engine = make_engine
+        self.policy = policy
+        """The policy of the drain once started (serve's until then)."""
         self._task: asyncio.Task[DrainReport] | None = None
         self._finished = asyncio.Event()
         self._subscribers: set[asyncio.Queue[DrainEvent]] = set()
@@ -33,12 +39,14 @@ class DrainCoordinator:
     def finished(self) -> bool:
         return self._finished.is_set()
 
-    def start(self) -> asyncio.Task[DrainReport]:
-        """Start the drain, or return the one already running or finished."""
+    def start(self, policy: DrainPolicy | None = None) -> asyncio.Task[DrainReport]:
+        """Start the drain (with `policy`, else serve's), or return the one already running
+        or finished, whatever policy it runs with."""
         if self._task is None:
             self.phase = Phase.DRAINING
             self.started_at = time.time()
-            engine = self._make_engine([self._publish])
+            self.policy = policy or self.policy
+            engine = self._make_engine([self._publish], self.policy)
             self._task = asyncio.create_task(self._run(engine), name="drain")
         return self._task
 
@@ -86,7 +94,11 @@ class DrainCoordinator:
             self._subscribers.discard(queue)
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"phase": self.phase.value, "started_at": self.started_at}
+        body: dict[str, Any] = {
+            "phase": self.phase.value,
+            "started_at": self.started_at,
+            "policy": asdict(self.policy),
+        }
         if self.last_event is not None:
             body["last_event"] = self.last_event.to_dict()
         if self.report is not None:

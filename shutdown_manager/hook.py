@@ -45,19 +45,31 @@ class SidecarUnavailable(Exception):
     """The sidecar server could not be asked, or stopped answering mid-drain."""
 
 
+class PolicyRefused(Exception):
+    """The sidecar refused the policy the hook was given (a user mistake: no drain)."""
+
+
 def format_progress(event: dict[str, Any]) -> str:
     return f"[{event.get('elapsed', 0):7.2f}s] {event.get('message', '')}"
 
 
-def _request_drain(control_socket: Path) -> BinaryIO:
-    """POST /drain as HTTP/1.0: the answer then streams unchunked until the server closes."""
+def _request_drain(control_socket: Path, given: dict[str, Any]) -> BinaryIO:
+    """POST /drain as HTTP/1.0 with the policy flags the hook was given: the answer then
+    streams unchunked until the server closes."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
     sock.connect(str(control_socket))
-    sock.sendall(b"POST /drain HTTP/1.0\r\nHost: shutdown-manager\r\nContent-Length: 0\r\n\r\n")
+    body = json.dumps({"policy": given}).encode()
+    sock.sendall(
+        b"POST /drain HTTP/1.0\r\nHost: shutdown-manager\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     stream = sock.makefile("rb")
     sock.close()  # the file object keeps the connection open
     status = stream.readline().split()
+    if len(status) >= 2 and status[1] == b"400":  # a policy serve refuses: the user's mistake
+        raise PolicyRefused(stream.read().decode(errors="replace").split("\r\n\r\n")[-1].strip())
     if len(status) < 2 or status[1] != b"200":
         raise SidecarUnavailable(
             f"sidecar answered {b' '.join(status[1:]).decode(errors='replace')!r}"
@@ -68,12 +80,15 @@ def _request_drain(control_socket: Path) -> BinaryIO:
     return stream
 
 
-def ask_sidecar(control_socket: Path, out: TextIO, deadline: float) -> int:
-    """Stream the sidecar's drain; return the exit status it ended with. Gives up (raises
+def ask_sidecar(
+    control_socket: Path, out: TextIO, deadline: float, given: dict[str, Any] | None = None
+) -> int:
+    """Stream the sidecar's drain, started with the policy flags `given` to the hook (the
+    others are serve's); return the exit status it ended with. Gives up (raises
     SidecarUnavailable) on a sidecar that goes quiet, or has not finished by `deadline`
     (monotonic seconds): the hook then drains by itself."""
     try:
-        with _request_drain(control_socket) as stream:
+        with _request_drain(control_socket, given or {}) as stream:
             for line in stream:
                 if time.monotonic() > deadline:
                     raise SidecarUnavailable("sidecar still draining past the deadline")
@@ -81,6 +96,9 @@ def ask_sidecar(control_socket: Path, out: TextIO, deadline: float) -> int:
                     continue
                 event = json.loads(line)
                 print(format_progress(event), file=out, flush=True)
+                if event.get("event") == "policy":  # the deadline is the running drain's
+                    deadline = time.monotonic() - event["elapsed"] + event["drain_timeout"]
+                    deadline += DEADLINE_GRACE
                 if event.get("event") == "finished":
                     return int(event["exit_code"])
     except (OSError, ValueError, KeyError) as exc:
@@ -127,10 +145,17 @@ def run_hook(
     ready_file: Path | None,
     admin_timeout: float,
     out: TextIO = sys.stdout,
+    given: dict[str, Any] | None = None,
 ) -> int:
+    """`given`: the policy fields set on the hook's command line, sent to the sidecar (the
+    drain alone, when the sidecar cannot be asked, runs with all of `policy`)."""
     started = time.monotonic()
     try:
-        return ask_sidecar(control_socket, out, started + policy.drain_timeout + DEADLINE_GRACE)
+        deadline = started + policy.drain_timeout + DEADLINE_GRACE
+        return ask_sidecar(control_socket, out, deadline, given)
+    except PolicyRefused as exc:
+        print(f"shutdown-manager drain: error: the sidecar refused the policy: {exc}", file=out)
+        return 2
     except SidecarUnavailable as exc:
         from shutdown_manager.logs import get_logger
 

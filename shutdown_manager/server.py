@@ -20,9 +20,11 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -34,7 +36,7 @@ from shutdown_manager.drain import DrainEngine, DrainReport, Listener
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
-from shutdown_manager.policy import DrainPolicy
+from shutdown_manager.policy import DrainPolicy, describe, differences, with_overrides
 from shutdown_manager.readiness import ReadyFile
 
 RESTORE_RETRY = 1.0
@@ -68,28 +70,40 @@ class Sidecar:
         self.metrics = DrainMetrics()
         self.events = KubeEvents()
         self.ready = ReadyFile(config.ready_file)
-        self.drain = DrainCoordinator(self._engine)
+        self.drain = DrainCoordinator(self._engine, config.policy)
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self._runners: list[web.AppRunner] = []
         self._restore: asyncio.Task[None] | None = None
         self.http_port: int | None = None
 
-    def _engine(self, listeners: list[Listener]) -> DrainEngine:
+    def _engine(self, listeners: list[Listener], policy: DrainPolicy) -> DrainEngine:
         observers: list[Listener] = [
             log_event,
             self.metrics.observe,
             self.events.observe,
             self.ready.observe,
         ]
-        return DrainEngine(self.admin, self.config.policy, observers + listeners)
+        return DrainEngine(self.admin, policy, observers + listeners)
 
-    def start_drain(self, why: str) -> None:
+    def start_drain(self, why: str, policy: DrainPolicy | None = None) -> list[str]:
+        """Start the drain with `policy` (serve's if None), or join the one running; what
+        the caller should be told (a running drain's policy differs from the one asked)."""
+        asked = policy or self.config.policy
         if self.drain.started_at is None:
-            log.info("drain requested by %s", why, extra={"fields": {"trigger": why}})
+            fields = {"trigger": why, "policy": asdict(asked)}
+            log.info("drain requested by %s", why, extra={"fields": fields})
             if self._restore is not None:
                 self._restore.cancel()
+            self.drain.start(asked)
+            return []
         self.drain.start()
+        differ = differences(self.drain.policy, asked) if policy is not None else []
+        if not differ:
+            return []
+        note = f"{why} joined the drain already running, with its policy: " + "; ".join(differ)
+        log.warning("%s", note, extra={"fields": {"trigger": why}})
+        return [note]
 
     # -- phases ---------------------------------------------------------------
 
@@ -253,14 +267,48 @@ class Sidecar:
         return web.json_response(self.drain.status() | {"released": True})
 
     async def _drain_stream(self, request: web.Request) -> web.StreamResponse:
+        """The hook's policy (the flags it was given) applies to the drain it starts."""
+        try:
+            policy, notes = self._asked_policy(await request.read())
+        except ValueError as exc:
+            log.error("drain request refused: %s", exc)
+            return web.Response(status=400, text=f"{exc}\n")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         events = self.drain.events()
-        self.start_drain("preStop hook (control socket)")
+        for note in notes:
+            log.warning("%s", note)
+        notes += self.start_drain("preStop hook (control socket)", policy)
+        running = self.drain.policy
+        lines = [self._line("note", note) for note in notes] + [
+            self._line(
+                "policy", f"policy: {describe(running)}", drain_timeout=running.drain_timeout
+            )
+        ]
+        for line in lines:
+            await response.write(json.dumps(line).encode() + b"\n")
         async for event in events:
             with contextlib.suppress(ConnectionError):
                 await response.write(json.dumps(event.to_dict()).encode() + b"\n")
         return response
+
+    def _line(self, kind: str, message: str, **fields: Any) -> dict[str, Any]:
+        started = self.drain.started_at
+        elapsed = round(time.time() - started, 3) if started is not None else 0.0
+        return {"event": kind, "elapsed": elapsed, "message": message, **fields}
+
+    def _asked_policy(self, body: bytes) -> tuple[DrainPolicy, list[str]]:
+        """Serve's policy with the fields the hook gave (none: serve's as it is)."""
+        if not body.strip():
+            return self.config.policy, []
+        try:
+            asked = json.loads(body)
+        except ValueError:
+            raise ValueError("the body is not JSON") from None
+        given = asked.get("policy", {}) if isinstance(asked, dict) else None
+        if not isinstance(given, dict):
+            raise ValueError('expected {"policy": {field: value}}')
+        return with_overrides(self.config.policy, given)
 
 
 def bind_private_socket(path: Path) -> socket.socket:

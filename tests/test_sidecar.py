@@ -7,6 +7,7 @@ import json
 import signal
 import stat
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -268,3 +269,84 @@ async def test_malformed_requests_are_one_line_and_dribbling_clients_are_cut(
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the rest
     assert await asyncio.wait_for(reader.read(), timeout=IDLE_TIMEOUT * 4) == b"", "closed"
     writer.close()
+
+
+# -- the hook's policy: the flags it was given apply to the drain it starts --------------------
+
+
+async def status_of(sidecar: SidecarProcess) -> dict[str, Any]:
+    body: dict[str, Any] = (await get(f"{sidecar.url}/status")).json()
+    return body
+
+
+async def test_the_hooks_minimum_applies_to_the_drain_it_starts(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """serve keeps a 30 s minimum; the hook says 0: the drain it starts ends with the last
+    connection, not 30 s later (as Envoy Gateway's hook carries its policy)."""
+    sidecar = await start_sidecar(
+        sidecars, workdir, envoy, "--min-drain-duration", "30s", "--drain-timeout", "60s"
+    )
+    status, output = await run_hook(
+        "--control-socket", str(sidecar.control_socket), "--min-drain-duration", "0"
+    )
+    assert status == 0, output
+    assert "--min-drain-duration 0s" in output, "the hook says the policy in effect"
+    state = await status_of(sidecar)
+    assert state["policy"]["min_drain_duration"] == 0
+    assert state["policy"]["drain_timeout"] == 60, "a flag not given is serve's"
+    assert state["duration"] < 30, state
+    (requested,) = [line for line in log_lines(sidecar) if "drain requested" in str(line["msg"])]
+    assert requested["policy"]["min_drain_duration"] == 0  # type: ignore[index]
+
+
+async def test_the_hooks_deadline_bounds_the_drain_it_starts(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """A connection that never leaves, serve's deadline 60 s, the hook's 2 s: the hook's
+    ends it (exit 3), and serve's 5 s minimum, beyond it, is cut to it and said so."""
+    sidecar = await start_sidecar(
+        sidecars, workdir, envoy, "--quiet-period", "0", "--drain-timeout", "60s",
+        "--min-drain-duration", "5s",
+    )  # fmt: skip
+    async with http_client() as client:
+        assert (await client.get(envoy.url())).status_code == 200
+        status, output = await run_hook(
+            "--control-socket", str(sidecar.control_socket), "--drain-timeout", "2s"
+        )
+    assert status == 3, output
+    assert "--min-drain-duration 5s is cut to the hook's --drain-timeout 2s" in output
+    state = await status_of(sidecar)
+    assert state["outcome"] == "timed_out"
+    assert state["duration"] < 30, state
+
+
+async def test_a_hook_joining_a_drain_with_another_policy_says_so(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    flags = ("--control-socket", str(sidecar.control_socket))
+    first = asyncio.create_task(run_hook(*flags, "--min-drain-duration", "3s"))
+    while (await status_of(sidecar))["phase"] == "idle":  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.05)
+    second_status, second = await run_hook(*flags, "--min-drain-duration", "0")
+    first_status, _ = await first
+    assert (first_status, second_status) == (0, 0), second
+    expected = "joined the drain already running, with its policy: --min-drain-duration 3s"
+    assert expected in second
+    assert any(expected in str(line["msg"]) for line in log_lines(sidecar)), "and in serve's log"
+    again_status, again = await run_hook(*flags, "--min-drain-duration", "3s")
+    assert again_status == 0
+    assert "joined" not in again, "the same policy joins without a word"
+
+
+async def test_a_policy_flag_out_of_range_is_a_one_line_error_and_no_drain(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    status, output = await run_hook(
+        "--control-socket", str(sidecar.control_socket), "--poll-interval", "0.01"
+    )
+    assert status == 2, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert (await status_of(sidecar))["phase"] == "idle"
