@@ -10,6 +10,8 @@ Run: `make bench` (or `python bench/drain.py [--quick]`). Prints markdown tables
 3. Footprint of the sidecar process: idle RSS, peak RSS and CPU over a drain.
 4. The drain-method matrix on Envoy 1.40: trigger x idle client kind -> time until Envoy
    closes the connection, plus failed requests of a busy client under each trigger.
+5. A pod deleted behind a load balancer that cuts flows on health failure, without and with
+   --health-check-failure-delay: requests failed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bench.anchors import contour, envoy_gateway
 from bench.lab.backend import Backend
 from bench.lab.clients import Tally, TcpConnection, steady_load, streaming_request
 from bench.lab.envoy import Envoy
+from bench.lab.lb_cut import pod_behind_cutting_lb
 from bench.lab.sidecar import SidecarProcess, run_hook
 from bench.scenario_table import scenario_rows
 from shutdown_manager.address import parse_admin_address
@@ -347,6 +350,39 @@ async def main(runs: int, sections: set[str]) -> None:
                     matrix,
                 )
             )
+        if "lb" in sections:
+            await lb_section(runs, work)
+
+
+LB_DELAYS = (0.0, 1.0)
+
+
+async def lb_section(runs: int, work: Callable[[], Path]) -> None:
+    """One of two pods deleted under load behind a balancer that cuts flows on health
+    failure (bench/lab/lb_cut.py), without and with --health-check-failure-delay."""
+    rows = []
+    for delay in LB_DELAYS:
+        results = [await pod_behind_cutting_lb(work(), delay) for _ in range(runs)]
+        failed = [r.failed for r in results]
+        gone = sorted(r.pod_gone_after for r in results)
+        rows.append(
+            [
+                f"{delay:g} s" if delay else "0 (fail the health check at once)",
+                f"{sum(r.ok for r in results):,}",
+                f"{sum(failed)} ({min(failed)}-{max(failed)} per drain)",
+                f"{gone[len(gone) // 2]:.2f} s",
+            ]
+        )
+    print(
+        "\n### Behind a load balancer that cuts flows on health failure "
+        f"(HAProxy TCP, shutdown-sessions; {runs} drains each)\n"
+    )
+    print(
+        table(
+            ["--health-check-failure-delay", "requests ok", "requests failed", "pod gone p50"],
+            rows,
+        )
+    )
 
 
 async def latency_section(runs: int, work: Callable[[], Path]) -> None:
@@ -403,10 +439,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="3 runs per policy")
     parser.add_argument(
         "--only",
-        choices=["latency", "scenarios", "matrix"],
+        choices=["latency", "scenarios", "matrix", "lb"],
         action="append",
         help="run only these sections (repeatable; default: all)",
     )
     args = parser.parse_args()
-    sections = set(args.only or ["latency", "scenarios", "matrix"])
+    sections = set(args.only or ["latency", "scenarios", "matrix", "lb"])
     asyncio.run(main(3 if args.quick else args.runs, sections))

@@ -55,6 +55,8 @@ class ServerInfo:
     drain_strategy: str | None
     restart_epoch: int | None
     base_id: int | None
+    uptime: float | None = None
+    """Seconds since the first epoch started (`uptime_all_epochs`)."""
 
     @property
     def draining(self) -> bool:
@@ -142,6 +144,7 @@ class AdminClient:
             drain_strategy=options.get("drain_strategy"),
             restart_epoch=_int_or_none(options.get("restart_epoch")),
             base_id=_int_or_none(options.get("base_id")),
+            uptime=_seconds(body.get("uptime_all_epochs")),
         )
 
     async def stats(self, filter_regex: str) -> Any:

@@ -139,6 +139,16 @@ def _drain_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None
         help="also call /drain_listeners?graceful&skip_exit (irreversible; docs/drain.md, "
         '"What closes an idle connection", says why it is off by default)',
     )
+    group.add_argument(
+        "--health-check-failure-delay",
+        type=duration,
+        metavar="DURATION",
+        default=DEFAULTS.health_check_failure_delay,
+        help="at the drain's start, drain the listeners (clients are told to go: HTTP/1.1 "
+        "Connection: close, HTTP/2 GOAWAY) and keep Envoy's health check OK this long before "
+        "failing it, for load balancers that cut established flows when it fails (irreversible "
+        "from the start, like --drain-listeners; counts against --drain-timeout)",
+    )
     group.group.add_argument(
         "--ready-file",
         type=Path,
@@ -240,6 +250,7 @@ def policy_from(args: argparse.Namespace) -> DrainPolicy:
         quiet_period=args.quiet_period,
         poll_interval=args.poll_interval,
         drain_listeners=args.drain_listeners,
+        health_check_failure_delay=args.health_check_failure_delay,
     )
 
 

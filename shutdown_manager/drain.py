@@ -24,7 +24,7 @@ import collections
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,11 +153,17 @@ class DrainEngine:
     """Runs one drain against one Envoy. Not reusable: a drain happens once per process."""
 
     def __init__(
-        self, admin: AdminClient, policy: DrainPolicy, listeners: list[Listener] | None = None
+        self,
+        admin: AdminClient,
+        policy: DrainPolicy,
+        listeners: list[Listener] | None = None,
+        on_listeners_drained: Callable[[], None] | None = None,
     ) -> None:
         self.admin = admin
         self.policy = policy
         self._listeners = listeners or []
+        self._on_listeners_drained = on_listeners_drained
+        """Told when Envoy's listeners are drained (irreversible: see listeners_mark)."""
         self._filter = ListenerFilter(patterns=policy.ignore_listeners)
         self._ports: set[int] = set()
         self._start = 0.0
@@ -200,19 +206,43 @@ class DrainEngine:
         return await self._poll()
 
     async def _trigger(self) -> bool:
-        """Fail the health check; return False only when Envoy is certainly not running."""
+        """Fail the health check (after the health-check failure delay, clients told to go
+        meanwhile); return False only when Envoy is certainly not running."""
+        delay = self.policy.health_check_failure_delay
+        if delay > 0:
+            if not await self._step(self._drain_listeners):
+                return False
+            message = f"listeners draining, clients told to go; health check OK for {delay:g}s"
+            self._emit(DrainEvent("progress", self._elapsed(), message))
+            await asyncio.sleep(max(0.0, self._start + delay - time.monotonic()))
+        if not await self._step(self._fail_health):
+            return False
+        again = self.policy.drain_listeners and delay <= 0  # else drained already
+        if again and not await self._step(self._drain_listeners):
+            return False
+        await self._learn_listeners()
+        return True
+
+    async def _step(self, call: Callable[[], Awaitable[None]]) -> bool:
+        """One admin call of the trigger: False when Envoy is certainly not running; any
+        other failure is reported and the drain goes on (the deadline still bounds it)."""
         try:
-            self._budget.spend()
-            await self.admin.healthcheck_fail()
-            if self.policy.drain_listeners:
-                self._budget.spend()
-                await self.admin.drain_listeners()
+            await call()
         except EnvoyUnreachable:
             return False
         except AdminError as exc:
             self._emit(DrainEvent("progress", self._elapsed(), f"admin trigger failed: {exc}"))
-        await self._learn_listeners()
         return True
+
+    async def _fail_health(self) -> None:
+        self._budget.spend()
+        await self.admin.healthcheck_fail()
+
+    async def _drain_listeners(self) -> None:
+        if self._on_listeners_drained is not None:
+            self._on_listeners_drained()  # before: a sidecar killed mid-call must still know
+        self._budget.spend()
+        await self.admin.drain_listeners()
 
     async def _learn_listeners(self) -> None:
         """Resolve listener names and ports once: for exclusion and for the socket fallback."""

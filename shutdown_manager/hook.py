@@ -112,12 +112,14 @@ def drain_alone(
     ready_file: Path | None,
     admin_timeout: float,
     out: TextIO,
+    listeners_mark: Path | None = None,
 ) -> int:
     """The same drain, run in the hook's own process."""
     import asyncio
 
     from shutdown_manager.admin import AdminClient
-    from shutdown_manager.drain import DrainEngine, DrainEvent
+    from shutdown_manager.drain import DrainEngine, DrainEvent, Listener
+    from shutdown_manager.listeners_mark import ListenersMark
     from shutdown_manager.logs import log_event
     from shutdown_manager.readiness import ReadyFile
 
@@ -128,7 +130,8 @@ def drain_alone(
 
     async def drain() -> int:
         async with AdminClient(admin_address, timeout=admin_timeout) as admin:
-            engine = DrainEngine(admin, policy, [relay, log_event, marker.observe])
+            observers: list[Listener] = [relay, log_event, marker.observe]
+            engine = DrainEngine(admin, policy, observers, ListenersMark(listeners_mark).record)
             try:
                 report = await engine.run()
             except Exception as exc:  # a bug must still write the marker and exit non-zero
@@ -163,7 +166,11 @@ def run_hook(
             "sidecar at %s unavailable (%s): draining from the hook", control_socket, exc
         )
         print(f"sidecar unavailable ({exc}): draining from the hook", file=out, flush=True)
-    return drain_alone(admin_address, _remaining(policy, started), ready_file, admin_timeout, out)
+    from shutdown_manager.listeners_mark import mark_path
+
+    remaining = _remaining(policy, started)
+    mark = mark_path(control_socket)
+    return drain_alone(admin_address, remaining, ready_file, admin_timeout, out, mark)
 
 
 def _remaining(policy: DrainPolicy, started: float) -> DrainPolicy:

@@ -40,6 +40,12 @@ class DrainMetrics:
             "Times a (re)started sidecar found Envoy DRAINING and restored its health check.",
             registry=self.registry,
         )
+        self.listeners_drained = Gauge(
+            "shutdown_manager_envoy_listeners_drained",
+            "1 when Envoy's listeners are drained (irreversible until Envoy restarts): by this"
+            " drain, or found at start.",
+            registry=self.registry,
+        )
         for outcome in Outcome:
             self.outcomes.labels(outcome.value)
         self.set_phase(Phase.IDLE)

@@ -30,6 +30,9 @@ class DrainPolicy:
     quiet_period: float = 1.0
     poll_interval: float = MIN_POLL_INTERVAL
     drain_listeners: bool = False
+    health_check_failure_delay: float = 0.0
+    """Seconds the health check stays OK after the drain starts, while clients are told to
+    go (listeners drained gracefully): for load balancers that cut flows when it fails."""
 
     def __post_init__(self) -> None:
         if self.drain_timeout <= 0:
@@ -40,6 +43,8 @@ class DrainPolicy:
             raise ValueError("--exit-at-connections must not be negative")
         if self.quiet_period < 0:
             raise ValueError("--quiet-period must not be negative")
+        if not 0 <= self.health_check_failure_delay <= self.drain_timeout:
+            raise ValueError("--health-check-failure-delay must be between 0 and --drain-timeout")
         if self.poll_interval < MIN_POLL_INTERVAL:
             raise ValueError(f"--poll-interval must be at least {MIN_POLL_INTERVAL}s")
 
@@ -52,6 +57,7 @@ FIELDS = (
     "quiet_period",
     "poll_interval",
     "drain_listeners",
+    "health_check_failure_delay",
 )
 """What a hook may set for the drain it starts (sent over the control socket)."""
 
@@ -91,6 +97,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "quiet_period": _number,
     "poll_interval": _number,
     "drain_listeners": lambda v: isinstance(v, bool),
+    "health_check_failure_delay": _number,
 }
 
 

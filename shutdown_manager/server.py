@@ -34,6 +34,7 @@ from shutdown_manager.admin import AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
 from shutdown_manager.drain import DrainEngine, DrainReport, Listener
 from shutdown_manager.kube_events import KubeEvents
+from shutdown_manager.listeners_mark import ListenersMark, mark_path
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
 from shutdown_manager.policy import DrainPolicy, describe, differences, with_overrides
@@ -70,6 +71,9 @@ class Sidecar:
         self.metrics = DrainMetrics()
         self.events = KubeEvents()
         self.ready = ReadyFile(config.ready_file)
+        self.listeners_mark = ListenersMark(mark_path(config.control_socket))
+        self.listeners_drained = False
+        """Envoy's listeners are drained (by this drain, or before this sidecar started)."""
         self.drain = DrainCoordinator(self._engine, config.policy)
         self.should_exit = asyncio.Event()
         self.force_exit = False
@@ -84,7 +88,12 @@ class Sidecar:
             self.events.observe,
             self.ready.observe,
         ]
-        return DrainEngine(self.admin, policy, observers + listeners)
+        return DrainEngine(self.admin, policy, observers + listeners, self._listeners_drained)
+
+    def _listeners_drained(self) -> None:
+        self.listeners_mark.record()
+        self.listeners_drained = True
+        self.metrics.listeners_drained.set(1)
 
     def start_drain(self, why: str, policy: DrainPolicy | None = None) -> list[str]:
         """Start the drain with `policy` (serve's if None), or join the one running; what
@@ -203,6 +212,16 @@ class Sidecar:
                 log.warning("could not read Envoy's state at start: %s", exc)
                 await asyncio.sleep(RESTORE_RETRY)
                 continue
+            if self.listeners_mark.drained(info.uptime) and self.drain.started_at is None:
+                self.listeners_drained = True
+                self.metrics.listeners_drained.set(1)
+                log.warning(
+                    "Envoy's listeners were drained before this sidecar started (by a drain"
+                    " with --health-check-failure-delay or --drain-listeners); that cannot be"
+                    " undone: Envoy tells every client to go until it restarts. Restart the"
+                    " Envoy container (or the pod) to serve normally again",
+                    extra={"fields": {"mark": str(self.listeners_mark.path)}},
+                )
             if info.draining and self.drain.started_at is None:
                 await self.admin.healthcheck_ok()
                 self.metrics.restored.inc()
@@ -249,7 +268,9 @@ class Sidecar:
         return web.json_response({"status": "ok", "phase": self.drain.phase.value})
 
     async def _status(self, _: web.Request) -> web.Response:
-        return web.json_response(self.drain.status())
+        return web.json_response(
+            self.drain.status() | {"listeners_drained": self.listeners_drained}
+        )
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from bench.lab.clients import http_client
 from bench.lab.envoy import Envoy
 from bench.lab.sidecar import SidecarProcess, run_hook
 from envoy_lifecycle.http import IDLE_TIMEOUT
+from shutdown_manager.listeners_mark import mark_path
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -350,3 +352,69 @@ async def test_a_policy_flag_out_of_range_is_a_one_line_error_and_no_drain(
     assert status == 2, output
     assert len(output.strip().splitlines()) == 1, output
     assert (await status_of(sidecar))["phase"] == "idle"
+
+
+# -- drain before unready: --health-check-failure-delay -----------------------------------------
+
+
+async def ready_status(envoy: Envoy) -> int:
+    async with envoy.admin_http() as admin:
+        return (await admin.get("/ready")).status_code
+
+
+async def test_during_the_delay_envoy_stays_ready_and_tells_clients_to_go(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--health-check-failure-delay", "2s")
+    hook = asyncio.create_task(run_hook("--control-socket", str(sidecar.control_socket)))
+    while (await status_of(sidecar))["phase"] == "idle":  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.05)
+    async with http_client() as client:
+        response = await client.get(envoy.url())
+    assert response.headers.get("connection") == "close", "clients are told to go"
+    assert await ready_status(envoy) == 200, "while the load balancer still sees it ready"
+    assert await envoy.state() == "LIVE"
+    status, output = await hook
+    assert status == 0, output
+    assert "health check OK for 2s" in output
+    assert await ready_status(envoy) == 503, "then the health check fails"
+    assert (await status_of(sidecar))["listeners_drained"] is True
+    metrics = (await get(f"{sidecar.url}/metrics")).text
+    assert "shutdown_manager_envoy_listeners_drained 1.0" in metrics
+
+
+async def test_a_restarted_sidecar_says_the_listeners_cannot_be_restored(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """The health check comes back (reversible); the drained listeners do not: logged, in
+    /status and in the metrics, until Envoy restarts."""
+    first = await start_sidecar(sidecars, workdir, envoy, "--health-check-failure-delay", "0.2s")
+    status, output = await run_hook("--control-socket", str(first.control_socket))
+    assert status == 0, output
+    first.kill()  # the liveness probe restarts it; the pod is not being deleted
+    second = await start_sidecar(sidecars, workdir, envoy)
+    for _ in range(50):
+        if await envoy.state() == "LIVE":
+            break
+        await asyncio.sleep(0.1)
+    assert await envoy.state() == "LIVE", "the health check is restored"
+    state = await status_of(second)
+    assert state["listeners_drained"] is True
+    metrics = (await get(f"{second.url}/metrics")).text
+    assert "shutdown_manager_envoy_listeners_drained 1.0" in metrics
+    assert any("cannot be undone" in str(line["msg"]) for line in log_lines(second))
+
+
+async def test_a_mark_older_than_envoy_is_forgotten(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """Envoy restarted since its listeners were drained: it serves normally, nothing said."""
+    control = workdir / "sm.sock"
+    mark_path(control).write_text(json.dumps({"drained_at": time.time() - 3600}))
+    sidecar = await start_sidecar(sidecars, workdir, envoy)
+    for _ in range(20):
+        if not mark_path(control).exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not mark_path(control).exists()
+    assert (await status_of(sidecar))["listeners_drained"] is False

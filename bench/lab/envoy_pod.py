@@ -79,9 +79,11 @@ def envoy_pod(
     name: str = "envoy",
     ports: dict[str, int] | None = None,
     xds: XdsServer | None = None,
+    policy: tuple[str, ...] = (),
 ) -> EnvoyPod:
     """`ports` pins Envoy's listener ports (a load balancer's config names them); with `xds`,
-    Envoy's config comes from that xDS server instead of a static bootstrap."""
+    Envoy's config comes from that xDS server instead of a static bootstrap; `policy` adds
+    drain flags (to serve and to the hook alike)."""
     shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
     shared.mkdir(parents=True, exist_ok=True)
     envoy = Envoy(
@@ -96,7 +98,7 @@ def envoy_pod(
         envoy.config, envoy.ports = xds_bootstrap(xds, envoy, name)
     sidecar_port = free_port()
     control = str(shared / "shutdown-manager.sock")
-    policy = policy_flags(min_drain, drain_timeout)
+    flags = [*policy_flags(min_drain, drain_timeout), *policy]
     ready = ["--ready-file", str(shared / "drained")]
     sidecar = Container(
         name="shutdown-manager",
@@ -111,7 +113,7 @@ def envoy_pod(
             control,
             "--log-format",
             "json",
-            *policy,
+            *flags,
             *ready,
         ],
         pre_stop=ExecHook(
@@ -122,7 +124,7 @@ def envoy_pod(
                 control,
                 "--admin-address",
                 envoy.admin_address,
-                *policy,
+                *flags,
                 *ready,
             ]
         ),

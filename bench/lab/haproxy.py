@@ -44,11 +44,47 @@ backend envoys
 """
 
 
+def l4_config(port: int, nodes: dict[str, tuple[str, int, int]], runtime: Path) -> str:
+    """A layer-4 balancer as a cloud's network load balancer behaves: TCP flows pinned to a
+    node, a node whose health check fails has its established flows cut
+    (`on-marked-down shutdown-sessions`), and a node taken out by the runtime API
+    (`set server ... state drain`, what the endpoint's removal does) gets no new flow but
+    keeps its own."""
+    servers = "\n".join(
+        f"    server {name} {address}:{ingress} check port {probe}"
+        for name, (address, ingress, probe) in nodes.items()
+    )
+    return f"""global
+    maxconn 2000
+    stats socket {runtime} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    retries 0
+frontend ingress
+    bind 127.0.0.1:{port}
+    default_backend envoys
+backend envoys
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host envoy
+    http-check expect status 200
+    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2 on-marked-down shutdown-sessions
+{servers}
+"""
+
+
 class HAProxy:
-    def __init__(self, workdir: Path, nodes: dict[str, tuple[str, int, int]]) -> None:
+    def __init__(
+        self, workdir: Path, nodes: dict[str, tuple[str, int, int]], l4: bool = False
+    ) -> None:
         self.port = free_port()
         self.path = workdir / "haproxy.cfg"
-        self.path.write_text(config(self.port, nodes))
+        self.runtime = workdir / "haproxy.sock"
+        text = l4_config(self.port, nodes, self.runtime) if l4 else config(self.port, nodes)
+        self.path.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +109,22 @@ class HAProxy:
                     pass
                 await asyncio.sleep(0.05)
         raise TimeoutError("haproxy did not serve")
+
+    async def command(self, line: str) -> str:
+        """One runtime API command (the L4 balancer's stats socket)."""
+        reader, writer = await asyncio.open_unix_connection(str(self.runtime))
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return answer.decode()
+
+    async def take_out(self, server: str) -> None:
+        """No new flow to `server`, established ones kept: the endpoint left the Service."""
+        answer = await self.command(f"set server envoys/{server} state drain")
+        if answer.strip():
+            raise RuntimeError(f"haproxy refused to drain {server}: {answer.strip()}")
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -1,0 +1,26 @@
+"""Drain before unready: behind a load balancer that cuts established flows when a node's
+health check fails, failing it at once fails the requests in flight; telling clients to go
+first (`--health-check-failure-delay`) fails none. Scenario: bench/lab/lb_cut.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.lab.lb_cut import pod_behind_cutting_lb
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_a_balancer_that_cuts_flows_fails_requests_without_the_delay(workdir: Path) -> None:
+    """The baseline: the balancer really cuts (else the next test would prove nothing)."""
+    result = await pod_behind_cutting_lb(workdir, delay=0)
+    assert result.failed > 0, result
+    assert result.ok > 0
+
+
+async def test_with_the_delay_no_request_fails(workdir: Path) -> None:
+    result = await pod_behind_cutting_lb(workdir, delay=1.5)
+    assert result.failed == 0, result.errors
+    assert result.ok > 0
