@@ -14,10 +14,19 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def test_a_balancer_that_cuts_flows_fails_requests_without_the_delay(workdir: Path) -> None:
-    """The baseline: the balancer really cuts (else the next test would prove nothing)."""
-    result = await pod_behind_cutting_lb(workdir, delay=0)
-    assert result.failed > 0, result
-    assert result.ok > 0
+    """The baseline: the balancer really cuts (else the next test would prove nothing).
+    Whether a request is in flight on the node when its check fails is a race the clients
+    usually lose (3 of 3 per drain in the benchmark) but once won in a fresh-clone run: the
+    Connection: close of the failed health check can move them first. So up to three drains,
+    and at least one must lose requests."""
+    results = []
+    for attempt in range(3):
+        result = await pod_behind_cutting_lb(workdir / str(attempt), delay=0)
+        results.append(result)
+        if result.failed:
+            break
+    assert any(r.failed for r in results), results
+    assert all(r.ok for r in results)
 
 
 async def test_with_the_delay_no_request_fails(workdir: Path) -> None:
