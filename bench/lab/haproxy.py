@@ -16,16 +16,22 @@ CHECK_INTERVAL_MS = 100
 """Active health check every 100 ms; one failure takes a node out, two successes bring it in."""
 
 
-def config(port: int, nodes: dict[str, tuple[str, int, int]]) -> str:
-    """nodes: name -> (address, ingress port, probe port)."""
+def config(port: int, nodes: dict[str, tuple[str, int, int]], runtime: Path | None = None) -> str:
+    """nodes: name -> (address, ingress port, probe port). HTTP mode; with `runtime` (its
+    admin socket), a layer-4 balancer as a cloud's network load balancer behaves: TCP flows
+    pinned to a node, a node whose health check fails has its established flows cut
+    (`on-marked-down shutdown-sessions`), and one taken out by the runtime API (`set server
+    ... state drain`, what the endpoint's removal does) gets no new flow but keeps its own."""
     servers = "\n".join(
         f"    server {name} {address}:{ingress} check port {probe}"
         for name, (address, ingress, probe) in nodes.items()
     )
+    socket = f"\n    stats socket {runtime} mode 600 level admin" if runtime else ""
+    cut = " on-marked-down shutdown-sessions" if runtime else ""
     return f"""global
-    maxconn 2000
+    maxconn 2000{socket}
 defaults
-    mode http
+    mode {"tcp" if runtime else "http"}
     timeout connect 1s
     timeout client 30s
     timeout server 30s
@@ -39,39 +45,7 @@ backend envoys
     option httpchk
     http-check send meth GET uri /ready ver HTTP/1.1 hdr Host envoy
     http-check expect status 200
-    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2
-{servers}
-"""
-
-
-def l4_config(port: int, nodes: dict[str, tuple[str, int, int]], runtime: Path) -> str:
-    """A layer-4 balancer as a cloud's network load balancer behaves: TCP flows pinned to a
-    node, a node whose health check fails has its established flows cut
-    (`on-marked-down shutdown-sessions`), and a node taken out by the runtime API
-    (`set server ... state drain`, what the endpoint's removal does) gets no new flow but
-    keeps its own."""
-    servers = "\n".join(
-        f"    server {name} {address}:{ingress} check port {probe}"
-        for name, (address, ingress, probe) in nodes.items()
-    )
-    return f"""global
-    maxconn 2000
-    stats socket {runtime} mode 600 level admin
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    retries 0
-frontend ingress
-    bind 127.0.0.1:{port}
-    default_backend envoys
-backend envoys
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host envoy
-    http-check expect status 200
-    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2 on-marked-down shutdown-sessions
+    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2{cut}
 {servers}
 """
 
@@ -83,8 +57,7 @@ class HAProxy:
         self.port = free_port()
         self.path = workdir / "haproxy.cfg"
         self.runtime = workdir / "haproxy.sock"
-        text = l4_config(self.port, nodes, self.runtime) if l4 else config(self.port, nodes)
-        self.path.write_text(text)
+        self.path.write_text(config(self.port, nodes, self.runtime if l4 else None))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

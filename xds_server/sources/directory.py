@@ -174,16 +174,26 @@ class DirectorySource:
         files to look at; None, or a change no file explains, is a full look (with the walk
         `walked`, if it was made already). None when the directory cannot be used
         (`problem` says why)."""
+        return self._settle(self._named(changes), walked)
+
+    def _named(self, changes: Changes | None) -> dict[str, Stamp | None] | None:
+        """The files to look at, with their stamps now; None: a full look."""
+        if changes is None or changes.everything or self.problem or not self._seen:
+            return None
+        return self._files_of(changes)
+
+    def _settle(
+        self, named: dict[str, Stamp | None] | None, walked: Scan | None = None
+    ) -> tuple[Scan | None, Loaded | None] | None:
+        """`look`, once the named files are stat'ed (None: walk the tree, or use `walked`)."""
         self._looks += 1
         try:
-            full = changes is None or changes.everything or self.problem or not self._seen
-            paths = None if full else self._files_of(changes)  # type: ignore[arg-type]
-            if paths is None:
+            if named is None:
                 scan: Scan | None = walked or self.scan()
                 assert scan is not None
                 changed = self._apply(scan)
             else:
-                scan, changed = None, self._refresh(paths)
+                scan, changed = None, self._refresh(named)
             loaded = self._loaded() if changed else None
         except (OSError, TooMuch) as exc:
             self._set_problem(
@@ -213,18 +223,6 @@ class DirectorySource:
                 regular = stat.S_ISREG(info.st_mode)
                 found[path] = (info.st_size, info.st_mtime_ns, info.st_ino) if regular else None
         return found
-
-    def _small(self, changes: Changes) -> bool:
-        """Whether `changes` names only files, INLINE_BYTES in all (a stat each)."""
-        if changes.everything or self.problem or not self._seen:
-            return False
-        try:
-            files = self._files_of(changes)
-        except OSError:
-            return False
-        if files is None:
-            return False  # a full look: a walk over the tree
-        return sum(stamp[0] for stamp in files.values() if stamp) <= INLINE_BYTES
 
     def _apply(self, scan: Scan) -> bool:
         """Make the objects those of `scan`'s files; whether anything changed."""
@@ -358,9 +356,12 @@ class DirectorySource:
             watcher.close()
 
     async def _look_at(self, changes: Changes) -> tuple[Scan | None, Loaded | None] | None:
-        if self._small(changes):
-            return self.look(changes)
-        return await asyncio.to_thread(self.look, changes)
+        """Named files under INLINE_BYTES in all are read here, the rest in a worker thread;
+        each is stat'ed once, here."""
+        named = self._named(changes)
+        if named is not None and sum(s[0] for s in named.values() if s) <= INLINE_BYTES:
+            return self._settle(named)
+        return await asyncio.to_thread(self._settle, named)
 
     async def _walk(self, delay: float) -> tuple[int, Scan | None]:
         """After `delay`, the walk over the tree (None: it failed, a look will say why),
