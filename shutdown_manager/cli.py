@@ -203,6 +203,15 @@ def build_parser(policy_defaults: bool = True) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="HTTP server for /healthz, /shutdown (waits only), /metrics and /status",
     )
+    serve.add_argument(
+        "--confirm-deletion",
+        action="store_true",
+        help="for a native sidecar: GET /shutdown (Envoy's preStop) also starts the drain, once "
+        "the Kubernetes API server says this pod (POD_NAME, POD_NAMESPACE, POD_UID from the "
+        "downward API) is being deleted, and a sidecar restarted during the pod's deletion "
+        "resumes the drain instead of restoring Envoy; needs RBAC get on pods (docs/drain.md, "
+        '"Native sidecars")',
+    )
     _common(serve)
     _drain_flags(serve, policy_defaults)
     drain = commands.add_parser(
@@ -308,6 +317,7 @@ def _serve(prog: str, args: argparse.Namespace, policy: DrainPolicy) -> int:
         policy=policy,
         ready_file=args.ready_file,
         admin_timeout=args.admin_timeout,
+        confirm_deletion=getattr(args, "confirm_deletion", False),
     )
     try:
         if args.command == "serve":

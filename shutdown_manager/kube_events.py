@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shutdown_manager.drain import DrainEvent, Outcome
+from shutdown_manager.kube_api import REQUEST_TIMEOUT, PodIdentity, core_api
 from shutdown_manager.logs import get_logger
-
-REQUEST_TIMEOUT = 2.0
-"""Seconds for one event POST: an event that cannot be posted quickly is not worth waiting for."""
 
 _REASONS = {
     Outcome.DRAINED: ("DrainCompleted", "Normal"),
@@ -35,11 +32,11 @@ log = get_logger("events")
 class KubeEvents:
     """Posts drain events about this pod; does nothing when not in a pod or not allowed."""
 
-    def __init__(self, pod: str | None = None, namespace: str | None = None) -> None:
-        self.pod = pod if pod is not None else os.environ.get("POD_NAME")
-        self.namespace = namespace if namespace is not None else os.environ.get("POD_NAMESPACE")
+    def __init__(self, identity: PodIdentity | None = None) -> None:
+        self.pod = identity.name if identity else None
+        self.namespace = identity.namespace if identity else None
         self._api: Any = None
-        self._disabled = not (self.pod and self.namespace)
+        self._disabled = identity is None
         self._pending: set[asyncio.Future[None]] = set()
         # One worker: events land in order, and a hung API server holds one thread only.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-events")
@@ -68,16 +65,7 @@ class KubeEvents:
 
     def _client(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config  # heavy: imported only when used
-
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                # $KUBECONFIG read now: the client reads it once, when first imported.
-                config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=os.environ.get("KUBECONFIG")
-                )
-            self._api = client.CoreV1Api()
+            self._api = core_api()
         return self._api
 
     def _post(self, reason: str, kind: str, message: str) -> None:

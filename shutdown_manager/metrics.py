@@ -46,8 +46,17 @@ class DrainMetrics:
             " drain, or found at start.",
             registry=self.registry,
         )
+        self.deletion_checks = Counter(
+            "shutdown_manager_deletion_checks",
+            "Answers of the API server on whether this pod is being deleted (--confirm-deletion)"
+            ", by verdict: deleting, not_deleting, error.",
+            ["verdict"],
+            registry=self.registry,
+        )
         for outcome in Outcome:
             self.outcomes.labels(outcome.value)
+        for verdict in ("deleting", "not_deleting", "error"):
+            self.deletion_checks.labels(verdict)
         self.set_phase(Phase.IDLE)
 
     def set_phase(self, current: Phase) -> None:

@@ -1,7 +1,9 @@
 """The sidecar (`shutdown-manager serve`): the single source of truth for the drain.
 
-HTTP on `--listen` (reachable from the pod network, so it can only *wait*):
+HTTP on `--listen` (reachable from the pod network, so on its own it can only *wait*):
   GET /healthz, GET /shutdown (blocks until the drain has ended), GET /metrics, GET /status.
+  With --confirm-deletion (native sidecars), GET /shutdown also starts the drain once the
+  Kubernetes API server confirms that this pod is being deleted (pod_deletion.py).
 Control socket (a unix socket only this container user can open, mode 0600):
   POST /drain starts the drain or joins the one running, streaming progress as JSON lines.
 
@@ -33,10 +35,12 @@ from shutdown_manager.address import AdminAddress
 from shutdown_manager.admin import AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
 from shutdown_manager.drain import DrainEngine, DrainReport, Listener
+from shutdown_manager.kube_api import PodIdentity
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.listeners_mark import ListenersMark, mark_path
 from shutdown_manager.logs import get_logger, log_event
 from shutdown_manager.metrics import DrainMetrics
+from shutdown_manager.pod_deletion import DeletionCheck, Verdict
 from shutdown_manager.policy import DrainPolicy, describe, differences, with_overrides
 from shutdown_manager.readiness import ReadyFile
 
@@ -58,6 +62,7 @@ class ServeConfig:
     policy: DrainPolicy
     ready_file: Path | None = None
     admin_timeout: float = 1.0
+    confirm_deletion: bool = False
 
 
 class StartupError(Exception):
@@ -69,7 +74,16 @@ class Sidecar:
         self.config = config
         self.admin = AdminClient(config.admin, timeout=config.admin_timeout)
         self.metrics = DrainMetrics()
-        self.events = KubeEvents()
+        identity = PodIdentity.from_env()
+        self.events = KubeEvents(identity)
+        self.deletion: DeletionCheck | None = None
+        if config.confirm_deletion:
+            if identity is None:
+                raise StartupError(
+                    "--confirm-deletion needs POD_NAME and POD_NAMESPACE (downward API)"
+                )
+            self.deletion = DeletionCheck(identity, observe=self._deletion_verdict)
+        self._verdict_logged: str | None = None
         self.ready = ReadyFile(config.ready_file)
         self.listeners_mark = ListenersMark(mark_path(config.control_socket))
         self.listeners_drained = False
@@ -182,6 +196,8 @@ class Sidecar:
             self._restore.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        if self.deletion is not None:
+            self.deletion.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.control_socket.unlink()
         await self.events.flush()
@@ -223,6 +239,14 @@ class Sidecar:
                     extra={"fields": {"mark": str(self.listeners_mark.path)}},
                 )
             if info.draining and self.drain.started_at is None:
+                if self.deletion is not None:
+                    verdict = await self.deletion.check()
+                    if verdict.error:
+                        await asyncio.sleep(RESTORE_RETRY)
+                        continue  # Envoy stays DRAINING until the API server can say
+                    if verdict.deleting:
+                        self._resume_drain(verdict)
+                        return
                 await self.admin.healthcheck_ok()
                 self.metrics.restored.inc()
                 log.warning(
@@ -232,6 +256,27 @@ class Sidecar:
                     extra={"fields": {"envoy_state": info.state}},
                 )
             return
+
+    def _resume_drain(self, verdict: Verdict) -> None:
+        """A native sidecar is restarted even while its pod is being deleted (Kubernetes
+        1.34+, KEP-4438): the drain a previous incarnation started goes on."""
+        log.warning(
+            "Envoy was DRAINING when the sidecar started and this pod is being deleted (%s):"
+            " resuming the drain, not restoring Envoy",
+            verdict.reason,
+        )
+        self.start_drain(f"sidecar restart during the pod's deletion ({verdict.reason})")
+
+    def _deletion_verdict(self, verdict: Verdict) -> None:
+        """Metrics for every answer of the API server; a log line when the answer changes."""
+        self.metrics.deletion_checks.labels(
+            "error" if verdict.error else "deleting" if verdict.deleting else "not_deleting"
+        ).inc()
+        if verdict.reason != self._verdict_logged:
+            self._verdict_logged = verdict.reason
+            (log.warning if verdict.error else log.info)(
+                "API server on this pod's deletion: %s", verdict.reason
+            )
 
     async def _start_http(self) -> None:
         app = web.Application()
@@ -268,24 +313,43 @@ class Sidecar:
         return web.json_response({"status": "ok", "phase": self.drain.phase.value})
 
     async def _status(self, _: web.Request) -> web.Response:
-        return web.json_response(
-            self.drain.status() | {"listeners_drained": self.listeners_drained}
-        )
+        status = self.drain.status() | {"listeners_drained": self.listeners_drained}
+        if self.deletion is not None:
+            last = self.deletion.last
+            status["deletion_check"] = {
+                "asked": self.deletion.asked,
+                "verdict": last.reason if last is not None else None,
+            }
+        return web.json_response(status)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
 
     async def _shutdown_wait(self, _: web.Request) -> web.Response:
-        """Only waits: nothing reachable from the pod network can start a drain."""
+        """Waits for the drain to end. Starts it only with --confirm-deletion and the API
+        server's word that this pod is being deleted: the caller's word is never enough."""
         waiters = {asyncio.ensure_future(self.drain.wait())}
         if self.ready.path is not None:
             waiters.add(asyncio.ensure_future(self.ready.wait()))
+        confirm = None
+        if self.deletion is not None and self.drain.started_at is None:
+            confirm = asyncio.ensure_future(self._start_when_confirmed(self.deletion))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            for waiter in [*waiters, confirm]:
+                if waiter is not None:
+                    waiter.cancel()
         return web.json_response(self.drain.status() | {"released": True})
+
+    async def _start_when_confirmed(self, deletion: DeletionCheck) -> None:
+        """Ask until the pod is being deleted (or a drain started some other way)."""
+        while self.drain.started_at is None:
+            verdict = await deletion.check()
+            if verdict.deleting and self.drain.started_at is None:
+                self.start_drain(f"Envoy's preStop (/shutdown), API server: {verdict.reason}")
+                return
+            await asyncio.sleep(deletion.interval)
 
     async def _drain_stream(self, request: web.Request) -> web.StreamResponse:
         """The hook's policy (the flags it was given) applies to the drain it starts."""

@@ -12,6 +12,7 @@ import pytest
 from bench.lab.backend import Backend
 from bench.lab.envoy import Envoy
 from bench.lab.sidecar import SidecarProcess
+from tests.harness.fake_kube_api import FakeKubeApi
 
 
 @pytest.fixture
@@ -26,6 +27,14 @@ async def backend() -> AsyncIterator[Backend]:
     server = await Backend().start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeKubeApi]:
+    """The FAKE Kubernetes API server (no real one can run here)."""
+    fake = await FakeKubeApi().start()
+    yield fake
+    await fake.stop()
 
 
 @pytest.fixture

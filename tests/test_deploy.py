@@ -23,7 +23,9 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ["envoy-daemonset", "envoy-deployment", "kind"]
+OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic", "kind"]
+ENVOY_OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic"]
+NATIVE = {"envoy-daemonset": True, "envoy-deployment": True, "envoy-daemonset-classic": False}
 KUBERNETES_VERSION = "1.32.0"
 GRACE_MARGIN = 10
 
@@ -56,6 +58,12 @@ def envoy_pod(overlay: str) -> dict[str, Any]:
 
 def container(pod: dict[str, Any], name: str, init: bool = False) -> dict[str, Any]:
     return next(c for c in pod["initContainers" if init else "containers"] if c["name"] == name)
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    """The shutdown-manager, a native sidecar (init container) or a regular container."""
+    every = pod.get("initContainers", []) + pod["containers"]
+    return next(c for c in every if c["name"] == "shutdown-manager")
 
 
 def flags(argv: list[str]) -> dict[str, str]:
@@ -120,10 +128,10 @@ def test_the_policy_scan_passes_with_only_explained_waivers(tmp_path: Path) -> N
     assert passed > 500, "the scan ran over the manifests"
 
 
-@pytest.mark.parametrize("overlay", ["envoy-daemonset", "envoy-deployment"])
+@pytest.mark.parametrize("overlay", ENVOY_OVERLAYS)
 def test_grace_period_covers_the_drain_and_the_hooks_are_wired(overlay: str) -> None:
     pod = envoy_pod(overlay)
-    envoy, sidecar = container(pod, "envoy"), container(pod, "shutdown-manager")
+    envoy, sidecar = container(pod, "envoy"), sidecar_of(pod)
     serve = sidecar_parser().parse_args(sidecar["args"])
     assert serve.command == "serve"
     drain = sidecar_parser().parse_args(sidecar["lifecycle"]["preStop"]["exec"]["command"][1:])
@@ -144,10 +152,10 @@ def test_grace_period_covers_the_drain_and_the_hooks_are_wired(overlay: str) -> 
     assert "livenessProbe" not in sidecar, "a liveness restart would cut a drain short"
 
 
-@pytest.mark.parametrize("overlay", ["envoy-daemonset", "envoy-deployment"])
+@pytest.mark.parametrize("overlay", ENVOY_OVERLAYS)
 def test_ports_paths_and_volumes_match_the_command_lines(overlay: str) -> None:
     pod = envoy_pod(overlay)
-    envoy, sidecar = container(pod, "envoy"), container(pod, "shutdown-manager")
+    envoy, sidecar = container(pod, "envoy"), sidecar_of(pod)
     boot = xds_parser().parse_args(container(pod, "bootstrap", init=True)["args"])
     serve = sidecar_parser().parse_args(sidecar["args"])
     xds = find(overlay, "Deployment", "xds-server")["spec"]["template"]["spec"]
@@ -188,6 +196,50 @@ def _mounts_secret(pod: dict[str, Any], owner: dict[str, Any], secret: str, path
     mount = next(m for m in owner["volumeMounts"] if m["name"] == volume["name"])
     assert mount["mountPath"] == path
     assert "subPath" not in mount, "a subPath mount never sees the kubelet's updates"
+
+
+@pytest.mark.parametrize("overlay", ENVOY_OVERLAYS)
+def test_the_sidecar_is_native_where_the_overlay_says_and_wired_for_it(overlay: str) -> None:
+    """Native: an init container with restartPolicy Always after bootstrap, a startupProbe
+    that gates Envoy, --confirm-deletion with the pod's name, namespace and uid, and RBAC
+    `get` on pods (nothing more). Classic: a regular container, no pod reads."""
+    pod, native = envoy_pod(overlay), NATIVE[overlay]
+    sidecar = sidecar_of(pod)
+    serve = sidecar_parser().parse_args(sidecar["args"])
+    names = [c["name"] for c in pod["initContainers"]]
+    role = find(overlay, "Role", "envoy-events")["rules"]
+    reads_pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]} in role
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+           for e in sidecar["env"]}  # fmt: skip
+    assert env["POD_NAME"] == "metadata.name"
+    assert env["POD_NAMESPACE"] == "metadata.namespace"
+    assert serve.confirm_deletion is native
+    assert reads_pods is native
+    assert len(role) == (2 if native else 1), "events and (native) pods, nothing else"
+    if not native:
+        assert names == ["bootstrap"]
+        assert "restartPolicy" not in sidecar
+        return
+    assert names == ["bootstrap", "shutdown-manager"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert env["POD_UID"] == "metadata.uid"
+    probe = sidecar["startupProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == serve.listen[1]
+
+
+def test_the_classic_sidecar_is_the_native_one_minus_the_native_parts() -> None:
+    native = sidecar_of(envoy_pod("envoy-daemonset"))
+    classic = sidecar_of(envoy_pod("envoy-daemonset-classic"))
+    expected = {k: v for k, v in native.items() if k not in ("restartPolicy", "startupProbe")}
+    expected["args"] = [a for a in native["args"] if a != "--confirm-deletion"]
+    expected["env"] = [e for e in native["env"] if e["name"] != "POD_UID"]
+    assert classic == expected
+    without = {k: v for k, v in envoy_pod("envoy-daemonset-classic").items() if k not in
+               ("initContainers", "containers")}  # fmt: skip
+    assert without == {k: v for k, v in envoy_pod("envoy-daemonset").items()
+                       if k not in ("initContainers", "containers")}  # fmt: skip
 
 
 def test_the_deployment_variant_runs_the_daemonsets_pod() -> None:

@@ -21,6 +21,7 @@ from bench.lab.envoy import Envoy
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.drain import DrainEngine, Outcome
+from shutdown_manager.kube_api import PodIdentity
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.policy import DrainPolicy
 
@@ -71,7 +72,7 @@ async def test_events_are_posted_for_the_pod(
     port = runner.addresses[0][1]
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(workdir / "kc", f"http://127.0.0.1:{port}")))
     try:
-        outcome, _ = await drain_with_events(envoy, KubeEvents("envoy-abc", "ingress"))
+        outcome, _ = await drain_with_events(envoy, KubeEvents(PodIdentity("envoy-abc", "ingress")))
     finally:
         await runner.cleanup()
     assert outcome is Outcome.DRAINED
@@ -93,7 +94,9 @@ async def test_a_hung_api_server_never_delays_the_drain(
     port = server.sockets[0].getsockname()[1]
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(workdir / "kc", f"http://127.0.0.1:{port}")))
     try:
-        outcome, took = await drain_with_events(envoy, KubeEvents("envoy-abc", "ingress"))
+        outcome, took = await drain_with_events(
+            envoy, KubeEvents(PodIdentity("envoy-abc", "ingress"))
+        )
     finally:
         for writer in held:
             writer.close()
@@ -105,8 +108,9 @@ async def test_a_hung_api_server_never_delays_the_drain(
 def test_events_are_off_and_the_client_never_imported_outside_a_pod() -> None:
     code = (
         "import sys; from shutdown_manager import cli, server; "
+        "from shutdown_manager.kube_api import PodIdentity; "
         "from shutdown_manager.kube_events import KubeEvents; "
-        "print(KubeEvents().enabled, 'kubernetes' in sys.modules)"
+        "print(KubeEvents(PodIdentity.from_env()).enabled, 'kubernetes' in sys.modules)"
     )
     env = {"PATH": "/usr/bin:/bin"}
     out = subprocess.run(

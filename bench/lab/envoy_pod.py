@@ -4,24 +4,53 @@ Containers: Envoy (`--drain-strategy immediate`, admin on a unix socket in a dir
 two containers share) with a preStop httpGet on the sidecar's `/shutdown`; the sidecar
 (`shutdown-manager serve`) with `shutdown-manager drain` as its preStop exec hook. Envoy's
 config comes from an xDS server when one is given (as deployed), else a static bootstrap.
+
+Two wirings, as deploy/ has them: `classic` (the sidecar a regular container) and `native`
+(an init container with restartPolicy Always and a startupProbe on /healthz: it starts before
+Envoy and stops after it). Given an API server (`kube`), the
+native sidecar runs with --confirm-deletion and the pod exists there; deleting the pod stamps
+its deletionTimestamp first, as the API server does before the kubelet acts.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from bench.lab.envoy import Envoy, free_port, tcp_listener
-from bench.lab.pod import Container, ExecHook, HttpGetHook, Pod, TerminationReport
+from bench.lab.pod import (
+    Container,
+    ExecHook,
+    HttpGetHook,
+    Pod,
+    SidecarHooks,
+    StartupProbe,
+    TerminationReport,
+)
 from bench.lab.sidecar import COMMAND
 from bench.lab.xds import XDS, XdsServer
 
 MIN_DRAIN = 2.0
 DRAIN_TIMEOUT = 8.0
 GRACE_PERIOD = 10.0
+NAMESPACE = "envoy-lifecycle"
+
+Wiring = Literal["classic", "native"]
+WIRINGS: tuple[Wiring, ...] = ("classic", "native")
+
+
+class ApiServer(Protocol):
+    """What the pod needs of a Kubernetes API server (tests/harness/fake_kube_api.py)."""
+
+    def add_pod(self, name: str, namespace: str, uid: str) -> None: ...
+
+    def start_deleting(self, name: str, namespace: str, grace_period: float) -> None: ...
+
+    def kubeconfig(self, directory: Path) -> Path: ...
 
 
 @dataclass
@@ -30,13 +59,14 @@ class EnvoyPod:
     envoy: Envoy
     sidecar_port: int
     shared: Path
+    kube: ApiServer | None = None
 
     @property
     def sidecar_url(self) -> str:
         return f"http://127.0.0.1:{self.sidecar_port}"
 
     async def start(self) -> EnvoyPod:
-        self.pod.start()
+        await self.pod.start()
         await self.envoy.wait_live()
         return self
 
@@ -50,6 +80,8 @@ class EnvoyPod:
         return self.envoy.ports["tcp_passthrough"]
 
     async def delete(self) -> TerminationReport:
+        if self.kube is not None:
+            self.kube.start_deleting(self.pod.name, NAMESPACE, self.pod.grace_period)
         return await self.pod.delete()
 
     def drain_outcome(self) -> dict[str, Any]:
@@ -80,10 +112,15 @@ def envoy_pod(
     ports: dict[str, int] | None = None,
     xds: XdsServer | None = None,
     policy: tuple[str, ...] = (),
+    wiring: Wiring = "classic",
+    kube: ApiServer | None = None,
+    sidecar_hooks: SidecarHooks = "at-deletion",
 ) -> EnvoyPod:
     """`ports` pins Envoy's listener ports (a load balancer's config names them); with `xds`,
     Envoy's config comes from that xDS server instead of a static bootstrap; `policy` adds
-    drain flags (to serve and to the hook alike)."""
+    drain flags (to serve and to the hook alike); `wiring` places the sidecar; `kube` is the
+    API server a native sidecar confirms the deletion with; `sidecar_hooks` is the runner's
+    model of when a native sidecar's preStop runs (bench/lab/pod.py)."""
     shared = workdir / name  # the pod's shared emptyDir (admin socket, control socket)
     shared.mkdir(parents=True, exist_ok=True)
     envoy = Envoy(
@@ -100,6 +137,14 @@ def envoy_pod(
     control = str(shared / "shutdown-manager.sock")
     flags = [*policy_flags(min_drain, drain_timeout), *policy]
     ready = ["--ready-file", str(shared / "drained")]
+    env: dict[str, str] = {}
+    confirm: list[str] = []
+    if kube is not None:
+        uid = str(uuid.uuid4())
+        kube.add_pod(name, NAMESPACE, uid)
+        env = {"POD_NAME": name, "POD_NAMESPACE": NAMESPACE, "POD_UID": uid,
+               "KUBECONFIG": str(kube.kubeconfig(shared))}  # fmt: skip
+        confirm = ["--confirm-deletion"] if wiring == "native" else []
     sidecar = Container(
         name="shutdown-manager",
         argv=[
@@ -113,6 +158,7 @@ def envoy_pod(
             control,
             "--log-format",
             "json",
+            *confirm,
             *flags,
             *ready,
         ],
@@ -129,14 +175,20 @@ def envoy_pod(
             ]
         ),
         log_path=shared / "shutdown-manager.log",
+        env=env,
     )
     proxy = Container(
         name="envoy",
         argv=envoy.argv(),
         pre_stop=HttpGetHook(port=sidecar_port, path="/shutdown"),
     )
-    pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
-    return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared)
+    if wiring == "classic":
+        pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
+    else:
+        sidecar.restart_policy = "Always"
+        sidecar.startup_probe = StartupProbe(port=sidecar_port, path="/healthz", period=0.05)
+        pod = Pod(name, [proxy], grace_period, [sidecar], sidecar_hooks=sidecar_hooks)
+    return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared, kube=kube)
 
 
 def xds_bootstrap(xds: XdsServer, envoy: Envoy, name: str) -> tuple[dict[str, Any], dict[str, int]]:

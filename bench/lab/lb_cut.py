@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.lab.backend import Backend
 from bench.lab.clients import Tally, steady_load
-from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.envoy_pod import EnvoyPod, Wiring, envoy_pod
 from bench.lab.haproxy import HAProxy
 
 NODES = ("127.0.0.2", "127.0.0.3")
@@ -39,7 +39,7 @@ class LbCut:
     pod_gone_after: float
 
 
-async def pod_behind_cutting_lb(workdir: Path, delay: float) -> LbCut:
+async def pod_behind_cutting_lb(workdir: Path, delay: float, wiring: Wiring = "classic") -> LbCut:
     """Delete one of two pods under load; what the clients saw."""
     backend = await Backend("lb").start()
     policy = ("--health-check-failure-delay", f"{delay}s") if delay else ()
@@ -49,7 +49,7 @@ async def pod_behind_cutting_lb(workdir: Path, delay: float) -> LbCut:
         for index, address in enumerate(NODES):
             pod = envoy_pod(
                 workdir, backend.port, address=address, min_drain=MIN_DRAIN, name=f"n{index}",
-                policy=policy,
+                policy=policy, wiring=wiring,
             )  # fmt: skip
             pods.append(pod)
             await pod.start()

@@ -1,11 +1,29 @@
-"""A pod runner that terminates containers exactly as the kubelet does (DESIGN.md section 1).
+"""A pod runner that starts and stops containers as the kubelet does (DESIGN.md section 1, and
+the kubelet's own code: kuberuntime's container termination, KEP-753 and KEP-4438).
 
-* Containers are processes, started in order.
-* Deletion: every container's preStop hook (exec or httpGet) starts at once, in parallel.
-* Each container gets SIGTERM as soon as its *own* hook returns or fails.
-* At deletion + terminationGracePeriodSeconds every container still alive gets SIGKILL; a
-  hook still running then earns the pod a one-off 2 s extension first, as the kubelet gives.
+Start:
+* Init containers in order. A regular one must exit 0 before the next starts (a failure is
+  retried after the crash-loop back-off). A native sidecar (an init container with
+  restartPolicy Always) is started and the next container waits for its startupProbe.
+* Then the regular containers, in order, none waiting for another.
+* While the pod runs, a container that exits is restarted: at once the first time, then
+  after the back-off (10 s, doubling, at most 300 s). A startupProbe that fails its threshold
+  has the container stopped (preStop hook, SIGTERM, SIGKILL at its grace) and started again.
+
+Deletion, every container at once (the kubelet's killContainer):
+* each container's preStop hook (exec or httpGet) starts at once, a native sidecar's included;
+* a regular container gets SIGTERM as soon as its own hook returns (or fails);
+* a native sidecar gets SIGTERM once its hook has returned, every regular container has
+  exited and every sidecar declared after it has exited (reverse order); until then a sidecar
+  that exits is restarted, its hook not run again (KEP-4438, on by default from 1.34);
+* the grace period is shared: a hook still running at deletion + grace is abandoned; SIGKILL
+  comes at deletion + grace, never sooner than 2 s after the container's SIGTERM (the
+  kubelet's minimum, which is also the 2 s it grants a hook that overran).
 * An exec hook's output is not shown (only a failure is recorded, as FailedPreStopHook).
+
+`sidecar_hooks="in-turn"` runs a sidecar's preStop hook only when its turn to stop comes, as
+DESIGN.md section 1.7 and the native-sidecar issue describe it (the kubelet's code and KEP-753
+run it at deletion): our wiring must drain with zero failed requests under both.
 
 The report says when each step happened, so tests can check the order and the timing.
 """
@@ -14,16 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
-HOOK_EXTENSION = 2.0
-"""The kubelet's one-off extension for a preStop hook still running at the grace deadline."""
+MINIMUM_GRACE = 2.0
+"""Seconds between SIGTERM and SIGKILL at the least (the kubelet's minimumGracePeriodInSeconds;
+also the one-off extension a preStop hook still running at the deadline earns)."""
+
+BACK_OFF = 10.0
+"""The kubelet's crash-loop back-off: first restart at once, then 10 s, doubling."""
+
+BACK_OFF_MAX = 300.0
+
+SUPERVISE_EVERY = 0.02
+
+SidecarHooks = Literal["at-deletion", "in-turn"]
 
 
 @dataclass(frozen=True)
@@ -41,23 +71,45 @@ class HttpGetHook:
 Hook = ExecHook | HttpGetHook
 
 
+@dataclass(frozen=True)
+class StartupProbe:
+    """An httpGet startupProbe (periods in seconds; the kubelet's are whole seconds)."""
+
+    port: int
+    path: str
+    period: float = 0.1
+    failure_threshold: int = 300
+    timeout: float = 1.0
+
+
 @dataclass
 class Container:
     name: str
     argv: list[str]
     pre_stop: Hook | None = None
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    restart_policy: Literal["Always"] | None = None
+    """`Always` on an init container makes it a native sidecar."""
+    startup_probe: StartupProbe | None = None
     proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    stopping: bool = False
+    """Its stop has begun (SIGTERM sent or about to be): it is never restarted again."""
+    exited_at: float | None = None
+    """When the supervisor saw its last exit (for the back-off)."""
 
     def start(self) -> None:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+                self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                start_new_session=True, env={**os.environ, **self.env},
+            )  # fmt: skip
         finally:
             if self.log_path and not isinstance(log, int):
                 log.close()
+        self.exited_at = None
 
     @property
     def running(self) -> bool:
@@ -103,19 +155,148 @@ class TerminationReport:
         return [name for name, r in self.containers.items() if r.sigkill_at is not None]
 
 
+@dataclass(frozen=True)
+class Step:
+    at: float
+    container: str
+    what: str
+    """`started`, `startup probe passed`, `completed`, `exited N`, `restarted`."""
+
+
 class Pod:
-    def __init__(self, name: str, containers: list[Container], grace_period: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        containers: list[Container],
+        grace_period: float = 30.0,
+        init_containers: list[Container] | None = None,
+        sidecar_hooks: SidecarHooks = "at-deletion",
+        back_off: float = BACK_OFF,
+    ) -> None:
         self.name = name
         self.containers = containers
+        self.init_containers = init_containers or []
         self.grace_period = grace_period
+        self.sidecar_hooks = sidecar_hooks
+        self.back_off = back_off
+        self.timeline: list[Step] = []
+        self.terminating = False
+        self._started: list[Container] = []
+        """Containers the kubelet keeps running: sidecars and regular ones, in start order."""
+        self._supervisor: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        for container in self.containers:
+    @property
+    def sidecars(self) -> list[Container]:
+        return [c for c in self.init_containers if c.restart_policy == "Always"]
+
+    def container(self, name: str) -> Container:
+        return next(c for c in [*self.init_containers, *self.containers] if c.name == name)
+
+    def _step(self, container: Container, what: str) -> None:
+        self.timeline.append(Step(time.monotonic(), container.name, what))
+
+    # -- start --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
+        for init in self.init_containers:
+            if init.restart_policy == "Always":
+                self._launch(init)
+                if init.startup_probe is not None:
+                    await self._until_started(init, init.startup_probe)
+            else:
+                await self._run_to_completion(init)
+        for regular in self.containers:
+            self._launch(regular)
+
+    def _launch(self, container: Container) -> None:
+        container.start()
+        self._started.append(container)
+        self._step(container, "started")
+
+    async def _run_to_completion(self, container: Container) -> None:
+        while True:
             container.start()
+            self._step(container, "started")
+            assert container.proc is not None
+            while container.proc.poll() is None:  # noqa: ASYNC110 - a child process
+                await asyncio.sleep(SUPERVISE_EVERY)
+            status = container.proc.returncode
+            self._step(container, "completed" if status == 0 else f"exited {status}")
+            if status == 0:
+                return
+            await asyncio.sleep(self._delay(container))
+            container.restarts += 1
+
+    async def _until_started(self, container: Container, probe: StartupProbe) -> None:
+        url = f"http://127.0.0.1:{probe.port}{probe.path}"
+        failures = 0
+        async with httpx.AsyncClient(trust_env=False, timeout=probe.timeout) as client:
+            while True:
+                await asyncio.sleep(probe.period)
+                with contextlib.suppress(httpx.HTTPError):
+                    if 200 <= (await client.get(url)).status_code < 400:
+                        self._step(container, "startup probe passed")
+                        return
+                failures += 1
+                if failures >= probe.failure_threshold:
+                    self._step(container, "startup probe failed")
+                    await self._stop_for_restart(container)
+                    failures = 0
+
+    async def _stop_for_restart(self, container: Container) -> None:
+        """A probe failure: the kubelet runs the preStop hook, stops the container, starts
+        it again (the supervisor does, after the back-off)."""
+        deadline = time.monotonic() + self.grace_period
+        container.stopping = True  # the supervisor restarts it once stopped, not before
+        if container.pre_stop is not None:
+            with contextlib.suppress(TimeoutError):
+                await _run_hook(container.pre_stop, deadline, container.env)
+        container.signal(signal.SIGTERM)
+        await _wait_exit(container, max(deadline, time.monotonic() + MINIMUM_GRACE))
+        container.signal(signal.SIGKILL)
+        await _wait_exit(container, time.monotonic() + 5)
+        container.stopping = False
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Restart what exits while it should run, with the kubelet's back-off."""
+        while True:
+            for container in self._started:
+                if not container.running and self._keeps_running(container):
+                    self._restart_when_due(container)
+            await asyncio.sleep(SUPERVISE_EVERY)
+
+    def _keeps_running(self, container: Container) -> bool:
+        if container.stopping:
+            return False
+        return not self.terminating or container.restart_policy == "Always"
+
+    def _restart_when_due(self, container: Container) -> None:
+        now = time.monotonic()
+        if container.exited_at is None:
+            container.exited_at = now
+            assert container.proc is not None
+            self._step(container, f"exited {container.proc.returncode}")
+        if now >= container.exited_at + self._delay(container):
+            container.start()
+            container.restarts += 1
+            self._step(container, "restarted")
+
+    def _delay(self, container: Container) -> float:
+        if container.restarts == 0:
+            return 0.0
+        return float(min(self.back_off * 2 ** (container.restarts - 1), BACK_OFF_MAX))
+
+    # -- deletion -----------------------------------------------------------------------
 
     def kill(self) -> None:
         """Teardown: SIGKILL whatever is left (by PID), as a test must."""
-        for container in self.containers:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        for container in [*self.init_containers, *self.containers]:
+            container.stopping = True
             container.signal(signal.SIGKILL)
             if container.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -123,59 +304,88 @@ class Pod:
 
     async def delete(self) -> TerminationReport:
         """Terminate the pod the kubelet's way; return when every container has exited."""
+        self.terminating = True
         report = TerminationReport(deleted_at=time.monotonic(), grace_period=self.grace_period)
-        report.containers = {c.name: ContainerReport(c.name) for c in self.containers}
+        running = [c for c in self._started if c.running]
+        report.containers = {c.name: ContainerReport(c.name) for c in running}
         deadline = report.deleted_at + self.grace_period
-        hooks = {
-            c.name: asyncio.create_task(
-                self._hook_then_term(c, report.containers[c.name], deadline)
-            )
-            for c in self.containers
-        }
-        await asyncio.wait(hooks.values(), timeout=max(0.0, deadline - time.monotonic()))
-        if any(not task.done() for task in hooks.values()):
-            await asyncio.wait(hooks.values(), timeout=HOOK_EXTENSION)
-        for name, task in hooks.items():
-            if not task.done():
-                task.cancel()
-                report.containers[name].hook_result = "killed at deadline"
-        await self._kill_survivors(report, deadline)
+        gone = {c.name: asyncio.Event() for c in running}
+        await asyncio.gather(
+            *(self._terminate(c, report.containers[c.name], deadline, gone) for c in running)
+        )
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         return report
 
-    async def _hook_then_term(
-        self, container: Container, report: ContainerReport, deadline: float
+    async def _terminate(
+        self,
+        container: Container,
+        report: ContainerReport,
+        deadline: float,
+        gone: dict[str, asyncio.Event],
     ) -> None:
+        sidecar = container.restart_policy == "Always"
+        if sidecar and self.sidecar_hooks == "in-turn":
+            await self._turn(container, deadline, gone)
         if container.pre_stop is not None and container.running:
-            report.hook_started = time.monotonic()
-            report.hook_result, report.hook_exit = await _run_hook(container.pre_stop, deadline)
-            report.hook_ended = time.monotonic()
+            await self._hook(container, report, deadline)
+        if sidecar and self.sidecar_hooks == "at-deletion":
+            await self._turn(container, deadline, gone)
+        container.stopping = True
         report.sigterm_at = time.monotonic()
         container.signal(signal.SIGTERM)
-        await self._wait_exit(container, report, deadline + HOOK_EXTENSION)
+        await _wait_exit(container, max(deadline, report.sigterm_at + MINIMUM_GRACE))
+        if container.running:
+            report.sigkill_at = time.monotonic()
+            container.signal(signal.SIGKILL)
+            await _wait_exit(container, time.monotonic() + 5)
+        report.exited_at = time.monotonic()
+        assert container.proc is not None
+        report.exit_status = container.proc.returncode
+        if container.name in gone:
+            gone[container.name].set()
 
-    async def _wait_exit(self, container: Container, report: ContainerReport, until: float) -> None:
-        while container.running and time.monotonic() < until:  # noqa: ASYNC110 - a child process
-            await asyncio.sleep(0.01)
-        if not container.running and report.exited_at is None:
-            report.exited_at = time.monotonic()
-            assert container.proc is not None
-            report.exit_status = container.proc.returncode
+    async def _turn(
+        self, container: Container, deadline: float, gone: dict[str, asyncio.Event]
+    ) -> None:
+        """A sidecar stops after every regular container, and after the sidecars declared
+        after it (reverse order), or at the deadline."""
+        sidecars = self.sidecars
+        later = sidecars[sidecars.index(container) + 1 :]
+        before = [gone[c.name] for c in [*self.containers, *later] if c.name in gone]
+        waiting = [asyncio.ensure_future(event.wait()) for event in before]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
+        for task in waiting:
+            task.cancel()
 
-    async def _kill_survivors(self, report: TerminationReport, deadline: float) -> None:
-        for container in self.containers:
-            entry = report.containers[container.name]
-            if container.running:
-                entry.sigkill_at = time.monotonic()
-                container.signal(signal.SIGKILL)
-            await self._wait_exit(container, entry, time.monotonic() + 5)
+    async def _hook(self, container: Container, report: ContainerReport, deadline: float) -> None:
+        assert container.pre_stop is not None
+        if time.monotonic() >= deadline:
+            return  # no grace left: the kubelet skips the hook
+        report.hook_started = time.monotonic()
+        try:
+            report.hook_result, report.hook_exit = await asyncio.wait_for(
+                _run_hook(container.pre_stop, deadline, container.env),
+                max(0.0, deadline - time.monotonic()),
+            )
+        except TimeoutError:
+            report.hook_result = "killed at deadline"
+        report.hook_ended = time.monotonic()
 
 
-async def _run_hook(hook: Hook, deadline: float) -> tuple[str, int | None]:
-    budget = max(0.1, deadline + HOOK_EXTENSION - time.monotonic())
+async def _wait_exit(container: Container, until: float) -> None:
+    while container.running and time.monotonic() < until:  # noqa: ASYNC110 - a child process
+        await asyncio.sleep(0.01)
+
+
+async def _run_hook(hook: Hook, deadline: float, env: dict[str, str]) -> tuple[str, int | None]:
+    budget = max(0.1, deadline - time.monotonic())
     if isinstance(hook, ExecHook):
         proc = await asyncio.create_subprocess_exec(
-            *hook.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
+            *hook.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )  # fmt: skip
         try:
             status = await asyncio.wait_for(proc.wait(), budget)
         except (TimeoutError, asyncio.CancelledError):

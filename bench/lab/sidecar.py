@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -19,8 +20,11 @@ COMMAND = [sys.executable, "-m", "shutdown_manager"]
 class SidecarProcess:
     """`shutdown-manager serve` with its log captured to a file."""
 
-    def __init__(self, workdir: Path, admin_address: str, *flags: str) -> None:
+    def __init__(
+        self, workdir: Path, admin_address: str, *flags: str, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.control_socket = workdir / "sm.sock"
         self.log_path = workdir / f"serve-{self.port}.log"
@@ -40,7 +44,9 @@ class SidecarProcess:
 
     async def start(self, timeout: float = 15.0) -> SidecarProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env
+        )
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(trust_env=False) as client:
             while time.monotonic() < deadline:

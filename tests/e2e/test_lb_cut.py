@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.lab.envoy_pod import WIRINGS, Wiring
 from bench.lab.lb_cut import pod_behind_cutting_lb
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,7 +30,8 @@ async def test_a_balancer_that_cuts_flows_fails_requests_without_the_delay(workd
     assert all(r.ok for r in results)
 
 
-async def test_with_the_delay_no_request_fails(workdir: Path) -> None:
-    result = await pod_behind_cutting_lb(workdir, delay=1.5)
+@pytest.mark.parametrize("wiring", WIRINGS)
+async def test_with_the_delay_no_request_fails(wiring: Wiring, workdir: Path) -> None:
+    result = await pod_behind_cutting_lb(workdir, delay=1.5, wiring=wiring)
     assert result.failed == 0, result.errors
     assert result.ok > 0

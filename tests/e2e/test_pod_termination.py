@@ -1,5 +1,7 @@
-"""A real pod's termination, the kubelet's way, under every kind of client: zero failed
-requests, and the pod gone within max(minimum drain, slowest client's own end) + 1 s."""
+"""A real pod's termination, the kubelet's way, under every kind of client, with the sidecar
+classic and native: zero failed requests, the pod gone within max(minimum drain, slowest
+client's own end) + 1 s, and the drain's end posted as an event (the API server is a FAKE,
+tests/harness/fake_kube_api.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +10,44 @@ from pathlib import Path
 import pytest
 
 from bench.lab.backend import Backend
-from bench.lab.envoy_pod import GRACE_PERIOD, MIN_DRAIN, EnvoyPod, envoy_pod
+from bench.lab.envoy_pod import GRACE_PERIOD, MIN_DRAIN, WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.pod import TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
 from bench.lab.xds import XdsServer
+from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def start_pod(
-    pods: list[EnvoyPod], workdir: Path, backend: Backend, xds: XdsServer, **kw: float
+    pods: list[EnvoyPod],
+    workdir: Path,
+    backend: Backend,
+    xds: XdsServer,
+    wiring: Wiring = "classic",
+    api: FakeKubeApi | None = None,
+    **kw: float,
 ) -> EnvoyPod:
     """The pod as deployed: its Envoy gets its whole HTTP config from the xDS server."""
-    pod = envoy_pod(workdir, backend.port, xds=xds, **kw)  # type: ignore[arg-type]
+    pod = envoy_pod(workdir, backend.port, xds=xds, wiring=wiring, kube=api, **kw)  # type: ignore[arg-type]
     pods.append(pod)
     return await pod.start()
 
 
+@pytest.mark.parametrize("wiring", WIRINGS)
 @pytest.mark.parametrize(
     "scenario", list(DRAINING_SCENARIOS.values()), ids=list(DRAINING_SCENARIOS)
 )
 async def test_pod_terminates_with_zero_failed_requests(
-    scenario: Scenario, workdir: Path, backend: Backend, pods: list[EnvoyPod], xds: XdsServer
+    scenario: Scenario,
+    wiring: Wiring,
+    workdir: Path,
+    backend: Backend,
+    pods: list[EnvoyPod],
+    xds: XdsServer,
+    api: FakeKubeApi,
 ) -> None:
-    pod = await start_pod(pods, workdir, backend, xds)
+    pod = await start_pod(pods, workdir, backend, xds, wiring, api)
     result: Result = await scenario(pod)
     report = result.report
     assert isinstance(report, TerminationReport)
@@ -48,18 +64,32 @@ async def test_pod_terminates_with_zero_failed_requests(
     natural = max(MIN_DRAIN, result.natural_end - result.deleted_at)
     assert report.duration <= natural + 1.0, (report.duration, natural)
     assert pod.drain_outcome()["outcome"] in ("drained", "quiescent")
+    if wiring == "native":
+        assert sidecar.sigterm_at is not None
+        assert envoy.exited_at is not None
+        assert sidecar.sigterm_at >= envoy.exited_at, "a native sidecar stops after Envoy"
+    reasons = [e["reason"] for e in api.objects["Event"].values()]
+    assert reasons == ["DrainStarted", "DrainCompleted"], reasons
 
 
+@pytest.mark.parametrize("wiring", WIRINGS)
 async def test_client_outliving_the_deadline_ends_at_the_grace_period_and_is_reported(
-    workdir: Path, backend: Backend, pods: list[EnvoyPod], xds: XdsServer
+    wiring: Wiring,
+    workdir: Path,
+    backend: Backend,
+    pods: list[EnvoyPod],
+    xds: XdsServer,
+    api: FakeKubeApi,
 ) -> None:
     pod = await start_pod(
-        pods, workdir, backend, xds, min_drain=0.5, drain_timeout=1.5, grace_period=2.5
-    )
+        pods, workdir, backend, xds, wiring, api, min_drain=0.5, drain_timeout=1.5,
+        grace_period=2.5,
+    )  # fmt: skip
     result = await long_streams(pod)  # streams end 3 s after deletion
     report = result.report
     assert isinstance(report, TerminationReport)
     assert report.duration <= 2.5 + 0.5
+    assert not report.killed
     sidecar = report.containers["shutdown-manager"]
     assert sidecar.hook_exit == 3, "the hook says the deadline passed"
     outcome = pod.drain_outcome()

@@ -14,10 +14,11 @@ import pytest
 
 from bench.lab.backend import Backend
 from bench.lab.clients import Tally, steady_load
-from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
 from bench.lab.pod import TerminationReport
 from bench.lab.xds import XdsServer, serve_one_backend
+from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,8 +27,9 @@ MIN_DRAIN = 1.0
 """Well above HAProxy's detection time (one failed check, 100 ms apart)."""
 
 
+@pytest.mark.parametrize("wiring", WIRINGS)
 async def test_rolling_restart_behind_haproxy_fails_no_request(
-    workdir: Path, backend: Backend, pods: list[EnvoyPod]
+    wiring: Wiring, workdir: Path, backend: Backend, pods: list[EnvoyPod], api: FakeKubeApi
 ) -> None:
     nodes: dict[str, EnvoyPod] = {}
     servers: dict[str, XdsServer] = {}
@@ -36,7 +38,7 @@ async def test_rolling_restart_behind_haproxy_fails_no_request(
         servers[name] = await serve_one_backend(workdir / f"xds-{name}", backend.port, address)
         pod = envoy_pod(
             workdir, backend.port, address=address, min_drain=MIN_DRAIN, name=name,
-            xds=servers[name],
+            xds=servers[name], wiring=wiring, kube=api,
         )  # fmt: skip
         pods.append(pod)
         nodes[name] = await pod.start()
@@ -65,6 +67,8 @@ async def test_rolling_restart_behind_haproxy_fails_no_request(
                 name=name,
                 ports=old.envoy.ports,
                 xds=servers[name],
+                wiring=wiring,
+                kube=api,
             )
             pods.append(new)
             nodes[name] = await new.start()

@@ -1,8 +1,10 @@
 """FAKE Kubernetes API server, for the API source's tests: no real one can run here.
 
 It speaks the real wire format of list and watch for the five resources `xds-server
---kubernetes` reads, get/create/replace (with resourceVersion conflicts) of Secrets and
-Leases, and merge patches of Ingress status. Lists carry a resourceVersion; watches are a
+--kubernetes` reads, get/create/replace (with resourceVersion conflicts) of Secrets, Leases,
+Pods and Events, and merge patches of Ingress status. Pods are what the shutdown-manager's
+--confirm-deletion reads: a graceful deletion sets metadata.deletionTimestamp first, as the
+API server does before any kubelet acts on it. Lists carry a resourceVersion; watches are a
 chunked stream of JSON event lines from a given version, with BOOKMARK events, a `410 Gone`
 ERROR event for a version older than the last compaction, `timeoutSeconds`, and connections
 it can drop on demand. Every request is recorded so tests can check how the client resumed.
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ PATHS = {
     "/api/v1/secrets": "Secret",
 }
 
-NAMED = {"secrets": "Secret", "leases": "Lease"}
+NAMED = {"secrets": "Secret", "leases": "Lease", "pods": "Pod", "events": "Event"}
 """Namespaced objects read and written one by one (GET, POST, PUT)."""
 
 
@@ -43,7 +47,7 @@ class Request:
 class FakeKubeApi:
     version: int = 1
     objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(
-        default_factory=lambda: {kind: {} for kind in [*PATHS.values(), "Lease"]}
+        default_factory=lambda: {kind: {} for kind in [*PATHS.values(), *NAMED.values()]}
     )
     status_patches: list[tuple[str, str]] = field(default_factory=list)
     history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
@@ -123,6 +127,32 @@ class FakeKubeApi:
             if watched == kind:
                 queue.put_nowait({"type": event, "object": obj})
 
+    def add_pod(self, name: str, namespace: str, uid: str) -> None:
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "uid": uid},
+                "status": {"phase": "Running"},
+            }
+        )
+
+    def start_deleting(self, name: str, namespace: str, grace_period: float) -> None:
+        """A graceful delete: the API server stamps the pod, the kubelet then terminates it."""
+        pod = copy.deepcopy(self.objects["Pod"][(namespace, name)])
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        stamp = now + datetime.timedelta(seconds=grace_period)
+        pod["metadata"]["deletionTimestamp"] = stamp.isoformat().replace("+00:00", "Z")
+        pod["metadata"]["deletionGracePeriodSeconds"] = int(grace_period)
+        self.apply(pod)
+
+    def gets(self, kind: str) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if r.kind == kind and (r.field_selector or "").startswith("name=")
+        )
+
     def compact(self) -> None:
         """Forget history: a watch from any version seen so far gets 410 Gone."""
         self.version += 1
@@ -164,7 +194,10 @@ class FakeKubeApi:
     async def _post(self, request: web.Request) -> web.Response:
         kind, (namespace, _) = self._named(request)
         body = await request.json()
-        key = (namespace, body["metadata"]["name"])
+        metadata = body["metadata"]
+        if "name" not in metadata and "generateName" in metadata:  # as the API server does
+            metadata["name"] = metadata["generateName"] + secrets.token_hex(3)[:5]
+        key = (namespace, metadata["name"])
         if key in self.objects[kind]:
             return self._status(409, "AlreadyExists", f'{kind} "{key[1]}" already exists')
         body["metadata"]["namespace"] = namespace

@@ -9,7 +9,6 @@ import pytest
 
 from bench.lab.backend import Backend
 from bench.lab.xds import XdsEnvoy, XdsServer
-from tests.harness.fake_kube_api import FakeKubeApi
 
 
 @pytest.fixture
@@ -33,11 +32,3 @@ def processes() -> Iterator[list[XdsServer | XdsEnvoy]]:
     yield started
     for process in reversed(started):
         process.stop()
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    """The FAKE Kubernetes API server (no real one can run here)."""
-    fake = await FakeKubeApi().start()
-    yield fake
-    await fake.stop()
