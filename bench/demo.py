@@ -41,7 +41,7 @@ from bench.lab.backend import Backend
 from bench.lab.certs import init_certs, loaded_client_serial, stored_serial
 from bench.lab.clients import Tally, TcpConnection, http_client, streaming_request
 from bench.lab.envoy import probe_connections
-from bench.lab.envoy_pod import EnvoyPod, envoy_pod
+from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.h2client import h2_load
 from bench.lab.pod import TerminationReport
 from bench.lab.xds import serve_one_backend
@@ -167,20 +167,20 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
     )
 
 
-async def story(work: Path, timeline_png: Path | None) -> int:
+async def story(work: Path, timeline_png: Path | None, wiring: Wiring) -> int:
     backend = await Backend().start()
     certs = init_certs(work / "certs")
     xds = await serve_one_backend(work / "xds", backend.port, certs_dir=certs.root)
     pod = envoy_pod(
         work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
-        xds=xds,
+        xds=xds, wiring=wiring,
     )  # fmt: skip
     try:
         await pod.start()
         console.print(
-            f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager sidecar; "
-            "its routes come from xds-server (delta ADS over mTLS) reading a directory of "
-            "manifests"
+            f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager as a "
+            f"{wiring} sidecar; its routes come from xds-server (delta ADS over mTLS) reading "
+            "a directory of manifests"
         )
         return await run(pod, timeline_png, certs)
     finally:
@@ -338,9 +338,13 @@ def plot(timeline: Timeline, deleted: float, gone: float, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Terminate an Envoy pod under mixed load.")
     parser.add_argument("--timeline", type=Path, help="write a PNG timeline here")
+    parser.add_argument(
+        "--wiring", choices=WIRINGS, default="native",
+        help="the sidecar as deploy/ has it by default (native) or classic (default: native)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="demo-", dir="/tmp") as tmp:
-        return asyncio.run(story(Path(tmp), args.timeline))
+        return asyncio.run(story(Path(tmp), args.timeline, args.wiring))
 
 
 if __name__ == "__main__":
