@@ -11,6 +11,7 @@ takes over at its next try instead of after the duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from typing import Any
@@ -57,7 +58,7 @@ class LeaseElector:
         try:
             while True:
                 try:
-                    held = await asyncio.to_thread(self.try_hold)
+                    held = await self._attempt()
                 except Exception as exc:  # the API is unreachable: not the leader any more
                     log.warning("lease %s: %s", self.name, str(exc).splitlines()[0][:200])
                     held = False
@@ -67,6 +68,18 @@ class LeaseElector:
             if self.is_leader:
                 await asyncio.to_thread(self.release)
             self._set(False)
+
+    async def _attempt(self) -> bool:
+        """One acquire-or-renew. Cancelled mid-way, it still waits for the request in flight:
+        a renewal landing after `release` would hold the lease for a replica that is gone,
+        and the others would wait the lease out."""
+        attempt = asyncio.ensure_future(asyncio.to_thread(self.try_hold))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await attempt
+            raise
 
     def _set(self, held: bool) -> None:
         if held and not self.is_leader:
