@@ -50,6 +50,12 @@ RESTORE_RETRY = 1.0
 RESTORE_GIVE_UP = 120.0
 """Stop looking for a DRAINING Envoy to restore after this long: it was never there."""
 
+API_PATIENCE = 30.0
+"""With --confirm-deletion, a restarted sidecar that finds Envoy DRAINING waits this long for
+the API server to say whether the pod is being deleted, then restores Envoy anyway: a pod
+left DRAINING for an API outage is worse than a deleted pod briefly LIVE again (its
+endpoints are already terminating)."""
+
 log = get_logger("serve")
 
 
@@ -218,6 +224,7 @@ class Sidecar:
         """A restarted sidecar means the pod is not terminating: undo a stale DRAINING."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + RESTORE_GIVE_UP
+        patience = loop.time() + API_PATIENCE
         while loop.time() < give_up:
             try:
                 info = await self.admin.server_info()
@@ -241,9 +248,9 @@ class Sidecar:
             if info.draining and self.drain.started_at is None:
                 if self.deletion is not None:
                     verdict = await self.deletion.check()
-                    if verdict.error:
+                    if verdict.error and loop.time() < patience:
                         await asyncio.sleep(RESTORE_RETRY)
-                        continue  # Envoy stays DRAINING until the API server can say
+                        continue  # Envoy stays DRAINING while the API server cannot say
                     if verdict.deleting:
                         self._resume_drain(verdict)
                         return

@@ -185,3 +185,41 @@ async def test_confirm_deletion_without_the_pods_identity_is_a_one_line_error(
         "shutdown-manager serve: error: --confirm-deletion needs POD_NAME and POD_NAMESPACE"
         " (downward API)"
     ]
+
+
+async def test_an_api_outage_holds_a_restore_back_only_for_a_while(
+    envoy: Envoy,
+    workdir: Path,
+    api: FakeKubeApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process, with the patience cut to 1 s: Envoy found DRAINING stays so while the API
+    server cannot answer, then is restored (a pod stuck DRAINING is the worse failure)."""
+    from shutdown_manager import server
+    from shutdown_manager.address import parse_admin_address
+    from shutdown_manager.policy import DrainPolicy
+
+    kubeconfig = api.kubeconfig(workdir)
+    await api.stop()
+    for key, value in pod_env(kubeconfig).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(server, "API_PATIENCE", 1.0)
+    async with envoy.admin_http() as admin:
+        await admin.post("/healthcheck/fail")
+    config = server.ServeConfig(
+        admin=parse_admin_address(envoy.admin_address), listen_host="127.0.0.1", listen_port=0,
+        control_socket=workdir / "c.sock", policy=DrainPolicy(), confirm_deletion=True,
+    )  # fmt: skip
+    sidecar = server.Sidecar(config)
+    await sidecar.startup()
+    try:
+        await asyncio.sleep(0.5)
+        assert await envoy.state() == "DRAINING", "held while the API server cannot say"
+        for _ in range(50):
+            if await envoy.state() == "LIVE":
+                break
+            await asyncio.sleep(0.1)
+        assert await envoy.state() == "LIVE"
+        assert sidecar.drain.started_at is None
+    finally:
+        await sidecar.close()
