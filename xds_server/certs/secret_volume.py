@@ -83,16 +83,20 @@ class SecretVolume:
         self,
         files: Mapping[str, bytes],
         check: Callable[[dict[str, bytes]], object] | None = None,
+        mode: int | None = None,
+        group: int | None = None,
     ) -> str:
         """Publish `files` as the new version; `check` sees them as read back from disk and
-        raises to abandon the write (the old version stays)."""
+        raises to abandon the write (the old version stays). `mode` and `group` set every
+        file's, before the swap, as the kubelet does with a volume's defaultMode and the
+        pod's fsGroup (else: keys 0600, the rest 0644, the writer's group)."""
         self.path.mkdir(parents=True, exist_ok=True)
         name = _version_name()
         directory = self.path / name
         directory.mkdir(mode=0o755)
         try:
             for file, data in files.items():
-                _write_file(directory / file, data)
+                _write_file(directory / file, data, mode, group)
             _fsync_dir(directory)
             if check is not None:
                 check(_read_files(directory))
@@ -159,10 +163,14 @@ def _read_files(directory: Path) -> dict[str, bytes]:
     return files
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    mode = 0o600 if path.name.endswith(SECRET_SUFFIXES) else 0o644
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+def _write_file(path: Path, data: bytes, mode: int | None = None, group: int | None = None) -> None:
+    if mode is None:
+        mode = 0o600 if path.name.endswith(SECRET_SUFFIXES) else 0o644
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as file:
+        if group is not None:
+            os.fchown(fd, -1, group)
+        os.fchmod(fd, mode)  # after the group: a key is never readable by the wrong group
         file.write(data)
         file.flush()
         os.fsync(fd)
