@@ -54,7 +54,9 @@ def assert_consistent(certs: CertDirectory) -> None:
         )
 
 
-async def presented_serial(port: int, certs: CertDirectory, name: str = "xds-server") -> str:
+async def presented_serial(
+    port: int, certs: CertDirectory, name: str = "xds-server", host: str = "127.0.0.1"
+) -> str:
     """A fresh mTLS handshake with the server as Envoy would make it (Envoy's pair, SNI
     `name`): the serial of the certificate the server presents now."""
     version = certs.stores["envoy"].read()
@@ -63,7 +65,7 @@ async def presented_serial(port: int, certs: CertDirectory, name: str = "xds-ser
     context = ssl.create_default_context(cafile=str(directory / BUNDLE))
     context.load_cert_chain(str(directory / CERT), str(directory / KEY))
     context.set_alpn_protocols(["h2"])
-    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=name)
+    _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=name)
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
     return pki.serial_hex(x509.load_der_x509_certificate(der))

@@ -16,22 +16,25 @@ CHECK_INTERVAL_MS = 100
 """Active health check every 100 ms; one failure takes a node out, two successes bring it in."""
 
 
-def config(port: int, nodes: dict[str, tuple[str, int, int]], runtime: Path | None = None) -> str:
-    """nodes: name -> (address, ingress port, probe port). HTTP mode; with `runtime` (its
-    admin socket), a layer-4 balancer as a cloud's network load balancer behaves: TCP flows
-    pinned to a node, a node whose health check fails has its established flows cut
-    (`on-marked-down shutdown-sessions`), and one taken out by the runtime API (`set server
-    ... state drain`, what the endpoint's removal does) gets no new flow but keeps its own."""
+def config(
+    port: int, nodes: dict[str, tuple[str, int, int]], runtime: Path, l4: bool = False
+) -> str:
+    """nodes: name -> (address, ingress port, probe port); `runtime` is the admin socket (a
+    node's address can change there, as an endpoint's does). HTTP mode; with `l4`, a layer-4
+    balancer as a cloud's network load balancer behaves: TCP flows pinned to a node, a node
+    whose health check fails has its established flows cut (`on-marked-down
+    shutdown-sessions`), and one taken out by the runtime API (`set server ... state drain`,
+    what the endpoint's removal does) gets no new flow but keeps its own."""
     servers = "\n".join(
         f"    server {name} {address}:{ingress} check port {probe}"
         for name, (address, ingress, probe) in nodes.items()
     )
-    socket = f"\n    stats socket {runtime} mode 600 level admin" if runtime else ""
-    cut = " on-marked-down shutdown-sessions" if runtime else ""
+    cut = " on-marked-down shutdown-sessions" if l4 else ""
     return f"""global
-    maxconn 2000{socket}
+    maxconn 2000
+    stats socket {runtime} mode 600 level admin
 defaults
-    mode {"tcp" if runtime else "http"}
+    mode {"tcp" if l4 else "http"}
     timeout connect 1s
     timeout client 30s
     timeout server 30s
@@ -57,7 +60,7 @@ class HAProxy:
         self.port = free_port()
         self.path = workdir / "haproxy.cfg"
         self.runtime = workdir / "haproxy.sock"
-        self.path.write_text(config(self.port, nodes, self.runtime if l4 else None))
+        self.path.write_text(config(self.port, nodes, self.runtime, l4))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,7 +87,7 @@ class HAProxy:
         raise TimeoutError("haproxy did not serve")
 
     async def command(self, line: str) -> str:
-        """One runtime API command (the L4 balancer's stats socket)."""
+        """One runtime API command (the stats socket)."""
         reader, writer = await asyncio.open_unix_connection(str(self.runtime))
         writer.write(line.encode() + b"\n")
         await writer.drain()
@@ -98,6 +101,12 @@ class HAProxy:
         answer = await self.command(f"set server envoys/{server} state drain")
         if answer.strip():
             raise RuntimeError(f"haproxy refused to drain {server}: {answer.strip()}")
+
+    async def move(self, server: str, address: str) -> None:
+        """The node's endpoint has a new address (a new pod in its place)."""
+        answer = await self.command(f"set server envoys/{server} addr {address}")
+        if "changed" not in answer and answer.strip():
+            raise RuntimeError(f"haproxy refused the address of {server}: {answer.strip()}")
 
     def stop(self) -> None:
         stop_process(self.proc)

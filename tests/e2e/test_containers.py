@@ -19,13 +19,17 @@ import pytest
 import yaml
 
 from bench.lab.backend import Backend
-from bench.lab.certs import init_certs
+from bench.lab.certs import init_certs, loaded_client_serial, presented_serial, stored_serial
+from bench.lab.clients import Tally, steady_load
 from bench.lab.docker_pod import Cluster, DockerPod, logs, network_gateway
+from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
 from bench.lab.pod import TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario
-from bench.lab.xds import endpoint_slice, ingress, rule, service, write_manifests
+from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
 from tests.e2e.test_images import MISSING
 from tests.test_deploy import find
+from xds_server.certs.directory import CertDirectory
+from xds_server.certs.rotation import Rotator
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -66,8 +70,12 @@ class EnvoyInContainers:
 
 
 @pytest.fixture
-def cluster(workdir: Path) -> Cluster:
-    certs = init_certs(workdir / "certs")
+def certs(workdir: Path) -> CertDirectory:
+    return init_certs(workdir / "certs")
+
+
+@pytest.fixture
+def cluster(workdir: Path, certs: CertDirectory) -> Cluster:
     return Cluster(
         workdir=workdir / "pods",
         gateway=network_gateway(),
@@ -114,9 +122,10 @@ def xds_template(manifests: Path) -> dict[str, Any]:
     return dict(template)
 
 
-async def start_pods(
-    cluster: Cluster, docker_pods: list[DockerPod], workdir: Path, overlay: str
-) -> tuple[EnvoyInContainers, Backend]:
+async def start_xds(
+    cluster: Cluster, docker_pods: list[DockerPod], workdir: Path
+) -> tuple[DockerPod, Backend]:
+    """A backend on the host and the xds-server pod routing every request to it."""
     backend = await Backend(host=cluster.gateway).start()
     manifests = workdir / "manifests"
     manifests.mkdir()
@@ -133,15 +142,30 @@ async def start_pods(
     await xds.start()
     await until_ok(f"http://{xds.ip}:8081/readyz")
     cluster.hosts[XDS_NAME] = xds.ip
+    return xds, backend
+
+
+async def start_envoy(
+    cluster: Cluster, docker_pods: list[DockerPod], overlay: str, name: str = "envoy"
+) -> EnvoyInContainers:
+    """An Envoy pod of `overlay`'s template, Ready and serving."""
     kind = "Deployment" if overlay == "envoy-deployment" else "DaemonSet"
     template = find(overlay, kind, "envoy")["spec"]["template"]
-    envoy = DockerPod("envoy", yaml.safe_load(yaml.safe_dump(template)), cluster)
+    envoy = DockerPod(name, yaml.safe_load(yaml.safe_dump(template)), cluster)
     docker_pods.append(envoy)
     await envoy.start()
     target = EnvoyInContainers(envoy)
     await envoy.until_ready()
     await until_ok(target.url("/"))
-    return target, backend
+    return target
+
+
+async def start_pods(
+    cluster: Cluster, docker_pods: list[DockerPod], workdir: Path, overlay: str
+) -> tuple[EnvoyInContainers, Backend]:
+    """The xds-server pod, then the Envoy pod, ready and serving through it."""
+    _, backend = await start_xds(cluster, docker_pods, workdir)
+    return await start_envoy(cluster, docker_pods, overlay), backend
 
 
 @pytest.mark.parametrize(
@@ -172,3 +196,75 @@ async def test_the_deployed_pod_drains_with_zero_failed_requests(
     assert sidecar.hook_result == "ok", "the drain hook exits 0 when drained"
     finished = [x for x in target.sidecar_log() if x.get("event") == "finished"]
     assert [x["outcome"] for x in finished] in (["drained"], ["quiescent"])
+
+
+async def test_certificates_rotate_under_load_through_the_projected_secret_volumes(
+    cluster: Cluster, certs: CertDirectory, docker_pods: list[DockerPod], workdir: Path
+) -> None:
+    """Both leaves renewed in the Secrets' sources mid-load: the pods' volumes get the new
+    version by one swap, Envoy loads its new client certificate, the server presents its
+    new one, and no request fails."""
+    target, backend = await start_pods(cluster, docker_pods, workdir, "envoy-daemonset")
+    xds = docker_pods[0]
+    admin = target.pod.volume_path("admin") / "admin.sock"
+    stop, tally = asyncio.Event(), Tally()
+    load = [asyncio.create_task(steady_load(target.url("/"), stop, tally)) for _ in range(2)]
+    try:
+        await asyncio.sleep(0.5)
+        before = {which: stored_serial(certs, which) for which in ("server", "envoy")}
+        await asyncio.to_thread(Rotator(certs, propagation_delay=1).step, True)
+        after = {which: stored_serial(certs, which) for which in ("server", "envoy")}
+        assert after["envoy"] != before["envoy"]
+        assert after["server"] != before["server"]
+        await until(lambda: _loaded(admin, after["envoy"]), timeout=20)
+        await until(lambda: _presented(xds.ip, certs, after["server"]), timeout=20)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+        await backend.stop()
+    assert tally.failed == 0, tally.errors[:3]
+    assert tally.ok > 50
+
+
+async def _loaded(admin: Path, serial: str) -> bool:
+    return await loaded_client_serial(admin) == serial
+
+
+async def _presented(host: str, certs: CertDirectory, serial: str) -> bool:
+    return await presented_serial(8001, certs, host=host) == serial
+
+
+async def test_a_rolling_restart_behind_haproxy_fails_no_request(
+    cluster: Cluster, docker_pods: list[DockerPod], workdir: Path
+) -> None:
+    """Three Envoy pods behind HAProxy (health checks on each pod's /ready); each in turn is
+    deleted the kubelet's way and replaced by a new pod, whose address HAProxy is given as
+    an endpoint's would be. Under continuous load, no request fails."""
+    _, backend = await start_xds(cluster, docker_pods, workdir)
+    nodes = {f"n{i}": await start_envoy(cluster, docker_pods, "envoy-daemonset", f"n{i}")
+             for i in range(3)}  # fmt: skip
+    proxy = HAProxy(workdir, {n: (t.pod.ip, 8080, 8002) for n, t in nodes.items()})
+    stop, tally = asyncio.Event(), Tally()
+    try:
+        await proxy.start()
+        load = [asyncio.create_task(steady_load(proxy.url, stop, tally)) for _ in range(4)]
+        reports = []
+        for name, old in nodes.items():
+            await asyncio.sleep(0.5)
+            reports.append(await old.delete())
+            new = await start_envoy(cluster, docker_pods, "envoy-daemonset", f"{name}-next")
+            await proxy.move(name, new.pod.ip)
+            await asyncio.sleep(3 * CHECK_INTERVAL_MS / 1000)  # HAProxy's `rise 2`
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*load)
+    finally:
+        stop.set()
+        proxy.stop()
+        await backend.stop()
+    assert tally.failed == 0, tally.errors[:5]
+    assert tally.ok > 300
+    for report in reports:
+        assert not report.killed
+        assert report.containers["shutdown-manager"].hook_result == "ok"
