@@ -67,7 +67,7 @@ def logs(container: Container) -> str:
 def network_gateway(name: str = NETWORK) -> str:
     """The host's address on our own bridge network (created if missing)."""
     if not docker("network", "ls", "--quiet", "--filter", f"name=^{name}$"):
-        docker("network", "create", "--driver", "bridge", name)
+        docker("network", "create", "--driver", "bridge", name, check=False)  # a race is fine
     config = json.loads(docker("network", "inspect", name))[0]["IPAM"]["Config"][0]
     return str(config["Gateway"])
 
@@ -141,7 +141,9 @@ class DockerPod(Pod):
         self.name, self.cluster, self.spec = name, cluster, spec
         self.uid = str(uuid.uuid4())
         self.root = cluster.workdir / name
-        self.pause = f"{name}-pause"
+        self.prefix = f"{name}-{self.uid[:8]}"
+        """Of every Docker object of this pod: test runs side by side never collide."""
+        self.pause = f"{self.prefix}-pause"
         self.ip = ""
         self._volumes: dict[str, Path] = {}
         self._mounted: list[Path] = []
@@ -304,7 +306,7 @@ class ContainerBuilder:
             return ["--network", f"container:{self.pod.pause}", *security,
                     *self._resources(spec), *self._mounts(spec), *self._env(spec)]  # fmt: skip
 
-        container = DockerContainer(spec["name"], self.pod.name, spec["image"], flags,
+        container = DockerContainer(spec["name"], self.pod.prefix, spec["image"], flags,
                                     entrypoint, argv)  # fmt: skip
         container.restart_policy = spec.get("restartPolicy")
         container.pre_stop = self._hook(spec, spec.get("lifecycle", {}).get("preStop"))
