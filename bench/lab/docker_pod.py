@@ -24,6 +24,7 @@ rollout does before it takes the next pod down. Not here: liveness probes, image
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import shutil
@@ -32,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -41,6 +42,11 @@ from bench.lab.pod import Container, ExecHook, Hook, HttpGetHook, Pod, StartupPr
 from xds_server.certs.secret_volume import SecretVolume
 
 NETWORK = "envoy-lifecycle-e2e"
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+SECRET_PATIENCE = 120.0
+"""Seconds a pod waits for a Secret it mounts to exist (the kubelet waits as long as it takes)."""
+TOKEN = b"a-service-account-token"
+"""What a projected token holds here (the FAKE API server takes any)."""
 SYNC_EVERY = 0.2
 """Seconds between looks at a Secret's source (the kubelet's own sync is far slower)."""
 
@@ -84,6 +90,19 @@ class Cluster:
     """Service DNS names -> addresses, in every pod's hosts file."""
     secrets: dict[str, Path] = field(default_factory=dict)
     """Secret name -> a directory in the secret-volume layout holding its current data."""
+    api: SecretSource | None = None
+    """Where other Secrets come from, and what every pod reaches with in-cluster credentials
+    (the kubelet's KUBERNETES_SERVICE_HOST/PORT, a service-account token, the API's CA)."""
+
+
+class SecretSource(Protocol):
+    """An API server as the kubelet sees it (tests/harness/fake_kube_api.py)."""
+
+    host: str
+    port: int
+    ca: bytes
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
 class DockerContainer(Container):
@@ -152,14 +171,19 @@ class DockerPod(Pod):
         init: list[Container] = [build(c) for c in spec.get("initContainers", [])]
         regular: list[Container] = [build(c) for c in spec["containers"]]
         grace = float(spec.get("terminationGracePeriodSeconds", 30))
-        super().__init__(name, regular, grace, init)
+        policy = spec.get("restartPolicy", "Always")
+        super().__init__(name, regular, grace, init, restart_policy=policy)
 
     @property
     def address(self) -> str:
         return self.ip
 
+    @property
+    def automount(self) -> bool:
+        return bool(self.spec.get("automountServiceAccountToken", True)) and bool(self.cluster.api)
+
     async def start(self) -> None:
-        self._make_volumes()
+        await self._make_volumes()
         hosts = [
             a for host, ip in self.cluster.hosts.items() for a in ("--add-host", f"{host}:{ip}")
         ]
@@ -210,7 +234,9 @@ class DockerPod(Pod):
     def volume_path(self, name: str) -> Path:
         return self._volumes[name]
 
-    def _make_volumes(self) -> None:
+    async def _make_volumes(self) -> None:
+        if self.automount:
+            self._service_account(self.root / "volumes" / "kube-api-access")
         for volume in self.spec.get("volumes", []):
             path = self.root / "volumes" / volume["name"]
             path.mkdir(parents=True)
@@ -218,7 +244,7 @@ class DockerPod(Pod):
             if "emptyDir" in volume:
                 self._empty_dir(path, volume["emptyDir"] or {})
             elif "secret" in volume:
-                self._secret(path, volume["secret"])
+                await self._secret(path, volume["secret"])
             elif "projected" in volume:
                 self._projected(path, volume["projected"])
             elif "hostPath" in volume:
@@ -234,13 +260,42 @@ class DockerPod(Pod):
             self._mounted.append(path)
         path.chmod(0o777)
 
-    def _secret(self, path: Path, spec: dict[str, Any]) -> None:
-        source = self.cluster.secrets[spec["secretName"]]
-        mode = int(spec.get("defaultMode", 0o644))
+    async def _secret(self, path: Path, spec: dict[str, Any]) -> None:
+        name, mode = spec["secretName"], int(spec.get("defaultMode", 0o644))
         target = SecretVolume(path)
-        self._project(SecretVolume(source), target, mode)
-        self._sync.append(asyncio.create_task(self._keep_in_step(SecretVolume(source), target,
-                                                                  mode)))  # fmt: skip
+        if name in self.cluster.secrets:
+            source = SecretVolume(self.cluster.secrets[name])
+            self._project(source, target, mode)
+            task = self._keep_in_step(source, target, mode)
+        else:
+            version = await self._api_secret(name, None)
+            task = self._follow_api(name, version, target, mode)
+        self._sync.append(asyncio.create_task(task))
+
+    async def _api_secret(self, name: str, after: str | None) -> str:
+        """Wait for the Secret (a version other than `after`), write nothing yet."""
+        api = self.cluster.api
+        if api is None:
+            raise ValueError(f"secret {name}: no source and no API server")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SECRET_PATIENCE
+        while True:
+            found = api.secret(self.cluster.namespace, name)
+            if found is not None and found["metadata"]["resourceVersion"] != after:
+                return str(found["metadata"]["resourceVersion"])
+            if after is None and loop.time() > deadline:
+                raise TimeoutError(f"secret {name} never appeared")
+            await asyncio.sleep(SYNC_EVERY)
+
+    async def _follow_api(self, name: str, version: str, target: SecretVolume, mode: int) -> None:
+        """The kubelet's Secret volume: written now, and again (one swap) on every change."""
+        assert self.cluster.api is not None
+        while True:
+            found = self.cluster.api.secret(self.cluster.namespace, name)
+            if found is not None:
+                files = {k: base64.b64decode(v) for k, v in (found.get("data") or {}).items()}
+                target.write(files, mode=mode, group=self.fs_group)
+            version = await self._api_secret(name, version)
 
     def _project(self, source: SecretVolume, target: SecretVolume, mode: int) -> str | None:
         version = source.read()
@@ -260,14 +315,24 @@ class DockerPod(Pod):
                     self._project(source, target, mode)
                     seen = now
 
+    def _service_account(self, path: Path) -> None:
+        """The kubelet's automounted service-account volume."""
+        path.mkdir(parents=True)
+        self._volumes["kube-api-access"] = path
+        assert self.cluster.api is not None
+        files = {"token": TOKEN, "ca.crt": self.cluster.api.ca,
+                 "namespace": self.cluster.namespace.encode()}  # fmt: skip
+        SecretVolume(path).write(files, mode=0o444, group=self.fs_group)
+
     def _projected(self, path: Path, spec: dict[str, Any]) -> None:
         files: dict[str, bytes] = {}
         for item in spec["sources"]:
             if "serviceAccountToken" in item:
-                files[item["serviceAccountToken"]["path"]] = b"token-of-a-pod-with-no-api-server"
-            elif "configMap" in item:
+                files[item["serviceAccountToken"]["path"]] = TOKEN
+            elif "configMap" in item:  # kube-root-ca.crt: the API server's CA
+                ca = self.cluster.api.ca if self.cluster.api else b""
                 for key in item["configMap"].get("items", []):
-                    files[key["path"]] = b""
+                    files[key["path"]] = ca
             elif "downwardAPI" in item:
                 for key in item["downwardAPI"]["items"]:
                     files[key["path"]] = self.field(key["fieldRef"]["fieldPath"]).encode()
@@ -321,6 +386,10 @@ class ContainerBuilder:
 
     def _env(self, spec: dict[str, Any]) -> list[str]:
         flags = []
+        api = self.pod.cluster.api
+        if api is not None:  # the kubelet's variables for the `kubernetes` Service
+            flags += ["--env", f"KUBERNETES_SERVICE_HOST={api.host}",
+                      "--env", f"KUBERNETES_SERVICE_PORT={api.port}"]  # fmt: skip
         for var in spec.get("env", []):
             if "value" in var:
                 value = str(var["value"])
@@ -375,6 +444,9 @@ class ContainerBuilder:
             source = self.pod.volume_path(mount["name"])
             suffix = ":ro" if mount.get("readOnly") else ""
             flags += ["--volume", f"{source}:{mount['mountPath']}{suffix}"]
+        mounted = {m["mountPath"] for m in spec.get("volumeMounts", [])}
+        if self.pod.automount and SERVICE_ACCOUNT not in mounted:
+            flags += ["--volume", f"{self.pod.volume_path('kube-api-access')}:{SERVICE_ACCOUNT}:ro"]
         return flags
 
     def _hook(self, spec: dict[str, Any], handler: dict[str, Any] | None) -> Hook | None:

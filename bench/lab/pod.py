@@ -54,6 +54,7 @@ BACK_OFF_MAX = 300.0
 SUPERVISE_EVERY = 0.02
 
 SidecarHooks = Literal["at-deletion", "in-turn"]
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,11 @@ class Pod:
         init_containers: list[Container] | None = None,
         sidecar_hooks: SidecarHooks = "at-deletion",
         back_off: float = BACK_OFF,
+        restart_policy: RestartPolicy = "Always",
     ) -> None:
         self.name = name
+        self.restart_policy = restart_policy
+        """The pod's: what happens to a regular container that exits while the pod runs."""
         self.containers = containers
         self.init_containers = init_containers or []
         self.grace_period = grace_period
@@ -284,7 +288,16 @@ class Pod:
     def _keeps_running(self, container: Container) -> bool:
         if container.stopping:
             return False
-        return not self.terminating or container.restart_policy == "Always"
+        if container.restart_policy == "Always":
+            return True  # a native sidecar, until its turn to stop
+        if self.terminating or self.restart_policy == "Never":
+            return False
+        return self.restart_policy == "Always" or container.exit_status != 0
+
+    @property
+    def succeeded(self) -> bool:
+        """Every regular container exited 0 and none will restart (a Job's pod)."""
+        return all(not c.running and c.exit_status == 0 for c in self.containers)
 
     def _restart_when_due(self, container: Container) -> None:
         now = time.monotonic()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ from bench.lab.clients import Tally, steady_load
 from bench.lab.docker_pod import Cluster, DockerPod, logs, network_gateway
 from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
 from bench.lab.pod import TerminationReport
-from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario
+from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, steady_http1
 from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
 from tests.e2e.test_images import MISSING
+from tests.harness.fake_kube_api import FakeKubeApi
 from tests.test_deploy import find
+from xds_server.certs import pki
 from xds_server.certs.directory import CertDirectory
 from xds_server.certs.rotation import Rotator
 
@@ -37,6 +41,9 @@ pytestmark = [
 ]
 
 XDS_NAME = "xds-server.envoy-lifecycle.svc"
+NAMESPACE = "envoy-lifecycle"
+LB_ADDRESS = "203.0.113.7"
+"""The Envoy Service's load balancer (documentation range), which the leader copies."""
 SCENARIOS = {k: v for k, v in DRAINING_SCENARIOS.items() if k != "TCP-proxy connection"}
 """Ingress gives Envoy no TCP-proxy listener (the local suite adds one by hand)."""
 
@@ -84,7 +91,8 @@ def cluster(workdir: Path, certs: CertDirectory) -> Cluster:
 
 
 @pytest.fixture
-def docker_pods() -> Iterator[list[DockerPod]]:
+def docker_pods(workdir: Path) -> Iterator[list[DockerPod]]:
+    """Pods to tear down (by id, mounts undone) before their directories go."""
     started: list[DockerPod] = []
     yield started
     for pod in started:
@@ -268,3 +276,75 @@ async def test_a_rolling_restart_behind_haproxy_fails_no_request(
     for report in reports:
         assert not report.killed
         assert report.containers["shutdown-manager"].hook_result == "ok"
+
+
+async def serving_api(host: str, workdir: Path) -> FakeKubeApi:
+    """The FAKE API server over TLS on the pods' network, its CA for in-cluster clients."""
+    day = datetime.timedelta(days=1)
+    ca = pki.issue_ca("fake-kube-api", day, "ecdsa-p256")
+    leaf = pki.issue_leaf(ca, "kubernetes", [host, "kubernetes.default.svc"], "server", day,
+                          "ecdsa-p256")  # fmt: skip
+    (workdir / "api.crt").write_bytes(leaf.certificate)
+    (workdir / "api.key").write_bytes(leaf.key)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(workdir / "api.crt", workdir / "api.key")
+    api = FakeKubeApi(ca=ca.certificate)
+    return await api.start(host=host, tls=tls)
+
+
+def rendered(kind: str, name: str) -> dict[str, Any]:
+    template = find("envoy-daemonset", kind, name)["spec"]["template"]
+    return dict(yaml.safe_load(yaml.safe_dump(template)))
+
+
+async def test_the_control_plane_as_deployed_issues_certificates_and_serves_envoy(
+    docker_pods: list[DockerPod], workdir: Path
+) -> None:
+    """The rendered certs-init Job and xds-server Deployment, as they are, against the FAKE
+    API server (in-cluster credentials over TLS): the Job creates the three Secrets, the
+    server (leader) serves the Ingress from the API to the Envoy pod, whose certificate is
+    the Job's, and writes the Ingress status; a deletion drains with zero failed requests."""
+    gateway = network_gateway()
+    api = await serving_api(gateway, workdir)
+    cluster = Cluster(workdir=workdir / "pods", gateway=gateway, api=api)
+    backend = await Backend(host=gateway).start()
+    try:
+        for obj in (
+            service("backend", [("http", 80)]),
+            endpoint_slice("backend", "http", backend.port, [gateway]),
+            ingress("all", [rule(None, ("/", "Prefix", "backend", 80))]),
+            service("envoy", [("http", 80)], namespace=NAMESPACE)
+            | {"status": {"loadBalancer": {"ingress": [{"ip": LB_ADDRESS}]}}},
+        ):
+            api.apply(obj)
+        job = DockerPod("certs-init", rendered("Job", "certs-init"), cluster)
+        docker_pods.append(job)
+        await job.start()
+        await until(lambda: _done(job), timeout=120)
+        assert job.succeeded, logs(job.containers[0])
+        names = {name for (namespace, name) in api.objects["Secret"] if namespace == NAMESPACE}
+        assert names == {"xds-server-ca", "xds-server-tls", "envoy-tls"}
+
+        xds = DockerPod("xds", rendered("Deployment", "xds-server"), cluster)
+        docker_pods.append(xds)
+        await xds.start()
+        await xds.until_ready()
+        cluster.hosts[XDS_NAME] = xds.ip
+        target = await start_envoy(cluster, docker_pods, "envoy-daemonset")
+        await until(lambda: _has_status(api), timeout=30)
+        assert ("envoy-lifecycle", "xds-server") in api.objects["Lease"]
+        result = await steady_http1(target)
+    finally:
+        await backend.stop()
+        await api.stop()
+    assert result.failed == 0, (result.tally.errors[:3], target.story())
+    assert result.tally.ok > 0
+
+
+async def _done(pod: DockerPod) -> bool:
+    return not any(c.running for c in pod.containers)
+
+
+async def _has_status(api: FakeKubeApi) -> bool:
+    found = api.objects["Ingress"][("default", "all")].get("status") or {}
+    return bool(found.get("loadBalancer", {}).get("ingress") == [{"ip": LB_ADDRESS}])

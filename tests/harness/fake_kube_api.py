@@ -17,6 +17,7 @@ import copy
 import datetime
 import json
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,17 @@ class FakeKubeApi:
     _watchers: list[tuple[str, asyncio.Queue[dict[str, Any] | None]]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
+    host: str = "127.0.0.1"
+    scheme: str = "http"
+    ca: bytes = b""
+    """The CA of its serving certificate (PEM), when it serves TLS."""
 
-    async def start(self) -> FakeKubeApi:
+    async def start(
+        self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None
+    ) -> FakeKubeApi:
+        """Listen on `host` (a port of its own), over TLS with `tls`: what pods reach with
+        in-cluster credentials (bench/lab/docker_pod.py)."""
+        self.host, self.scheme = host, "https" if tls else "http"
         app = web.Application()
         for path in PATHS:
             app.router.add_get(path, self._handle)
@@ -72,7 +82,7 @@ class FakeKubeApi:
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, host, 0, ssl_context=tls)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self
@@ -100,7 +110,7 @@ class FakeKubeApi:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     # --- changing the cluster ---------------------------------------------------------
 
@@ -126,6 +136,9 @@ class FakeKubeApi:
         for watched, queue in self._watchers:
             if watched == kind:
                 queue.put_nowait({"type": event, "object": obj})
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects["Secret"].get((namespace, name))
 
     def add_pod(self, name: str, namespace: str, uid: str) -> None:
         self.apply(
