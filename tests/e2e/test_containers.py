@@ -23,9 +23,16 @@ import yaml
 from bench.lab.backend import Backend
 from bench.lab.certs import init_certs, loaded_client_serial, presented_serial, stored_serial
 from bench.lab.clients import Tally, steady_load
-from bench.lab.docker_pod import Cluster, DockerPod, logs, network_gateway
+from bench.lab.docker_pod import (
+    Cluster,
+    DockerContainer,
+    DockerPod,
+    docker,
+    logs,
+    network_gateway,
+)
 from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
-from bench.lab.pod import TerminationReport
+from bench.lab.pod import Container, TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, steady_http1
 from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
 from tests.e2e.test_images import MISSING
@@ -233,6 +240,22 @@ async def test_certificates_rotate_under_load_through_the_projected_secret_volum
         await backend.stop()
     assert tally.failed == 0, tally.errors[:3]
     assert tally.ok > 50
+    _locked_down_as_declared(target.pod.container("shutdown-manager"))
+
+
+def _locked_down_as_declared(container: Container) -> None:
+    """The sidecar's securityContext and limits, as the engine applied them (a CPU limit is
+    what starved Contour's sidecar, #7366: it must be a real cgroup limit here too)."""
+    assert isinstance(container, DockerContainer)
+    host = json.loads(docker("inspect", container.id))[0]["HostConfig"]
+    assert host["NanoCpus"] == 200_000_000
+    assert host["Memory"] == 128 * 2**20
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["GroupAdd"] == ["65532"]
+    user = json.loads(docker("inspect", container.id))[0]["Config"]["User"]
+    assert user == "65532:65532"
 
 
 async def _loaded(admin: Path, serial: str) -> bool:
