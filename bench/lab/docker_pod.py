@@ -61,13 +61,12 @@ def docker(*args: str, check: bool = True) -> str:
 def logs(container: Container) -> str:
     """Everything a container of a pod wrote (stdout and stderr), over its restarts."""
     ids = container.ids if isinstance(container, DockerContainer) else []
-    return "".join(
-        subprocess.run(["docker", "logs", cid], capture_output=True, text=True, check=False).stdout
-        + subprocess.run(
-            ["docker", "logs", cid], capture_output=True, text=True, check=False
-        ).stderr
-        for cid in ids
-    )
+    return "".join(_logs(cid) for cid in ids)
+
+
+def _logs(cid: str) -> str:
+    done = subprocess.run(["docker", "logs", cid], capture_output=True, text=True, check=False)
+    return done.stdout + done.stderr
 
 
 def network_gateway(name: str = NETWORK) -> str:

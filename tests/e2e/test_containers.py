@@ -8,6 +8,7 @@ reason, where no Docker engine answers or the images were not built."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import json
@@ -326,7 +327,8 @@ async def test_the_control_plane_as_deployed_issues_certificates_and_serves_envo
     """The rendered certs-init Job and xds-server Deployment, as they are, against the FAKE
     API server (in-cluster credentials over TLS): the Job creates the three Secrets, the
     server (leader) serves the Ingress from the API to the Envoy pod, whose certificate is
-    the Job's, and writes the Ingress status; a deletion drains with zero failed requests."""
+    the Job's, and writes the Ingress status; a forced rotation (a Job) reaches Envoy through
+    its Secret volume under load; a deletion drains; no request fails."""
     gateway = network_gateway()
     api = await serving_api(gateway, workdir)
     cluster = Cluster(workdir=workdir / "pods", gateway=gateway, api=api)
@@ -356,12 +358,50 @@ async def test_the_control_plane_as_deployed_issues_certificates_and_serves_envo
         target = await start_envoy(cluster, docker_pods, "envoy-daemonset")
         await until(lambda: _has_status(api), timeout=30)
         assert ("envoy-lifecycle", "xds-server") in api.objects["Lease"]
+        rotated = await _rotate_under_load(api, cluster, docker_pods, target)
         result = await steady_http1(target)
     finally:
         await backend.stop()
         await api.stop()
+    assert rotated.failed == 0, rotated.errors[:3]
+    assert rotated.ok > 20
     assert result.failed == 0, (result.tally.errors[:3], target.story())
     assert result.tally.ok > 0
+
+
+async def _rotate_under_load(
+    api: FakeKubeApi, cluster: Cluster, docker_pods: list[DockerPod], target: EnvoyInContainers
+) -> Tally:
+    """`xds-server certs rotate --force` as a Job of the certs-init Job's pod, mid-load: the
+    Secrets change in the API, the kubelet's volume follows, Envoy loads its new leaf."""
+    before = _leaf_serial(api, "envoy-tls")
+    stop, tally = asyncio.Event(), Tally()
+    load = [asyncio.create_task(steady_load(target.url("/"), stop, tally)) for _ in range(2)]
+    try:
+        template = rendered("Job", "certs-init")
+        args = template["spec"]["containers"][0]["args"]
+        template["spec"]["containers"][0]["args"] = [
+            "certs", "rotate", "--force", *[a for a in args if a.startswith("--kube-namespace")]
+        ]  # fmt: skip
+        job = DockerPod("certs-rotate", template, cluster)
+        docker_pods.append(job)
+        await job.start()
+        await until(lambda: _done(job), timeout=120)
+        assert job.succeeded, logs(job.containers[0])
+        after = _leaf_serial(api, "envoy-tls")
+        assert after != before
+        admin = target.pod.volume_path("admin") / "admin.sock"
+        await until(lambda: _loaded(admin, after), timeout=30)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    return tally
+
+
+def _leaf_serial(api: FakeKubeApi, secret: str) -> str:
+    data = api.objects["Secret"][(NAMESPACE, secret)]["data"]["tls.crt"]
+    return pki.serial_hex(pki.load_bundle(base64.b64decode(data))[0])
 
 
 async def _done(pod: DockerPod) -> bool:
