@@ -67,7 +67,8 @@ def docker_unavailable() -> str | None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     if probe.returncode != 0:
-        return f"no Docker engine answers: {probe.stderr.strip().splitlines()[-1:]}"
+        said = probe.stderr.strip().splitlines()
+        return f"no Docker engine answers ({said[-1] if said else 'docker info failed'})"
     return None
 
 
