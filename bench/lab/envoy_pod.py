@@ -7,9 +7,9 @@ config comes from an xDS server when one is given (as deployed), else a static b
 
 Two wirings, as deploy/ has them: `classic` (the sidecar a regular container) and `native`
 (an init container with restartPolicy Always and a startupProbe on /healthz: it starts before
-Envoy and stops after it). Given an API server (`kube`), the
-native sidecar runs with --confirm-deletion and the pod exists there; deleting the pod stamps
-its deletionTimestamp first, as the API server does before the kubelet acts.
+Envoy and stops after it). Given an API server (`kube`), the pod exists there and the native
+sidecar runs with --confirm-deletion; deleting the pod stamps its deletionTimestamp first, as
+the API server does before the kubelet acts.
 """
 
 from __future__ import annotations

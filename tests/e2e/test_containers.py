@@ -34,7 +34,7 @@ from bench.lab.docker_pod import (
 )
 from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
 from bench.lab.pod import Container, TerminationReport
-from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, steady_http1
+from bench.lab.scenarios import DRAINING_SCENARIOS, Result, steady_http1
 from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
 from tests.e2e.test_images import MISSING
 from tests.harness.fake_kube_api import FakeKubeApi
@@ -184,34 +184,43 @@ async def start_pods(
     return await start_envoy(cluster, docker_pods, overlay), backend
 
 
-@pytest.mark.parametrize(
-    ("overlay", "scenario"),
-    [("envoy-daemonset", s) for s in SCENARIOS.values()]
-    + [("envoy-daemonset-classic", SCENARIOS["steady HTTP/1.1 keep-alive"])],
-    ids=[f"native-{k}" for k in SCENARIOS] + ["classic-steady HTTP/1.1 keep-alive"],
-)
-async def test_the_deployed_pod_drains_with_zero_failed_requests(
-    overlay: str,
-    scenario: Scenario,
-    cluster: Cluster,
-    docker_pods: list[DockerPod],
-    workdir: Path,
+CASES = [("envoy-daemonset", name) for name in SCENARIOS] + [
+    ("envoy-daemonset-classic", "steady HTTP/1.1 keep-alive")
+]
+"""Every client scenario with the sidecar native (the default overlay), one classic."""
+
+
+async def test_every_client_scenario_drains_the_deployed_pod_with_zero_failed_requests(
+    cluster: Cluster, docker_pods: list[DockerPod], workdir: Path
 ) -> None:
-    target, backend = await start_pods(cluster, docker_pods, workdir, overlay)
+    """One Envoy pod per case, side by side (one control plane): each deleted under its
+    clients, each on its own."""
+    _, backend = await start_xds(cluster, docker_pods, workdir)
     try:
-        result: Result = await scenario(target)
+        targets = await asyncio.gather(
+            *(start_envoy(cluster, docker_pods, overlay, f"envoy{i}")
+              for i, (overlay, _) in enumerate(CASES))
+        )  # fmt: skip
+        results = await asyncio.gather(
+            *(SCENARIOS[name](target) for (_, name), target in zip(CASES, targets, strict=True))
+        )
     finally:
         await backend.stop()
-    assert result.failed == 0, (result.tally.errors[:3], target.story())
-    assert result.tally.ok > 0
+    for (overlay, name), target, result in zip(CASES, targets, results, strict=True):
+        _drained_cleanly(f"{overlay}: {name}", target, result)
+
+
+def _drained_cleanly(case: str, target: EnvoyInContainers, result: Result) -> None:
+    assert result.failed == 0, (case, result.tally.errors[:3], target.story())
+    assert result.tally.ok > 0, case
     report = result.report
     assert isinstance(report, TerminationReport)
-    assert not report.killed
+    assert not report.killed, case
     envoy, sidecar = report.containers["envoy"], report.containers["shutdown-manager"]
-    assert envoy.hook_result == "ok"
-    assert sidecar.hook_result == "ok", "the drain hook exits 0 when drained"
+    assert envoy.hook_result == "ok", case
+    assert sidecar.hook_result == "ok", (case, "the drain hook exits 0 when drained")
     finished = [x for x in target.sidecar_log() if x.get("event") == "finished"]
-    assert [x["outcome"] for x in finished] in (["drained"], ["quiescent"])
+    assert [x["outcome"] for x in finished] in (["drained"], ["quiescent"]), case
 
 
 async def test_certificates_rotate_under_load_through_the_projected_secret_volumes(
