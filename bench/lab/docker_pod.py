@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import httpx
 
 from bench.lab.images import BASE_TAG
-from bench.lab.pod import Container, ExecHook, Hook, HttpGetHook, Pod, StartupProbe
+from bench.lab.pod import Container, ExecHook, Hook, HttpGetHook, Pod, StartupProbe, http_probe
 from xds_server.certs.secret_volume import SecretVolume
 
 NETWORK = "envoy-lifecycle-e2e"
@@ -196,20 +196,11 @@ class DockerPod(Pod):
 
     async def until_ready(self, timeout: float = 60) -> None:
         """The pod's Ready condition: every container's readinessProbe (httpGet) passes."""
-        urls = []
         for spec in [*self.spec.get("initContainers", []), *self.spec["containers"]]:
             probe = spec.get("readinessProbe", {}).get("httpGet")
             if probe is not None:
                 port = ContainerBuilder._port(spec, probe["port"])
-                urls.append(f"http://{self.ip}:{port}{probe['path']}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
-            for url in urls:
-                while not await _passes(client, url):
-                    if loop.time() > deadline:
-                        raise TimeoutError(f"pod {self.name} not ready: {url}")
-                    await asyncio.sleep(0.1)
+                await until_answers(f"http://{self.ip}:{port}{probe['path']}", timeout)
 
     def kill(self) -> None:
         super().kill()
@@ -347,11 +338,15 @@ class DockerPod(Pod):
         return values[path]
 
 
-async def _passes(client: httpx.AsyncClient, url: str) -> bool:
-    try:
-        return 200 <= (await client.get(url)).status_code < 400
-    except httpx.HTTPError:
-        return False
+async def until_answers(url: str, timeout: float = 60) -> None:
+    """Until `url` answers 2xx or 3xx, as an httpGet probe counts success."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
+        while not await http_probe(client, url):
+            if loop.time() > deadline:
+                raise TimeoutError(f"no answer from {url} within {timeout} s")
+            await asyncio.sleep(0.1)
 
 
 class ContainerBuilder:

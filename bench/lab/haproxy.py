@@ -6,11 +6,14 @@ import asyncio
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
+from bench.lab.clients import Tally, steady_load
 from bench.lab.envoy import free_port, stop_process
+from bench.lab.pod import TerminationReport
 
 CHECK_INTERVAL_MS = 100
 """Active health check every 100 ms; one failure takes a node out, two successes bring it in."""
@@ -110,3 +113,27 @@ class HAProxy:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+async def roll(
+    proxy: HAProxy,
+    nodes: list[str],
+    replace: Callable[[str], Awaitable[TerminationReport]],
+    pause: float = 0.01,
+) -> tuple[Tally, list[TerminationReport]]:
+    """A rolling restart under continuous load through `proxy`: `replace(node)` deletes the
+    node's pod the kubelet's way and puts a new one in its place (returning the deletion's
+    report); HAProxy is given time to bring it back (`rise 2`) before the next node goes."""
+    stop, tally = asyncio.Event(), Tally()
+    load = [asyncio.create_task(steady_load(proxy.url, stop, tally, pause=pause)) for _ in range(4)]
+    reports: list[TerminationReport] = []
+    try:
+        for node in nodes:
+            await asyncio.sleep(0.5)
+            reports.append(await replace(node))
+            await asyncio.sleep(3 * CHECK_INTERVAL_MS / 1000)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    return tally, reports

@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
 from bench.lab.backend import Backend
 from bench.lab.certs import init_certs, loaded_client_serial, presented_serial, stored_serial
@@ -31,8 +29,9 @@ from bench.lab.docker_pod import (
     docker,
     logs,
     network_gateway,
+    until_answers,
 )
-from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
+from bench.lab.haproxy import HAProxy, roll
 from bench.lab.pod import Container, TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, steady_http1
 from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
@@ -107,25 +106,15 @@ def docker_pods(workdir: Path) -> Iterator[list[DockerPod]]:
         pod.kill()
 
 
-async def until_ok(url: str, timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
-        while loop.time() < deadline:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(url)
+def rendered(kind: str, name: str, overlay: str = "envoy-daemonset") -> dict[str, Any]:
+    """A pod template of the rendered manifests, the pod's own copy."""
+    template: dict[str, Any] = copy.deepcopy(find(overlay, kind, name)["spec"]["template"])
+    return template
 
 
 def xds_template(manifests: Path) -> dict[str, Any]:
     """The rendered xds-server Deployment's pod, serving a directory instead of the API."""
-    template = copy.deepcopy(
-        find("envoy-daemonset", "Deployment", "xds-server")["spec"]["template"]
-    )
+    template = rendered("Deployment", "xds-server")
     spec = template["spec"]
     server = spec["containers"][0]
     kube_only = ("--kubernetes", "--rotate", "--propagation-delay", "--envoy-service")
@@ -135,7 +124,7 @@ def xds_template(manifests: Path) -> dict[str, Any]:
         {"name": "manifests", "mountPath": "/manifests", "readOnly": True}
     )
     spec["volumes"].append({"name": "manifests", "hostPath": {"path": str(manifests)}})
-    return dict(template)
+    return template
 
 
 async def start_xds(
@@ -156,7 +145,7 @@ async def start_xds(
     xds = DockerPod("xds", xds_template(manifests), cluster)
     docker_pods.append(xds)
     await xds.start()
-    await until_ok(f"http://{xds.ip}:8081/readyz")
+    await until_answers(f"http://{xds.ip}:8081/readyz")
     cluster.hosts[XDS_NAME] = xds.ip
     return xds, backend
 
@@ -166,13 +155,12 @@ async def start_envoy(
 ) -> EnvoyInContainers:
     """An Envoy pod of `overlay`'s template, Ready and serving."""
     kind = "Deployment" if overlay == "envoy-deployment" else "DaemonSet"
-    template = find(overlay, kind, "envoy")["spec"]["template"]
-    envoy = DockerPod(name, yaml.safe_load(yaml.safe_dump(template)), cluster)
+    envoy = DockerPod(name, rendered(kind, "envoy", overlay), cluster)
     docker_pods.append(envoy)
     await envoy.start()
     target = EnvoyInContainers(envoy)
     await envoy.until_ready()
-    await until_ok(target.url("/"))
+    await until_answers(target.url("/"))
     return target
 
 
@@ -257,15 +245,15 @@ def _locked_down_as_declared(container: Container) -> None:
     """The sidecar's securityContext and limits, as the engine applied them (a CPU limit is
     what starved Contour's sidecar, #7366: it must be a real cgroup limit here too)."""
     assert isinstance(container, DockerContainer)
-    host = json.loads(docker("inspect", container.id))[0]["HostConfig"]
+    inspected = json.loads(docker("inspect", container.id))[0]
+    host = inspected["HostConfig"]
     assert host["NanoCpus"] == 200_000_000
     assert host["Memory"] == 128 * 2**20
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["GroupAdd"] == ["65532"]
-    user = json.loads(docker("inspect", container.id))[0]["Config"]["User"]
-    assert user == "65532:65532"
+    assert inspected["Config"]["User"] == "65532:65532"
 
 
 async def _loaded(admin: Path, serial: str) -> bool:
@@ -286,22 +274,17 @@ async def test_a_rolling_restart_behind_haproxy_fails_no_request(
     nodes = {f"n{i}": await start_envoy(cluster, docker_pods, "envoy-daemonset", f"n{i}")
              for i in range(3)}  # fmt: skip
     proxy = HAProxy(workdir, {n: (t.pod.ip, 8080, 8002) for n, t in nodes.items()})
-    stop, tally = asyncio.Event(), Tally()
+
+    async def replace(name: str) -> TerminationReport:
+        report = await nodes[name].delete()
+        new = await start_envoy(cluster, docker_pods, "envoy-daemonset", f"{name}-next")
+        await proxy.move(name, new.pod.ip)
+        return report
+
     try:
         await proxy.start()
-        load = [asyncio.create_task(steady_load(proxy.url, stop, tally)) for _ in range(4)]
-        reports = []
-        for name, old in nodes.items():
-            await asyncio.sleep(0.5)
-            reports.append(await old.delete())
-            new = await start_envoy(cluster, docker_pods, "envoy-daemonset", f"{name}-next")
-            await proxy.move(name, new.pod.ip)
-            await asyncio.sleep(3 * CHECK_INTERVAL_MS / 1000)  # HAProxy's `rise 2`
-        await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*load)
+        tally, reports = await roll(proxy, list(nodes), replace)
     finally:
-        stop.set()
         proxy.stop()
         await backend.stop()
     assert tally.failed == 0, tally.errors[:5]
@@ -323,11 +306,6 @@ async def serving_api(host: str, workdir: Path) -> FakeKubeApi:
     tls.load_cert_chain(workdir / "api.crt", workdir / "api.key")
     api = FakeKubeApi(ca=ca.certificate)
     return await api.start(host=host, tls=tls)
-
-
-def rendered(kind: str, name: str) -> dict[str, Any]:
-    template = find("envoy-daemonset", kind, name)["spec"]["template"]
-    return dict(yaml.safe_load(yaml.safe_dump(template)))
 
 
 async def test_the_control_plane_as_deployed_issues_certificates_and_serves_envoy(

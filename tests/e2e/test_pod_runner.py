@@ -17,6 +17,8 @@ from bench.lab.pod import Container, ExecHook, Pod, SidecarHooks, StartupProbe
 pytestmark = pytest.mark.timeout(60)
 
 FOREVER = "import time\nwhile True: time.sleep(1)"
+BACK_OFF = 2.0
+"""The crash-loop back-off of the restart test (the kubelet's is 10 s)."""
 STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + FOREVER
 """Ignores SIGTERM: only SIGKILL ends it."""
 
@@ -92,19 +94,19 @@ async def test_a_sidecar_that_dies_while_the_pod_runs_is_restarted_with_the_back
     started: list[Pod],
 ) -> None:
     side = sidecar("s")
-    pod = await run(started, Pod("p", [sleeper("app")], 5, [side], back_off=0.6))
+    pod = await run(started, Pod("p", [sleeper("app")], 5, [side], back_off=BACK_OFF))
     for restarts in (1, 2):
         assert side.proc is not None
         side.proc.kill()
-        for _ in range(300):
+        for _ in range(int(BACK_OFF * 100) + 300):
             if side.restarts == restarts and side.running:
                 break
             await asyncio.sleep(0.01)
         assert side.restarts == restarts
     exits = [s.at for s in pod.timeline if s.container == "s" and s.what.startswith("exited")]
     restarted = [s.at for s in pod.timeline if s.container == "s" and s.what == "restarted"]
-    assert restarted[0] - exits[0] < 0.5, "the first restart is at once"
-    assert restarted[1] - exits[1] >= 0.6, "the second waits for the back-off"
+    assert restarted[0] - exits[0] < BACK_OFF, "the first restart does not wait"
+    assert restarted[1] - exits[1] >= BACK_OFF, "the second waits for the back-off"
 
 
 @pytest.mark.parametrize("hooks", ["at-deletion", "in-turn"])
@@ -125,8 +127,8 @@ async def test_sidecars_stop_after_the_regular_containers_in_reverse_order(
         hook_started, sigterm_at = r[name].hook_started, r[name].sigterm_at
         assert hook_started is not None
         assert sigterm_at is not None
-        if hooks == "at-deletion":  # the kubelet: every hook at once
-            assert hook_started - report.deleted_at < 0.3
+        if hooks == "at-deletion":  # the kubelet: every hook at once, Envoy's still running
+            assert hook_started < r["app"].hook_ended
         assert sigterm_at >= r["app"].exited_at  # type: ignore[operator]
     assert r["first"].sigterm_at >= r["second"].exited_at  # type: ignore[operator]
     if hooks == "in-turn":

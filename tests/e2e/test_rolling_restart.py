@@ -7,15 +7,13 @@ takes its place on the same address, and HAProxy brings it back. No request may 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from bench.lab.backend import Backend
-from bench.lab.clients import Tally, steady_load
 from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
-from bench.lab.haproxy import CHECK_INTERVAL_MS, HAProxy
+from bench.lab.haproxy import HAProxy, roll
 from bench.lab.pod import TerminationReport
 from bench.lab.xds import XdsServer, serve_one_backend
 from tests.harness.fake_kube_api import FakeKubeApi
@@ -49,33 +47,22 @@ async def test_rolling_restart_behind_haproxy_fails_no_request(
             for name, pod in nodes.items()
         },
     )
+
+    async def replace(name: str) -> TerminationReport:
+        old = nodes[name]
+        report = await old.pod.delete()
+        new = envoy_pod(
+            workdir / f"{name}-next", backend.port, address=old.envoy.address,
+            min_drain=MIN_DRAIN, name=name, ports=old.envoy.ports, xds=servers[name],
+            wiring=wiring, kube=api,
+        )  # fmt: skip
+        pods.append(new)
+        nodes[name] = await new.start()
+        return report
+
     try:
         await proxy.start()
-        stop, tally = asyncio.Event(), Tally()
-        load = [
-            asyncio.create_task(steady_load(proxy.url, stop, tally, pause=0.005)) for _ in range(4)
-        ]
-        reports: list[TerminationReport] = []
-        for name, old in nodes.items():
-            await asyncio.sleep(0.5)
-            reports.append(await old.pod.delete())
-            new = envoy_pod(
-                workdir / f"{name}-next",
-                backend.port,
-                address=old.envoy.address,
-                min_drain=MIN_DRAIN,
-                name=name,
-                ports=old.envoy.ports,
-                xds=servers[name],
-                wiring=wiring,
-                kube=api,
-            )
-            pods.append(new)
-            nodes[name] = await new.start()
-            await asyncio.sleep(3 * CHECK_INTERVAL_MS / 1000)  # HAProxy's `rise 2`
-        await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.gather(*load)
+        tally, reports = await roll(proxy, list(nodes), replace, pause=0.005)
     finally:
         proxy.stop()
         for server in servers.values():
