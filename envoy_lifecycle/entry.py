@@ -21,5 +21,9 @@ def shutdown_manager() -> None:
     _run("shutdown_manager.cli", "shutdown-manager")
 
 
+def envoy_gateway() -> None:
+    _run("shutdown_manager.envoy_gateway", "envoy-gateway")
+
+
 def xds_server() -> None:
     _run("xds_server.cli", "xds-server")

@@ -32,9 +32,11 @@ def _command(program: str, parser: argparse.ArgumentParser, level: int = 3) -> l
 
 def render() -> str:
     from shutdown_manager.cli import build_parser as build_sidecar_parser
+    from shutdown_manager.envoy_gateway import build_parser as build_gateway_parser
     from xds_server.cli import build_parser as build_xds_parser
 
     parts = [START, "", *_command("shutdown-manager", build_sidecar_parser()), ""]
+    parts += [*_command("envoy-gateway", build_gateway_parser()), ""]
     parts += [*_command("xds-server", build_xds_parser()), "", END]
     return "\n".join(parts)
 

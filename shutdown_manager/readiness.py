@@ -40,6 +40,10 @@ class ReadyFile:
         tmp.write_text(json.dumps(event.to_dict()) + "\n")
         os.replace(tmp, self.path)
 
+    @property
+    def present(self) -> bool:
+        return self.path is not None and self.path.exists()
+
     async def wait(self) -> None:
         if self.path is None:
             await asyncio.Event().wait()

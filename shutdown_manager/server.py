@@ -69,6 +69,11 @@ class ServeConfig:
     ready_file: Path | None = None
     admin_timeout: float = 1.0
     confirm_deletion: bool = False
+    wait_paths: tuple[str, ...] = ("/shutdown",)
+    """Where Envoy's preStop httpGet waits for the drain (Envoy Gateway's pods call
+    /shutdown/ready)."""
+    wait_timeout: float | None = None
+    """A waiter still waiting this long gets a 500 (Envoy Gateway's --ready-timeout)."""
 
 
 class StartupError(Exception):
@@ -187,6 +192,10 @@ class Sidecar:
         """Run (or join) the drain unless a second signal forced exit."""
         if self.force_exit:
             return None
+        if self.drain.started_at is None and self.ready.present:
+            log.info("SIGTERM after the hook drained Envoy by itself (the ready file is there):"
+                     " not draining again")  # fmt: skip
+            return None
         if self.drain.started_at is None:
             log.info("SIGTERM with no drain requested: draining before exit")
         else:
@@ -288,7 +297,8 @@ class Sidecar:
     async def _start_http(self) -> None:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/shutdown", self._shutdown_wait)
+        for path in self.config.wait_paths:
+            app.router.add_get(path, self._shutdown_wait)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
@@ -342,11 +352,16 @@ class Sidecar:
         if self.deletion is not None and self.drain.started_at is None:
             confirm = asyncio.ensure_future(self._start_when_confirmed(self.deletion))
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _pending = await asyncio.wait(
+                waiters, timeout=self.config.wait_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in [*waiters, confirm]:
                 if waiter is not None:
                     waiter.cancel()
+        if not done:
+            log.warning("a /shutdown waiter timed out after %ss", self.config.wait_timeout)
+            return web.json_response(self.drain.status() | {"released": False}, status=500)
         return web.json_response(self.drain.status() | {"released": True})
 
     async def _start_when_confirmed(self, deletion: DeletionCheck) -> None:

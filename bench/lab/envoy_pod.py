@@ -26,9 +26,9 @@ from bench.lab.pod import (
     Container,
     ExecHook,
     HttpGetHook,
+    HttpProbe,
     Pod,
     SidecarHooks,
-    StartupProbe,
     TerminationReport,
 )
 from bench.lab.sidecar import COMMAND
@@ -186,7 +186,7 @@ def envoy_pod(
         pod = Pod(name, [proxy, sidecar], grace_period=grace_period)
     else:
         sidecar.restart_policy = "Always"
-        sidecar.startup_probe = StartupProbe(port=sidecar_port, path="/healthz", period=0.05)
+        sidecar.startup_probe = HttpProbe(port=sidecar_port, path="/healthz", period=0.05)
         pod = Pod(name, [proxy], grace_period, [sidecar], sidecar_hooks=sidecar_hooks)
     return EnvoyPod(pod=pod, envoy=envoy, sidecar_port=sidecar_port, shared=shared, kube=kube)
 

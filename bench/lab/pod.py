@@ -7,8 +7,9 @@ Start:
   restartPolicy Always) is started and the next container waits for its startupProbe.
 * Then the regular containers, in order, none waiting for another.
 * While the pod runs, a container that exits is restarted: at once the first time, then
-  after the back-off (10 s, doubling, at most 300 s). A startupProbe that fails its threshold
-  has the container stopped (preStop hook, SIGTERM, SIGKILL at its grace) and started again.
+  after the back-off (10 s, doubling, at most 300 s). A startupProbe (native sidecars) or a
+  livenessProbe that fails its threshold has the container stopped (preStop hook, SIGTERM,
+  SIGKILL at its grace) and started again; liveness is not probed once the pod is deleted.
 
 Deletion, every container at once (the kubelet's killContainer):
 * each container's preStop hook (exec or httpGet) starts at once, a native sidecar's included;
@@ -74,8 +75,9 @@ Hook = ExecHook | HttpGetHook
 
 
 @dataclass(frozen=True)
-class StartupProbe:
-    """An httpGet startupProbe (periods in seconds; the kubelet's are whole seconds)."""
+class HttpProbe:
+    """An httpGet startup or liveness probe (periods in seconds; the kubelet's are whole
+    seconds)."""
 
     port: int
     path: str
@@ -93,7 +95,8 @@ class Container:
     env: dict[str, str] = field(default_factory=dict)
     restart_policy: Literal["Always"] | None = None
     """`Always` on an init container makes it a native sidecar."""
-    startup_probe: StartupProbe | None = None
+    startup_probe: HttpProbe | None = None
+    liveness_probe: HttpProbe | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     stopping: bool = False
@@ -197,6 +200,7 @@ class Pod:
         self._started: list[Container] = []
         """Containers the kubelet keeps running: sidecars and regular ones, in start order."""
         self._supervisor: asyncio.Task[None] | None = None
+        self._liveness: list[asyncio.Task[None]] = []
 
     @property
     def address(self) -> str:
@@ -231,6 +235,9 @@ class Pod:
         container.start()
         self._started.append(container)
         self._step(container, "started")
+        if container.liveness_probe is not None:
+            probe = self._stay_alive(container, container.liveness_probe)
+            self._liveness.append(asyncio.create_task(probe, name=f"{container.name}-liveness"))
 
     async def _run_to_completion(self, container: Container) -> None:
         while True:
@@ -245,7 +252,7 @@ class Pod:
             await asyncio.sleep(self._delay(container))
             container.restarts += 1
 
-    async def _until_started(self, container: Container, probe: StartupProbe) -> None:
+    async def _until_started(self, container: Container, probe: HttpProbe) -> None:
         url = f"http://{self.address}:{probe.port}{probe.path}"
         failures = 0
         async with httpx.AsyncClient(trust_env=False, timeout=probe.timeout) as client:
@@ -259,6 +266,40 @@ class Pod:
                     self._step(container, "startup probe failed")
                     await self._stop_for_restart(container)
                     failures = 0
+
+    async def _stay_alive(self, container: Container, probe: HttpProbe) -> None:
+        """The livenessProbe: `failure_threshold` failures in a row and the container is
+        stopped the kubelet's way (its preStop hook runs: Envoy Gateway #5832) and restarted."""
+        url = f"http://{self.address}:{probe.port}{probe.path}"
+        failures, started = 0, -1
+        async with httpx.AsyncClient(trust_env=False, timeout=probe.timeout) as client:
+            while not self.terminating:
+                if started != container.restarts:  # the startupProbe gates liveness
+                    started = await self._started_as(container, client)
+                    continue
+                await asyncio.sleep(probe.period)
+                if self.terminating or container.stopping or not container.running:
+                    failures = 0
+                    continue
+                failures = 0 if await http_probe(client, url) else failures + 1
+                if failures >= probe.failure_threshold and not self.terminating:
+                    self._step(container, "liveness probe failed")
+                    await self._stop_for_restart(container)
+                    failures = 0
+
+    async def _started_as(self, container: Container, client: httpx.AsyncClient) -> int:
+        """The incarnation (restart count) whose startupProbe has passed, or -1 for none
+        yet; without a startupProbe the container counts as started at once."""
+        probe = container.startup_probe
+        if probe is None:
+            return container.restarts
+        incarnation = container.restarts
+        url = f"http://{self.address}:{probe.port}{probe.path}"
+        if container.running and await http_probe(client, url):
+            self._step(container, "startup probe passed")
+            return incarnation
+        await asyncio.sleep(probe.period)
+        return -1
 
     async def _stop_for_restart(self, container: Container) -> None:
         """A probe failure: the kubelet runs the preStop hook, stops the container, starts
@@ -319,6 +360,8 @@ class Pod:
         """Teardown: SIGKILL whatever is left (by PID), as a test must."""
         if self._supervisor is not None:
             self._supervisor.cancel()
+        for task in self._liveness:
+            task.cancel()
         for container in [*self.init_containers, *self.containers]:
             container.stopping = True
             container.signal(signal.SIGKILL)
@@ -339,6 +382,8 @@ class Pod:
         )
         if self._supervisor is not None:
             self._supervisor.cancel()
+        for task in self._liveness:
+            task.cancel()
         return report
 
     async def _terminate(

@@ -13,6 +13,7 @@ import copy
 import datetime
 import json
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,15 @@ from bench.lab.docker_pod import (
     network_gateway,
     until_answers,
 )
+from bench.lab.envoy import _hcm, _static_cluster
+from bench.lab.envoy_gateway_pod import GatewayPodShape
 from bench.lab.haproxy import HAProxy, roll
 from bench.lab.pod import Container, TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, steady_http1
 from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
 from tests.e2e.test_images import MISSING
 from tests.harness.fake_kube_api import FakeKubeApi
-from tests.test_deploy import find
+from tests.test_deploy import contour_with_component, find
 from xds_server.certs import pki
 from xds_server.certs.directory import CertDirectory
 from xds_server.certs.rotation import Rotator
@@ -398,3 +401,146 @@ async def _done(pod: DockerPod) -> bool:
 async def _has_status(api: FakeKubeApi) -> bool:
     found = api.objects["Ingress"][("default", "all")].get("status") or {}
     return bool(found.get("loadBalancer", {}).get("ingress") == [{"ip": LB_ADDRESS}])
+
+
+class GatewayInContainers(EnvoyInContainers):
+    """Envoy Gateway's pod: its HTTP listener is on 10080."""
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.pod.ip}:10080{path}"
+
+
+async def start_gateway_pod(
+    cluster: Cluster, docker_pods: list[DockerPod], backend: Backend, fast_liveness: bool = False
+) -> GatewayInContainers:
+    """Envoy Gateway's Envoy pod (bench/lab/envoy_gateway_pod.py) with our image as its
+    shutdown manager, Ready. `fast_liveness`: the sidecar's startup and liveness probes
+    every second (the kubelet's shortest period) instead of every 10 s."""
+    shape = GatewayPodShape(backend=(cluster.gateway, backend.port), drain_timeout=10, min_drain=2)
+    template = shape.template()
+    if fast_liveness:
+        sidecar = template["spec"]["containers"][1]
+        for probe in ("startupProbe", "livenessProbe"):
+            sidecar[probe]["periodSeconds"] = 1
+    pod = DockerPod("eg", template, cluster)
+    docker_pods.append(pod)
+    await pod.start()
+    await pod.until_ready()
+    target = GatewayInContainers(pod)
+    await until_answers(target.url("/"))
+    return target
+
+
+async def test_envoy_gateways_pod_with_our_image_drains_with_zero_failed_requests(
+    cluster: Cluster, docker_pods: list[DockerPod]
+) -> None:
+    """The pod Envoy Gateway renders, as it renders it (its ports, probes, hooks and command
+    lines), our image in place of its shutdown manager's: deleted under load, it drains
+    with zero failed requests; both hooks succeed; nothing is killed."""
+    backend = await Backend(host=cluster.gateway).start()
+    try:
+        target = await start_gateway_pod(cluster, docker_pods, backend)
+        result = await steady_http1(target)
+    finally:
+        await backend.stop()
+    _drained_cleanly("Envoy Gateway's pod", target, result)
+
+
+async def test_envoy_gateways_pod_is_ready_again_after_a_liveness_restart_of_our_sidecar(
+    cluster: Cluster, docker_pods: list[DockerPod]
+) -> None:
+    """The sidecar's liveness probe stops getting answers (its port dropped in the pod's
+    network namespace), the kubelet restarts it, running its preStop hook, which drains
+    Envoy: the restarted sidecar restores Envoy and the pod is Ready and serving again
+    (Envoy Gateway's own stays DRAINING, #5832)."""
+    backend = await Backend(host=cluster.gateway).start()
+    try:
+        target = await start_gateway_pod(cluster, docker_pods, backend, fast_liveness=True)
+        pod = target.pod
+        await until(lambda: _stepped(pod, "startup probe passed"), timeout=30)
+        rule = ["INPUT", "-p", "tcp", "--dport", "19002", "-j", "DROP"]
+        _in_pod_network(pod, "iptables", "-I", *rule)
+        try:
+            await until(lambda: _stepped(pod, "liveness probe failed"), timeout=30)
+        finally:
+            _in_pod_network(pod, "iptables", "-D", *rule)
+        await until(lambda: _stepped(pod, "restarted"), timeout=60)
+        await pod.until_ready()
+        await until_answers(target.url("/"), timeout=10)
+    finally:
+        await backend.stop()
+    restored = [x for x in target.sidecar_log() if "restored it" in x.get("msg", "")]
+    assert len(restored) == 1, target.story()
+    assert pod.container("shutdown-manager").restarts == 1
+
+
+def _in_pod_network(pod: DockerPod, *argv: str) -> None:
+    pid = docker("inspect", "--format", "{{.State.Pid}}", pod.pause)
+    subprocess.run(["nsenter", "--target", pid, "--net", *argv], check=True)
+
+
+async def _stepped(pod: DockerPod, what: str) -> bool:
+    return any(s.what == what and s.container == "shutdown-manager" for s in pod.timeline)
+
+
+def contour_bootstrap(backend: tuple[str, int]) -> dict[str, Any]:
+    """What Contour's `contour bootstrap` init container and its xDS would give Envoy, as a
+    static file (no Contour image can be had here): the admin API on /admin/admin.sock, the
+    HTTP listener on 8080 to the backend, and `stats-health` on 8002 for /ready and /stats."""
+    admin = {"pipe": {"path": "/admin/admin.sock"}}
+    health = {"virtual_hosts": [{"name": "health", "domains": ["*"], "routes": [
+        {"match": {"path": "/ready"}, "route": {"cluster": "envoy-admin"}},
+        {"match": {"prefix": "/stats"}, "route": {"cluster": "envoy-admin"}}]}]}  # fmt: skip
+    serving = {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]}  # fmt: skip
+    address = {"socket_address": {"address": backend[0], "port_value": backend[1]}}
+    return {
+        "admin": {"address": admin},
+        "static_resources": {
+            "listeners": [
+                {"name": "ingress_http", "address": _any(8080),
+                 "filter_chains": [{"filters": [_hcm("ingress_http", serving)]}]},
+                {"name": "stats-health", "address": _any(8002),
+                 "filter_chains": [{"filters": [_hcm("stats", health)]}]},
+            ],
+            "clusters": [_static_cluster("envoy-admin", admin),
+                         _static_cluster("backend", address)],
+        },
+    }  # fmt: skip
+
+
+def _any(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "0.0.0.0", "port_value": port}}
+
+
+async def test_contours_pod_with_our_component_drains_with_zero_failed_requests(
+    cluster: Cluster, certs: CertDirectory, docker_pods: list[DockerPod], workdir: Path
+) -> None:
+    """Contour's Envoy DaemonSet (tests/contour/envoy.yaml) patched by
+    deploy/components/contour, its pod run as rendered, but for the bootstrap init container
+    (Contour's image): the file it would write is given to Envoy instead. Deleted under load,
+    it drains with zero failed requests; both hooks succeed; nothing is killed."""
+    backend = await Backend(host=cluster.gateway).start()
+    config = workdir / "contour-config"
+    config.mkdir(mode=0o755)
+    (config / "envoy.json").write_text(
+        json.dumps(contour_bootstrap((cluster.gateway, backend.port)))
+    )
+    (config / "envoy.json").chmod(0o644)
+    template = copy.deepcopy(contour_with_component()["spec"]["template"])
+    spec = template["spec"]
+    del spec["initContainers"]
+    spec["volumes"] = [{"name": "envoy-config", "hostPath": {"path": str(config)}}
+                       if v["name"] == "envoy-config" else v for v in spec["volumes"]]  # fmt: skip
+    cluster.secrets["envoycert"] = certs.root / "envoy"
+    try:
+        pod = DockerPod("contour", template, cluster)
+        docker_pods.append(pod)
+        await pod.start()
+        await pod.until_ready()
+        target = EnvoyInContainers(pod)
+        await until_answers(target.url("/"))
+        result = await steady_http1(target)
+    finally:
+        await backend.stop()
+    _drained_cleanly("Contour's pod with our component", target, result)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.lab.envoy import free_port
-from bench.lab.pod import Container, ExecHook, Pod, SidecarHooks, StartupProbe
+from bench.lab.pod import Container, ExecHook, HttpProbe, Pod, SidecarHooks
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,7 +66,7 @@ async def test_a_native_sidecar_starts_after_the_init_before_it_and_gates_the_ne
     setup = Container("setup", python("import time; time.sleep(0.3)"))
     proxy = Container(
         "proxy", python(server), restart_policy="Always",
-        startup_probe=StartupProbe(port=port, path="/", period=0.05), log_path=tmp_path / "log",
+        startup_probe=HttpProbe(port=port, path="/", period=0.05), log_path=tmp_path / "log",
     )  # fmt: skip
     pod = await run(started, Pod("p", [sleeper("app")], 5, [setup, proxy]))
     assert at(pod, "setup", "completed") <= at(pod, "proxy", "started")
@@ -172,7 +172,7 @@ async def test_the_grace_period_is_shared_and_sigkill_comes_at_least_2_s_after_s
 async def test_a_sidecar_failing_its_startup_probe_is_restarted_and_holds_the_pod_back(
     started: list[Pod],
 ) -> None:
-    probe = StartupProbe(port=free_port(), path="/", period=0.05, failure_threshold=3)
+    probe = HttpProbe(port=free_port(), path="/", period=0.05, failure_threshold=3)
     side = sidecar("s", startup_probe=probe)
     pod = Pod("p", [sleeper("app")], 5, [side], back_off=0.2)
     started.append(pod)
