@@ -40,7 +40,7 @@ from bench.lab.backend import Backend
 from bench.lab.clients import Tally, TcpConnection, steady_load, streaming_request
 from bench.lab.envoy import Envoy
 from bench.lab.lb_cut import pod_behind_cutting_lb
-from bench.lab.sidecar import SidecarProcess, run_hook
+from bench.lab.sidecar import COMMAND, GATEWAY, SidecarProcess, run_hook
 from bench.scenario_table import scenario_rows
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
@@ -72,22 +72,37 @@ async def with_envoy(work: Path, body: Callable[[Envoy], Awaitable[Sample]]) -> 
         await backend.stop()
 
 
-async def ours(envoy: Envoy, work: Path) -> tuple[Callable[[], Awaitable[float]], SidecarProcess]:
+async def ours(
+    envoy: Envoy, work: Path, dropin: bool = False
+) -> tuple[Callable[[], Awaitable[float]], SidecarProcess]:
     """Start the real sidecar; return a trigger that runs the hook and returns release time.
 
     Release is when `/shutdown` answers: the moment the kubelet would send Envoy SIGTERM.
+    `dropin`: the sidecar and hook as Envoy Gateway runs them (our `envoy-gateway` command,
+    their flags; /shutdown/ready), our own flags only to name this Envoy's admin socket.
     """
-    sidecar = SidecarProcess(
-        work, envoy.admin_address, "--min-drain-duration", f"{MIN_DRAIN}s",
-        "--drain-timeout", "20s", "--ignore-listener", "probe", "--quiet-period", "0",
-    )  # fmt: skip
+    if dropin:
+        sidecar = SidecarProcess(work, envoy.admin_address, "--ready-file", str(work / "ready"),
+                                 command=(*GATEWAY, "shutdown-manager"))  # fmt: skip
+        hook_command: tuple[str, ...] = (*GATEWAY, "shutdown")
+        flags = [f"--min-drain-duration={MIN_DRAIN:g}s", "--drain-timeout=20s", "--ready-file",
+                 str(work / "ready"), "--admin-address", envoy.admin_address]  # fmt: skip
+        path = "/shutdown/ready"
+    else:
+        sidecar = SidecarProcess(
+            work, envoy.admin_address, "--min-drain-duration", f"{MIN_DRAIN}s",
+            "--drain-timeout", "20s", "--ignore-listener", "probe", "--quiet-period", "0",
+        )  # fmt: skip
+        hook_command, flags, path = (*COMMAND, "drain"), [], "/shutdown"
     await sidecar.start()
 
     async def trigger() -> float:
         async with httpx.AsyncClient(trust_env=False, timeout=60) as client:
-            waiter = asyncio.create_task(client.get(f"{sidecar.url}/shutdown"))
+            waiter = asyncio.create_task(client.get(f"{sidecar.url}{path}"))
             await asyncio.sleep(0.05)
-            hook = asyncio.create_task(run_hook("--control-socket", str(sidecar.control_socket)))
+            hook = asyncio.create_task(run_hook(
+                "--control-socket", str(sidecar.control_socket), *flags, command=hook_command
+            ))  # fmt: skip
             await waiter
             released = time.monotonic()
             await hook
@@ -110,8 +125,8 @@ async def release_after_stream(policy: str, work: Path) -> Sample:
         started = time.monotonic()
         sidecar = None
         async with AdminClient(parse_admin_address(envoy.admin_address)) as admin:
-            if policy == "ours":
-                trigger, sidecar = await ours(envoy, work)
+            if policy in ("ours", "dropin"):
+                trigger, sidecar = await ours(envoy, work, dropin=policy == "dropin")
                 released = await trigger()
                 started = await drain_started(sidecar)
             elif policy == "contour":
@@ -148,8 +163,8 @@ async def release_with_tcp(policy: str, work: Path) -> Sample:
         user = asyncio.create_task(use_then_close())
         sidecar = None
         async with AdminClient(parse_admin_address(envoy.admin_address)) as admin:
-            if policy == "ours":
-                trigger, sidecar = await ours(envoy, work)
+            if policy in ("ours", "dropin"):
+                trigger, sidecar = await ours(envoy, work, dropin=policy == "dropin")
                 released = await trigger()
             elif policy == "contour":
                 released = await contour(admin)
@@ -390,6 +405,7 @@ async def latency_section(runs: int, work: Callable[[], Path]) -> None:
     rows: list[list[str]] = []
     for policy, label in (
         ("ours", "envoy-lifecycle (kernel wake-up, 4 Hz admin)"),
+        ("dropin", "envoy-lifecycle as Envoy Gateway's image (their flags)"),
         ("envoy_gateway", "Envoy Gateway policy (1 s, listeners)"),
         ("contour", "Contour policy (5 s, HTTP managers only)"),
     ):

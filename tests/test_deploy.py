@@ -511,3 +511,13 @@ def test_wrong_values_are_refused_by_the_schema() -> None:
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode != 0
     assert "envoy.sidecar must be one of" in done.stderr
+
+
+def test_the_helm_post_renderer_applies_the_contour_component() -> None:
+    """Contour installed with Helm: its output piped through the post-renderer is what the
+    kustomization gives."""
+    script = DEPLOY / "components" / "contour" / "helm-post-renderer.sh"
+    done = subprocess.run([str(script)], input=CONTOUR.read_text(), capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout) == contour_with_component()

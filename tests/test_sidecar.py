@@ -165,6 +165,26 @@ async def test_hook_drains_alone_when_the_sidecar_is_unreachable_and_releases_wa
     assert (await waiter).status_code == 200
 
 
+async def test_sigterm_after_the_hook_drained_alone_exits_without_draining_again(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """The hook could not reach serve and drained by itself (its ready file says so): the
+    SIGTERM that follows ends serve at once, no second drain of the minimum duration."""
+    ready = workdir / "ready"
+    sidecar = await start_sidecar(sidecars, workdir, envoy, "--ready-file", str(ready),
+                                  "--min-drain-duration", "5s")  # fmt: skip
+    status, output = await run_hook(
+        "--control-socket", str(workdir / "nobody-here.sock"),
+        "--admin-address", envoy.admin_address, "--ready-file", str(ready), *FAST,
+    )  # fmt: skip
+    assert status == 0, output
+    sidecar.signal()
+    assert await sidecar.wait_exit(10) == 0
+    messages = [str(line["msg"]) for line in log_lines(sidecar)]
+    assert not any(m.startswith("drain started") for m in messages)
+    assert any("not draining again" in m for m in messages)
+
+
 async def test_hook_exit_3_names_the_connections_left_at_the_deadline(
     envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
 ) -> None:

@@ -15,21 +15,29 @@ import httpx
 from bench.lab.envoy import free_port
 
 COMMAND = [sys.executable, "-m", "shutdown_manager"]
+GATEWAY = (sys.executable, "-m", "shutdown_manager.envoy_gateway", "envoy")
+"""Envoy Gateway's command, our drop-in: `shutdown-manager` (the sidecar), `shutdown` (hook)."""
 
 
 class SidecarProcess:
     """`shutdown-manager serve` with its log captured to a file."""
 
     def __init__(
-        self, workdir: Path, admin_address: str, *flags: str, env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        admin_address: str,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = (*COMMAND, "serve"),
     ) -> None:
+        """`command`: another way to start it (Envoy Gateway's drop-in, GATEWAY_SERVE)."""
         self.workdir = workdir
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.control_socket = workdir / "sm.sock"
         self.log_path = workdir / f"serve-{self.port}.log"
         self.args = [
-            *COMMAND, "serve",
+            *command,
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-address", admin_address,
             "--control-socket", str(self.control_socket),
@@ -82,10 +90,13 @@ class SidecarProcess:
             self.proc.wait(timeout=5)
 
 
-async def run_hook(*flags: str, timeout: float = 60.0) -> tuple[int, str]:
-    """`shutdown-manager drain` as the kubelet's exec hook runs it: returns (status, output)."""
+async def run_hook(
+    *flags: str, timeout: float = 60.0, command: tuple[str, ...] = (*COMMAND, "drain")
+) -> tuple[int, str]:
+    """`shutdown-manager drain` (or `command`) as the kubelet's exec hook runs it: returns
+    (status, output)."""
     proc = await asyncio.create_subprocess_exec(
-        *COMMAND, "drain", *flags, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        *command, *flags, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
