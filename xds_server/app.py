@@ -29,6 +29,7 @@ from xds_server.certs.secret_volume import SecretVolume
 from xds_server.certs.server_tls import IdentityCheck, ServerTls
 from xds_server.cluster.duties import ClusterDuties, DutiesConfig, secret_rotator
 from xds_server.metrics import XdsMetrics
+from xds_server.model.gateway import GatewaySettings
 from xds_server.pipeline import Pipeline
 from xds_server.sources.api import KubernetesSource
 from xds_server.sources.directory import DirectorySource
@@ -76,6 +77,8 @@ class ServeConfig:
     ports: EnvoyPorts
     ingress_class: str | None
     certs_dir: Path | None
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """The Gateway API part: our controller name, the address pool."""
     rotate: bool = False
     client_identity: str = DEFAULT_IDENTITY
     propagation_delay: float = 2.0
@@ -108,7 +111,9 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
-        self.pipeline = Pipeline(config.ingress_class, config.ports)
+        self.pipeline = Pipeline(config.ingress_class, config.ports, config.gateway)
+        self.object_status: dict[str, dict[str, object]] = {}
+        """The Gateway API objects' status, as of the last change (GET /status)."""
         self.tls: ServerTls | None = None
         self.rotator: Rotator | None = None
         self.duties: ClusterDuties | None = None
@@ -287,6 +292,8 @@ class ControlPlane:
         and publish the snapshot for a set of objects; keep the last good one on error."""
         seen = time.monotonic()
         built = await asyncio.to_thread(self.pipeline.build, loaded, self._serial + 1)
+        if built.model.gateway is not None:
+            self.object_status = dict(built.model.gateway.status)
         if self.duties is not None:
             self.duties.observe(loaded.objects, built.model.served)
         self._report_rejections(loaded.errors + built.model.errors)
@@ -368,11 +375,14 @@ class ControlPlane:
         return web.json_response(body, status=200 if ready else 503)
 
     async def _status(self, _: web.Request) -> web.Response:
+        """The server's own state, and each Gateway API object's status by
+        `Kind/namespace/name` (`Kind/name` when cluster-scoped), as the API would hold it."""
         return web.json_response(
             {
                 "serial": self.store.current.serial,
                 "source_problem": self.source.problem,
                 "rejected": list(self.rejections),
+                **self.object_status,
             }
         )
 

@@ -4,6 +4,7 @@ bootstrap). User mistakes end in one line on stderr and a non-zero status."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 import sys
@@ -24,6 +25,7 @@ from envoy_lifecycle.cmdline import (
 from envoy_lifecycle.logs import configure
 from xds_server.certs import command as certs_command
 from xds_server.certs.directory import DEFAULT_IDENTITY
+from xds_server.model.gateway import DEFAULT_CONTROLLER
 from xds_server.sources.objects import Limits
 
 LIMIT_FLAGS = (
@@ -67,6 +69,16 @@ def _security(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC: must be asked for explicitly"
     )
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR block such as 10.96.200.0/24."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a network (CIDR), got {text!r}: {exc}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe listener port (it lives in the bootstrap)",
     )
     serve.add_argument(
+        "--gateway-controller-name",
+        default=DEFAULT_CONTROLLER,
+        metavar="NAME",
+        help="serve the Gateways of GatewayClasses whose spec.controllerName is this",
+    )
+    serve.add_argument(
+        "--gateway-address-pool",
+        type=network,
+        default=None,
+        metavar="CIDR",
+        help="give each Gateway without spec.addresses its own address from this network "
+        "(picked from its namespace/name: the same on every replica and restart); unset: "
+        "every Gateway at --envoy-address",
+    )
+    serve.add_argument(
         "--ingress-class",
         default=None,
         help="serve only Ingresses of this class (and class-less ones if this "
@@ -238,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from xds_server.app import ControlPlane, ServeConfig, StartupError
     from xds_server.cluster.duties import DutiesConfig
+    from xds_server.model.gateway import GatewaySettings
     from xds_server.translate.listeners import EnvoyPorts
 
     (grpc_host, grpc_port), (http_host, http_port) = args.listen, args.http_listen
@@ -249,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_port=http_port,
         ports=EnvoyPorts(args.envoy_address, args.envoy_http_port, args.envoy_https_port),
         ingress_class=args.ingress_class,
+        gateway=GatewaySettings(
+            args.gateway_controller_name, args.gateway_address_pool, args.envoy_address
+        ),
         certs_dir=args.certs_dir,
         rotate=args.rotate,
         client_identity=args.client_identity,

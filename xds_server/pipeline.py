@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from xds_server import collector
+from xds_server.model.gateway import GatewaySettings
 from xds_server.model.state import Key, ModelState
 from xds_server.model.types import Model, describe
 from xds_server.sources.objects import KubeObject, Loaded
@@ -39,8 +40,10 @@ class Built:
 
 
 class Pipeline:
-    def __init__(self, ingress_class: str | None, ports: EnvoyPorts) -> None:
-        self.state = ModelState(ingress_class)
+    def __init__(
+        self, ingress_class: str | None, ports: EnvoyPorts, gateway: GatewaySettings | None = None
+    ) -> None:
+        self.state = ModelState(ingress_class, gateway)
         self.translator = Translator(ports)
         self.checked = Checked()
         self._input: dict[Key, KubeObject] = {}

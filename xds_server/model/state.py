@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xds_server.model.backends import SERVICE_NAME_LABEL, Resolved
+from xds_server.model.gateway import KINDS as GATEWAY_KINDS
+from xds_server.model.gateway import GatewayInputs, GatewaySettings, build_gateways
 from xds_server.model.ingress import (
     IngressPart,
     age_order,
@@ -27,7 +29,7 @@ from xds_server.model.ingress import (
     services_named,
 )
 from xds_server.model.secrets import Checked, add_secrets
-from xds_server.model.types import Host, Model, Rejected, Route, describe
+from xds_server.model.types import Endpoint, Host, Model, Rejected, Route, describe
 from xds_server.sources.objects import KubeObject
 
 log = logging.getLogger("xds_server.model")
@@ -48,13 +50,18 @@ class Dirty:
     clusters: set[str] = field(default_factory=set)
     tls: bool = False
     """The TLS bindings or their secrets (the HTTPS listener and the SDS secrets)."""
+    gateway: bool = False
+    """The Gateway API part was built again."""
 
 
 class ModelState:
     """The model of the objects seen so far; `update` applies a change to them."""
 
-    def __init__(self, ingress_class: str | None) -> None:
+    def __init__(self, ingress_class: str | None, gateway: GatewaySettings | None = None) -> None:
         self.ingress_class = ingress_class
+        self.gateway = gateway or GatewaySettings()
+        self._gateway_objects: dict[Key, KubeObject] = {}
+        self._gateway_clusters: dict[str, list[Endpoint]] = {}
         self.model = Model()
         self._ingresses: dict[Named, KubeObject] = {}
         self._services: dict[Named, KubeObject] = {}
@@ -90,8 +97,45 @@ class ModelState:
             self._rebuild_host(host)
         if dirty.tls:
             self._rebuild_tls()
+        if self._gateway_touched(changes):
+            self._rebuild_gateway(dirty)
         self._collect_errors()
         return dirty
+
+    def _gateway_touched(self, changes: Mapping[Key, KubeObject | None]) -> bool:
+        """Gateway API objects changed, or the Services, slices and Namespaces they read."""
+        touched = False
+        for key, obj in changes.items():
+            if key[0] in GATEWAY_KINDS:
+                _store(self._gateway_objects, key, obj)
+                touched = True
+            elif key[0] in ("Service", "EndpointSlice"):
+                touched = touched or bool(self._gateway_objects)
+        return touched
+
+    def _rebuild_gateway(self, dirty: Dirty) -> None:
+        """The whole Gateway API part again (routes of every Gateway read together: their
+        precedence and status depend on each other); its clusters counted like an
+        Ingress' so a cluster both use lives while either does."""
+        inputs = GatewayInputs(self._gateway_objects, self.gateway.controller,
+                               self.gateway.pool, self.gateway.envoy_address)  # fmt: skip
+        slices = {named: list(found.values()) for named, found in self._slices.items()}
+        part = build_gateways(inputs, self._services, slices)
+        before, after = self._gateway_clusters, part.upstreams
+        for cluster in before.keys() - after.keys():
+            self._cluster_users[cluster] -= 1
+            if not self._cluster_users[cluster]:
+                del self._cluster_users[cluster], self.model.clusters[cluster]
+            dirty.clusters.add(cluster)
+        for cluster, endpoints in after.items():
+            if cluster not in before:
+                self._cluster_users[cluster] = self._cluster_users.get(cluster, 0) + 1
+            if self.model.clusters.get(cluster) != endpoints:
+                self.model.clusters[cluster] = endpoints
+                dirty.clusters.add(cluster)
+        self._gateway_clusters = dict(after)
+        self.model.gateway = part
+        dirty.gateway = True
 
     def _take(
         self, changes: Mapping[Key, KubeObject | None]
@@ -261,6 +305,8 @@ class ModelState:
         for host in sorted(self._host_errors):
             self.model.errors += self._host_errors[host]
         self.model.errors += self._tls_errors
+        if self.model.gateway is not None:
+            self.model.errors += self.model.gateway.errors
 
 
 def _store(table: dict[Any, Any], key: Any, value: Any) -> None:
@@ -270,12 +316,16 @@ def _store(table: dict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
 
 
-def build(objects: Iterable[KubeObject], ingress_class: str | None) -> Model:
+def build(
+    objects: Iterable[KubeObject],
+    ingress_class: str | None,
+    gateway: GatewaySettings | None = None,
+) -> Model:
     """The model for a set of objects (the first of two with the same key counts);
     rejected objects are listed in `model.errors`."""
     changes: dict[Key, KubeObject | None] = {}
     for obj in objects:
         changes.setdefault(obj.key, obj)
-    state = ModelState(ingress_class)
+    state = ModelState(ingress_class, gateway)
     state.update(changes)
     return state.model

@@ -5,8 +5,12 @@ API said it (Ingress today). Translation reads only these types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xds_server.sources.objects import KubeObject
+
+if TYPE_CHECKING:
+    from xds_server.model.gateway import GatewayPart
 
 EXACT, PREFIX = "Exact", "Prefix"
 
@@ -81,6 +85,8 @@ class Model:
     errors: list[str] = field(default_factory=list)
     served: set[tuple[str, str]] = field(default_factory=set)
     """(namespace, name) of every Ingress accepted: whose status the leader writes."""
+    gateway: GatewayPart | None = None
+    """The Gateway API part (None: no Gateway API object seen)."""
 
     def sorted_hosts(self) -> list[Host]:
         """Exact hosts, then wildcards, then the catch-all, each with routes in precedence."""

@@ -21,6 +21,12 @@ KNOWN_KINDS = {
     ("v1", "Service"),
     ("discovery.k8s.io/v1", "EndpointSlice"),
     ("v1", "Secret"),
+    ("v1", "Namespace"),
+    *(
+        (f"gateway.networking.k8s.io/{version}", kind)
+        for version in ("v1", "v1beta1")
+        for kind in ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")
+    ),
 }
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when present: ten times faster on big manifests."""

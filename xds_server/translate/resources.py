@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from xds_server.model.state import Dirty
 from xds_server.model.types import Model
 from xds_server.translate.clusters import cluster, load_assignment
+from xds_server.translate.gateway import gateway_resources
 from xds_server.translate.listeners import (
     HTTP,
     HTTPS,
@@ -20,7 +21,7 @@ from xds_server.translate.listeners import (
     https_listener,
     tls_secret,
 )
-from xds_server.translate.routes import vhds_config, virtual_host
+from xds_server.translate.routes import not_found_host, vhds_config, virtual_host
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE_VHDS, SECRET, VHOST
 
 TYPES = (CLUSTER, ENDPOINT, ROUTE_VHDS, VHOST, LISTENER, SECRET)
@@ -34,7 +35,8 @@ def resources(model: Model, ports: EnvoyPorts) -> dict[str, dict[str, Message]]:
     `<route configuration>/<host>` (the VHDS convention); the full route configurations
     are assembled from them (see ROUTE_VHDS)."""
     translator = Translator(ports)
-    translator.update(model, Dirty(set(model.hosts), set(model.clusters), tls=True))
+    dirty = Dirty(set(model.hosts), set(model.clusters), tls=True, gateway=True)
+    translator.update(model, dirty)
     return translator.current
 
 
@@ -47,6 +49,8 @@ class Translator:
         self.current: dict[str, dict[str, Message]] = {type_url: {} for type_url in TYPES}
         self._wildcards: set[str] = set()
         """Wildcard hosts: each repeats the `*` host's routes for deeper names."""
+        self._gateway_names: dict[str, set[str]] = {}
+        """The resources the Gateway API part made, by type URL."""
 
     def update(self, model: Model, dirty: Dirty) -> Changes:
         changes: Changes = {type_url: {} for type_url in TYPES}
@@ -55,11 +59,25 @@ class Translator:
                 self._set(changes, ROUTE_VHDS, config, vhds_config(config))
             self._set(changes, LISTENER, HTTP, http_listener(self.ports))
         self._hosts(model, dirty.hosts, changes)
+        self._placeholder(model, changes)
         for name in dirty.clusters:
             self._cluster(model, name, changes)
         if dirty.tls:
             self._tls(model, changes)
+        if dirty.gateway:
+            self._gateway(model, changes)
         return changes
+
+    def _gateway(self, model: Model, changes: Changes) -> None:
+        """The Gateway API resources again, and the ones it no longer has removed."""
+        found = gateway_resources(model.gateway)
+        for type_url, messages in found.items():
+            for name in self._gateway_names.get(type_url, set()) - messages.keys():
+                self._set(changes, type_url, name, None)
+            for name, message in messages.items():
+                if self.current[type_url].get(name) != message:
+                    self._set(changes, type_url, name, message)
+            self._gateway_names[type_url] = set(messages)
 
     def _hosts(self, model: Model, names: set[str], changes: Changes) -> None:
         catch_all = model.hosts.get("*")
@@ -74,6 +92,18 @@ class Translator:
                 self._wildcards.add(name)
             else:
                 self._wildcards.discard(name)
+
+    def _placeholder(self, model: Model, changes: Changes) -> None:
+        """With no Ingress host at all, each Ingress route configuration still gets one
+        virtual host (`*`, 404 for everything, as Envoy answers a host it has none for):
+        Envoy's listener waits for the first virtual host of its configuration, and would
+        otherwise start only after its 15 s initial fetch timeout (a Gateway-only setup)."""
+        for config in (HTTP, HTTPS):
+            name = f"{config}/*"
+            if not model.hosts and name not in self.current[VHOST]:
+                self._set(changes, VHOST, name, not_found_host(config))
+            elif model.hosts and "*" not in model.hosts and name in self.current[VHOST]:
+                self._set(changes, VHOST, name, None)
 
     def _cluster(self, model: Model, name: str, changes: Changes) -> None:
         endpoints = model.clusters.get(name)

@@ -96,6 +96,13 @@ def _route(
     )
 
 
+def not_found_host(config: str) -> route_components_pb2.VirtualHost:
+    """`*` answering 404 to everything: what Envoy answers a host it has no virtual host for."""
+    return route_components_pb2.VirtualHost(
+        name=f"{config}/*", domains=["*"], routes=[_route(None, None)]
+    )
+
+
 def vhds_config(name: str) -> route_pb2.RouteConfiguration:
     """A route configuration whose virtual hosts come over VHDS, one resource each."""
     return route_pb2.RouteConfiguration(name=name, vhds=route_pb2.Vhds(config_source=ads_source()))
@@ -111,5 +118,15 @@ def referenced_clusters(messages: dict[str, Message]) -> set[str]:
             assert isinstance(message, route_components_pb2.VirtualHost)
             vhosts = [message]
         for vhost in vhosts:
-            found.update(r.route.cluster for r in vhost.routes if r.route.cluster)
+            for route in vhost.routes:
+                if route.route.cluster:
+                    found.add(route.route.cluster)
+                found.update(w.name for w in route.route.weighted_clusters.clusters
+                             if w.name != INVALID_BACKEND)  # fmt: skip
     return found
+
+
+INVALID_BACKEND = "gateway-invalid-backend"
+"""A weighted share of backends that cannot be used names this cluster, which never exists:
+Envoy answers with the route's cluster_not_found_response_code (500, as the Gateway API
+asks). The one cluster a route may name without it existing."""

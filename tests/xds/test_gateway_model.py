@@ -1,0 +1,85 @@
+"""The Gateway API model's own rules, without Envoy: hostname intersection (a wildcard covers
+any depth, not its own suffix), label selectors, and the address pool (stable per Gateway,
+distinct between Gateways, the same whatever the order objects came in)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from xds_server.model.gateway import GatewayInputs, build_gateways, intersect, selects
+from xds_server.sources.objects import KubeObject
+
+
+@pytest.mark.parametrize(
+    ("listener", "route", "served"),
+    [
+        (None, [], ["*"]),
+        ("a.com", [], ["a.com"]),
+        (None, ["x.io", "*.y.io"], ["x.io", "*.y.io"]),
+        ("very.specific.com", ["non.matching.com", "very.specific.com"], ["very.specific.com"]),
+        (
+            "*.wildcard.io",
+            ["wildcard.io", "foo.wildcard.io", "a.b.wildcard.io"],
+            ["foo.wildcard.io", "a.b.wildcard.io"],
+        ),
+        ("very.specific.com", ["*.specific.com"], ["very.specific.com"]),
+        ("*.anotherwildcard.io", ["*.anotherwildcard.io"], ["*.anotherwildcard.io"]),
+        ("*.io", ["*.a.io"], ["*.a.io"]),
+        ("specific.but.wrong.com", ["wildcard.io"], []),
+    ],
+)
+def test_hostname_intersection(listener: str | None, route: list[str], served: list[str]) -> None:
+    assert intersect(listener, route) == served
+
+
+def test_label_selectors() -> None:
+    labels = {"gateway-conformance": "backend", "team": "a"}
+    assert selects({"matchLabels": {"gateway-conformance": "backend"}}, labels)
+    assert not selects({"matchLabels": {"gateway-conformance": "infra"}}, labels)
+    assert selects(
+        {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}]}, labels
+    )
+    assert not selects(
+        {"matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["a"]}]}, labels
+    )
+    assert selects({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}, labels)
+    assert not selects({"matchExpressions": [{"key": "x", "operator": "Exists"}]}, labels)
+
+
+def _object(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> KubeObject:
+    body = {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return KubeObject("gateway.networking.k8s.io/v1", kind, namespace, name, body, "test")
+
+
+def _addresses(names: list[str], pool: str = "10.96.200.0/24") -> dict[str, str]:
+    objects = [
+        _object(
+            "GatewayClass",
+            "c",
+            "default",
+            {"controllerName": "envoy-lifecycle.io/gateway-controller"},
+        )
+    ]
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    objects += [
+        _object("Gateway", n, "ns", {"gatewayClassName": "c", "listeners": [listener]})
+        for n in names
+    ]
+    inputs = GatewayInputs({o.key: o for o in objects}, pool=ipaddress.ip_network(pool))
+    part = build_gateways(inputs, {}, {})
+    return {n: part.status[f"Gateway/ns/{n}"]["addresses"][0]["value"] for n in names}
+
+
+def test_pool_addresses_are_stable_distinct_and_order_free() -> None:
+    names = [f"gw{i}" for i in range(20)]
+    first = _addresses(names)
+    assert len(set(first.values())) == 20
+    assert all(
+        ipaddress.ip_address(a) in ipaddress.ip_network("10.96.200.0/24") for a in first.values()
+    )
+    assert _addresses(list(reversed(names))) == first
+    pair = _addresses(["gw0", "gw1"])
+    assert pair["gw0"] == _addresses(["gw0"])["gw0"], "another Gateway does not move it"
