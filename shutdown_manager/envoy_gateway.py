@@ -66,12 +66,13 @@ DEFAULTS = DrainPolicy(
 """Envoy Gateway's own defaults for `envoy shutdown`; the rest of the policy is ours."""
 
 THEIR_OTHER_COMMANDS = ("server", "certgen", "xds-test", "version")
-POLICY_FLAGS = {
-    "drain_timeout": "--drain-timeout",
-    "min_drain_duration": "--min-drain-duration",
-    "exit_at_connections": "--exit-at-connections",
-    "health_check_failure_delay": "--health-check-failure-delay",
-}
+POLICY_FIELDS = (
+    "drain_timeout",
+    "min_drain_duration",
+    "exit_at_connections",
+    "health_check_failure_delay",
+)
+"""The policy fields `envoy shutdown` takes (the hook sends those given to the server)."""
 
 
 def _ours(parser: argparse.ArgumentParser, server: bool) -> None:
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(LOGGER_NAME, getattr(args, "log_format", "json"), getattr(args, "log_level", "info"))
     if args.command == "shutdown-manager":
         return _serve(prog, args)
-    given: dict[str, Any] = {name: getattr(args, name) for name in POLICY_FLAGS if name in args}
+    given: dict[str, Any] = {name: getattr(args, name) for name in POLICY_FIELDS if name in args}
     try:
         policy = with_overrides(DEFAULTS, given)[0]
     except ValueError as exc:
