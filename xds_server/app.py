@@ -8,6 +8,7 @@ gives streams a bounded grace to finish so proxies move to another replica, and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import gc
 import logging
@@ -262,7 +263,10 @@ class ControlPlane:
 
     def _cluster_duties(self, source: KubernetesSource) -> ClusterDuties:
         """A kubeconfig that cannot be read, or no service account: say so in one line."""
-        duties = self.config.duties or DutiesConfig("envoy-lifecycle", "xds-server")
+        duties = dataclasses.replace(
+            self.config.duties or DutiesConfig("envoy-lifecycle", "xds-server"),
+            gateway_controller=self.config.gateway.controller,
+        )
         try:
             api_client = source.client()
             rotator = None
@@ -295,7 +299,7 @@ class ControlPlane:
         if built.model.gateway is not None:
             self.object_status = dict(built.model.gateway.status)
         if self.duties is not None:
-            self.duties.observe(loaded.objects, built.model.served)
+            self.duties.observe(loaded.objects, built.model.served, self.object_status)
         self._report_rejections(loaded.errors + built.model.errors)
         for problem in built.problems:
             log.error("snapshot not published, the last good one stays: %s", problem)

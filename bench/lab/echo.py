@@ -1,18 +1,29 @@
 """The conformance echo backend: answers any method on any path with what it received (as
 JSON: service, pod, namespace, method, path, host, proto, headers), so a test can tell which backend
-served a request and what the proxy sent it."""
+served a request and what the proxy sent it. A request asks for a slow answer with
+`X-Echo-Delay-Ms` (timeouts) and response headers with `X-Echo-Set-Header: name:value,...`
+(as the harness's echo does); each pod keeps the paths it saw (mirroring)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
 SERVICE = web.AppKey("service", str)
 POD = web.AppKey("pod", str)
 NAMESPACE = web.AppKey("namespace", str)
+SEEN = web.AppKey("seen", list[str])
+DELAY = "X-Echo-Delay-Ms"
+SET_HEADER = "X-Echo-Set-Header"
 
 
 async def _echo(request: web.Request) -> web.Response:
-    return web.json_response(
+    request.app[SEEN].append(request.path_qs)
+    delay = request.headers.get(DELAY, "")
+    if delay.isdigit():
+        await asyncio.sleep(int(delay) / 1000)
+    answer = web.json_response(
         {
             "service": request.app[SERVICE],
             "pod": request.app[POD],
@@ -25,6 +36,11 @@ async def _echo(request: web.Request) -> web.Response:
             "headers": {k: ",".join(request.headers.getall(k)) for k in request.headers},
         }
     )
+    for item in request.headers.get(SET_HEADER, "").split(","):
+        name, _, value = item.partition(":")
+        if name.strip():
+            answer.headers.add(name.strip(), value.strip())
+    return answer
 
 
 class Echo:
@@ -43,10 +59,13 @@ class Echo:
         self.port = port
         self.pod = pod or f"{service}-{host}"
         self._runner: web.AppRunner | None = None
+        self.seen: list[str] = []
+        """Every path (with its query) this pod was asked for."""
 
     async def start(self) -> Echo:
         app = web.Application()
         app[SERVICE], app[POD], app[NAMESPACE] = self.service, self.pod, self.namespace
+        app[SEEN] = self.seen
         app.router.add_route("*", "/{tail:.*}", _echo)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -1,8 +1,11 @@
 """FAKE Kubernetes API server, for the API source's tests: no real one can run here.
 
-It speaks the real wire format of list and watch for the five resources `xds-server
---kubernetes` reads, get/create/replace (with resourceVersion conflicts) of Secrets, Leases,
-Pods and Events, and merge patches of Ingress status. Pods are what the shutdown-manager's
+It speaks the real wire format of list and watch for the resources `xds-server
+--kubernetes` reads (the Gateway API's as custom resources, answering 404 for those whose
+CRDs are `missing`), get/create/replace (with resourceVersion conflicts) of Secrets, Leases,
+Pods and Events, and merge patches of the status of Ingresses and Gateway API objects. As
+the API server does, `metadata.generation` starts at 1 and grows when `spec` changes, and a
+status write leaves it alone. Pods are what the shutdown-manager's
 --confirm-deletion reads: a graceful deletion sets metadata.deletionTimestamp first, as the
 API server does before any kubelet acts on it. Lists carry a resourceVersion; watches are a
 chunked stream of JSON event lines from a given version, with BOOKMARK events, a `410 Gone`
@@ -30,7 +33,14 @@ PATHS = {
     "/api/v1/services": "Service",
     "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice",
     "/api/v1/secrets": "Secret",
+    "/api/v1/namespaces": "Namespace",
+    "/apis/gateway.networking.k8s.io/v1/gatewayclasses": "GatewayClass",
+    "/apis/gateway.networking.k8s.io/v1/gateways": "Gateway",
+    "/apis/gateway.networking.k8s.io/v1/httproutes": "HTTPRoute",
+    "/apis/gateway.networking.k8s.io/v1beta1/referencegrants": "ReferenceGrant",
 }
+GATEWAY_PLURALS = {"gatewayclasses": "GatewayClass", "gateways": "Gateway",
+                   "httproutes": "HTTPRoute"}  # fmt: skip
 
 NAMED = {"secrets": "Secret", "leases": "Lease", "pods": "Pod", "events": "Event"}
 """Namespaced objects read and written one by one (GET, POST, PUT)."""
@@ -51,6 +61,10 @@ class FakeKubeApi:
         default_factory=lambda: {kind: {} for kind in [*PATHS.values(), *NAMED.values()]}
     )
     status_patches: list[tuple[str, str]] = field(default_factory=list)
+    gateway_status_patches: list[tuple[str, str, str]] = field(default_factory=list)
+    """(kind, namespace, name) of every Gateway API status write."""
+    missing: set[str] = field(default_factory=set)
+    """Kinds whose CRD is not installed: listing them answers 404."""
     history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     compacted: int = 0
     requests: list[Request] = field(default_factory=list)
@@ -80,6 +94,11 @@ class FakeKubeApi:
             "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}/status",
             self._patch_status,
         )
+        gateway_api = "/apis/gateway.networking.k8s.io/v1"
+        app.router.add_patch(
+            gateway_api + "/namespaces/{ns}/{resource}/{name}/status", self._patch_gateway_status
+        )
+        app.router.add_patch(gateway_api + "/{resource}/{name}/status", self._patch_gateway_status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, 0, ssl_context=tls)
@@ -128,6 +147,13 @@ class FakeKubeApi:
     def _record(self, kind: str, event: str, key: tuple[str, str], obj: dict[str, Any]) -> None:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
+        current = self.objects[kind].get(key)
+        if current is None:
+            obj["metadata"].setdefault("generation", 1)
+        elif event != "DELETED":
+            generation = current["metadata"].get("generation", 1)
+            changed = obj.get("spec") != current.get("spec")
+            obj["metadata"]["generation"] = generation + 1 if changed else generation
         if event == "DELETED":
             del self.objects[kind][key]
         else:
@@ -243,8 +269,25 @@ class FakeKubeApi:
         self.apply({**current, "status": patch["status"]})
         return web.json_response(self.objects["Ingress"][key])
 
+    async def _patch_gateway_status(self, request: web.Request) -> web.Response:
+        """A Gateway API status merge patch: `status` replaced by the patch's (what a merge
+        patch does to the lists it is made of)."""
+        kind = GATEWAY_PLURALS[request.match_info["resource"]]
+        key = (request.match_info.get("ns", "default"), request.match_info["name"])
+        self.gateway_status_patches.append((kind, *key))
+        current = self.objects[kind].get(key)
+        if current is None:
+            return self._status(404, "NotFound", f'{kind} "{key[1]}" not found')
+        if "merge-patch" not in request.content_type:
+            return self._status(415, "UnsupportedMediaType", request.content_type)
+        patch = await request.json()
+        self.apply({**current, "status": patch["status"]})
+        return web.json_response(self.objects[kind][key])
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         kind = PATHS[request.path]
+        if kind in self.missing:
+            return self._status(404, "NotFound", "the server could not find the requested resource")
         selector = request.query.get("fieldSelector")
         watching = request.query.get("watch") in ("true", "1", "True")
         since = request.query.get("resourceVersion")

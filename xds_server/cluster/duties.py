@@ -1,5 +1,6 @@
 """What one replica does for the whole cluster, only while it holds the leader Lease:
-write the Ingress status, and (with --rotate) keep the certificate Secrets renewed.
+write the Ingress and Gateway API status, and (with --rotate) keep the certificate Secrets
+renewed.
 
 Every replica serves xDS the same way; these writes must have one author. The leader runs
 the status pass after every change of the objects and whenever it becomes leader, and the
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from xds_server.certs import pki
 from xds_server.certs.directory import CertDirectory, CertError
 from xds_server.certs.rotation import Rotator
-from xds_server.cluster import ingress_status
+from xds_server.cluster import gateway_status, ingress_status
 from xds_server.cluster.leader import LeaseElector
 from xds_server.metrics import XdsMetrics
 from xds_server.sources.objects import KubeObject
@@ -36,6 +37,7 @@ class DutiesConfig:
     status_addresses: list[str] = field(default_factory=list)
     rotate: bool = False
     propagation_delay: float = 90.0
+    gateway_controller: str = "envoy-lifecycle.io/gateway-controller"
 
 
 class ClusterDuties:
@@ -50,14 +52,23 @@ class ClusterDuties:
         self.metrics = metrics
         self.elector = LeaseElector(api_client, config.namespace, "xds-server", config.identity)
         self.writer = ingress_status.StatusWriter(api_client)
+        self.gateway_writer = gateway_status.GatewayStatusWriter(api_client)
+        self._gateway_status: dict[str, gateway_status.Status] = {}
         self.rotator = rotator
         self._objects: list[KubeObject] = []
         self._served: set[tuple[str, str]] = set()
         self._dirty = asyncio.Event()
 
-    def observe(self, objects: list[KubeObject], served: set[tuple[str, str]]) -> None:
-        """The objects just loaded and the Ingresses this server serves among them."""
+    def observe(
+        self,
+        objects: list[KubeObject],
+        served: set[tuple[str, str]],
+        statuses: dict[str, gateway_status.Status] | None = None,
+    ) -> None:
+        """The objects just loaded, the Ingresses this server serves among them, and the
+        Gateway API objects' status as the model sees it."""
         self._objects, self._served = objects, served
+        self._gateway_status = statuses or {}
         self._dirty.set()
 
     async def run(self) -> None:
@@ -86,6 +97,15 @@ class ClusterDuties:
             stale = ingress_status.stale(self._objects, self._served, wanted)
             if wanted and stale:
                 written = await asyncio.to_thread(self.writer.write, stale, wanted)
+                self.metrics.status_writes.inc(written)
+            changed = gateway_status.pending(
+                self._objects,
+                self._gateway_status,
+                self.config.gateway_controller,
+                gateway_status.now(),
+            )
+            if changed:
+                written = await asyncio.to_thread(self.gateway_writer.write, changed)
                 self.metrics.status_writes.inc(written)
             self._dirty.clear()
             await self._next_change()

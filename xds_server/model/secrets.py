@@ -35,7 +35,7 @@ def add_secrets(model: Model, secrets: list[KubeObject], checked: Checked | None
             continue
         found = checked.get(id(obj.body))
         if found is None or found[0] is not obj.body:
-            found = checked[id(obj.body)] = (obj.body, _tls_secret(obj, obj.body))
+            found = checked[id(obj.body)] = (obj.body, tls_secret_of(obj))
         if isinstance(found[1], str):
             model.errors.append(f"{describe(obj)}: {found[1]}")
         else:
@@ -52,8 +52,9 @@ def add_secrets(model: Model, secrets: list[KubeObject], checked: Checked | None
     model.tls = [b for b in model.tls if b.secret in model.secrets]
 
 
-def _tls_secret(obj: KubeObject, body: dict[str, Any]) -> TlsSecret | str:
+def tls_secret_of(obj: KubeObject) -> TlsSecret | str:
     """The secret, or why it cannot be served."""
+    body = obj.body
     data = body.get("data") or {}
     if body.get("type") != "kubernetes.io/tls" or "tls.crt" not in data or "tls.key" not in data:
         return "not a kubernetes.io/tls Secret with tls.crt and tls.key"

@@ -103,13 +103,13 @@ class ModelState:
         return dirty
 
     def _gateway_touched(self, changes: Mapping[Key, KubeObject | None]) -> bool:
-        """Gateway API objects changed, or the Services, slices and Namespaces they read."""
+        """Gateway API objects changed, or the Services, slices and Secrets they read."""
         touched = False
         for key, obj in changes.items():
             if key[0] in GATEWAY_KINDS:
                 _store(self._gateway_objects, key, obj)
                 touched = True
-            elif key[0] in ("Service", "EndpointSlice"):
+            elif key[0] in ("Service", "EndpointSlice", "Secret"):
                 touched = touched or bool(self._gateway_objects)
         return touched
 
@@ -120,7 +120,8 @@ class ModelState:
         inputs = GatewayInputs(self._gateway_objects, self.gateway.controller,
                                self.gateway.pool, self.gateway.envoy_address)  # fmt: skip
         slices = {named: list(found.values()) for named, found in self._slices.items()}
-        part = build_gateways(inputs, self._services, slices)
+        secrets = {(key[1], key[2]): obj for key, obj in self._secrets.items()}
+        part = build_gateways(inputs, self._services, slices, secrets)
         before, after = self._gateway_clusters, part.upstreams
         for cluster in before.keys() - after.keys():
             self._cluster_users[cluster] -= 1

@@ -15,6 +15,7 @@ loop through `call_soon_threadsafe`. Objects stay raw JSON dicts, as in a manife
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -44,6 +45,22 @@ class Kind:
     api: str
     method: str
     field_selector: str = ""
+    args: tuple[str, ...] = ()
+    optional: bool = False
+    """Only the Gateway API needs it: a 404 (its CRD is not installed) or a 403 (RBAC from
+    before it) counts as none of it, logged, and is checked again later."""
+
+
+def _gateway_kind(version: str, kind: str, plural: str) -> Kind:
+    group = "gateway.networking.k8s.io"
+    return Kind(
+        f"{group}/{version}",
+        kind,
+        "CustomObjectsApi",
+        "list_cluster_custom_object",
+        args=(group, version, plural),
+        optional=True,
+    )
 
 
 KINDS = (
@@ -58,7 +75,16 @@ KINDS = (
     ),
     # Only TLS Secrets: the server never reads (or may read) any other Secret.
     Kind("v1", "Secret", "CoreV1Api", "list_secret_for_all_namespaces", "type=kubernetes.io/tls"),
+    # The Gateway API (a cluster without its CRDs serves Ingress alone), and the Namespaces
+    # its allowedRoutes selectors read.
+    Kind("v1", "Namespace", "CoreV1Api", "list_namespace", optional=True),
+    _gateway_kind("v1", "GatewayClass", "gatewayclasses"),
+    _gateway_kind("v1", "Gateway", "gateways"),
+    _gateway_kind("v1", "HTTPRoute", "httproutes"),
+    _gateway_kind("v1beta1", "ReferenceGrant", "referencegrants"),
 )
+MISSING_CRD_RECHECK = 60.0
+"""Seconds between looks for a Gateway API CRD that was not installed."""
 
 
 class Gone(Exception):
@@ -173,7 +199,8 @@ class KindWatcher:
         from kubernetes import client
 
         self.kind = kind
-        self.call = getattr(getattr(client, kind.api)(api_client), kind.method)
+        method = getattr(getattr(client, kind.api)(api_client), kind.method)
+        self.call = functools.partial(method, *kind.args)
         self.emit = emit
         self.stop = stop
         self.failing = failing
@@ -183,8 +210,9 @@ class KindWatcher:
         failures = 0
         while not self.stop.is_set():
             try:
-                if self.version is None:
-                    self.list()
+                if self.version is None and not self.list():
+                    self.stop.wait(MISSING_CRD_RECHECK)
+                    continue
                 self.watch_once()
                 failures = 0
                 self.failing.pop(self.kind.kind, None)
@@ -209,11 +237,23 @@ class KindWatcher:
             options["field_selector"] = self.kind.field_selector
         return options
 
-    def list(self) -> None:
-        response = self.call(**self._options(), _request_timeout=30)
+    def list(self) -> bool:
+        """List the kind (False: an optional kind's CRD is not installed: none of it)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.call(**self._options(), _request_timeout=30)
+        except ApiException as exc:
+            if exc.status not in (403, 404) or not self.kind.optional:
+                raise
+            why = "not installed" if exc.status == 404 else "forbidden by RBAC"
+            log.warning("%s: %s; none of it is served", self.kind.kind, why)
+            self.emit(self.kind.kind, "LIST", [])
+            return False
         body = json.loads(response.data)
         self.version = body["metadata"]["resourceVersion"]
         self.emit(self.kind.kind, "LIST", body.get("items") or [])
+        return True
 
     def watch_once(self) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -27,6 +27,7 @@ KNOWN_KINDS = {
         for version in ("v1", "v1beta1")
         for kind in ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")
     ),
+    ("gateway.networking.k8s.io/v1alpha2", "ReferenceGrant"),
 }
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when present: ten times faster on big manifests."""

@@ -123,6 +123,7 @@ def referenced_clusters(messages: dict[str, Message]) -> set[str]:
                     found.add(route.route.cluster)
                 found.update(w.name for w in route.route.weighted_clusters.clusters
                              if w.name != INVALID_BACKEND)  # fmt: skip
+                found.update(m.cluster for m in route.route.request_mirror_policies)
     return found
 
 

@@ -305,6 +305,17 @@ def _version_of(entry: Entry | None) -> str | None:
 class DeltaStream(Stream):
     route_key = ROUTE_VHDS
 
+    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+        """Virtual hosts go out once the proxy has ACKed their route configuration: Envoy
+        starts a configuration's VHDS subscription only then, and drops virtual hosts that
+        came before it (a route configuration added to a running proxy would stay empty,
+        its listener warming)."""
+        entries = super().wanted(type_url, snapshot)
+        if type_url != VHOST:
+            return entries
+        configs = self.types[ROUTE].acked
+        return {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs}
+
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
         if request.node.id:
             self.node = request.node.id

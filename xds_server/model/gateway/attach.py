@@ -1,0 +1,174 @@
+"""HTTPRoutes -> listeners: a route attaches to a listener its parentRef names (the Gateway,
+`sectionName`, `port`) when the listener allows its namespace (Same, All, or a label
+Selector on the Namespace) and its kind, and when their hostnames intersect (a wildcard
+matches any number of labels). Otherwise its parent status says why (NoMatchingParent,
+NotAllowedByListeners, NoMatchingListenerHostname)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.model.gateway import refs
+from xds_server.model.gateway.listeners import Listener
+from xds_server.model.gateway.rules import compile_route
+from xds_server.model.gateway.types import (
+    GROUP,
+    GatewayPart,
+    GatewayRoute,
+    Named,
+    condition,
+    generation_of,
+    spec_of,
+    status_key,
+)
+from xds_server.sources.objects import KubeObject
+
+
+@dataclass
+class Acceptance:
+    attached: list[tuple[Listener, list[str]]]
+    reason: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.attached)
+
+
+def attach(
+    route: KubeObject,
+    listeners: dict[Named, list[Listener]],
+    namespaces: dict[str, dict[str, str]],
+    lookup: refs.Lookup,
+    part: GatewayPart,
+    controller: str,
+) -> None:
+    """Attach the route wherever it may, and set its status: one entry per parentRef of
+    ours (another controller's Gateways are left to it)."""
+    spec = spec_of(route)
+    gen = generation_of(route)
+    hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
+    compiled = compile_route(route, lookup, part)
+    parents = []
+    for parent in spec.get("parentRefs") or []:
+        if not isinstance(parent, dict) or parent.get("group", GROUP) != GROUP:
+            continue
+        if parent.get("kind", "Gateway") != "Gateway":
+            continue
+        named = (str(parent.get("namespace") or route.namespace), str(parent.get("name")))
+        if named not in listeners:
+            continue  # not one of ours
+        accepted = _accept(route, parent, listeners[named], hostnames, namespaces)
+        if compiled.routes is None and accepted.ok:
+            accepted = Acceptance([], "UnsupportedValue", compiled.unsupported)
+        for listener, hosts in accepted.attached:
+            listener.attached += 1
+            _add_routes(compiled.routes or [], listener, hosts)
+        ok, reason, message = compiled.resolved
+        parents.append(
+            {
+                "parentRef": parent,
+                "controllerName": controller,
+                "conditions": [
+                    condition("Accepted", accepted.ok, accepted.reason, accepted.message, gen),
+                    condition("ResolvedRefs", ok, reason, message, gen),
+                ],
+            }
+        )
+    if parents:
+        part.status[status_key(route)] = {"parents": parents}
+
+
+def _accept(
+    route: KubeObject,
+    parent: dict[str, Any],
+    candidates: list[Listener],
+    hostnames: list[str],
+    namespaces: dict[str, dict[str, str]],
+) -> Acceptance:
+    named = [
+        x
+        for x in candidates
+        if (parent.get("sectionName") in (None, x.name)) and (parent.get("port") in (None, x.port))
+    ]
+    if not named:
+        return Acceptance([], "NoMatchingParent", "no listener matches sectionName/port")
+    allowed = [x for x in named if x.usable and x.kinds and _allows(x, route, namespaces)]
+    if not allowed:
+        return Acceptance(
+            [],
+            "NotAllowedByListeners",
+            "no listener allows routes of this kind from this namespace",
+        )
+    attached = []
+    for listener in allowed:
+        hosts = intersect(listener.hostname, hostnames)
+        if hosts:
+            attached.append((listener, hosts))
+    if not attached:
+        return Acceptance(
+            [], "NoMatchingListenerHostname", "no hostname intersects the listeners' hostnames"
+        )
+    return Acceptance(attached, "Accepted", "attached")
+
+
+def _allows(listener: Listener, route: KubeObject, namespaces: dict[str, dict[str, str]]) -> bool:
+    policy = (listener.spec.get("allowedRoutes") or {}).get("namespaces") or {}
+    origin = policy.get("from", "Same")
+    if origin == "All":
+        return True
+    if origin == "Same":
+        return route.namespace == listener.gateway.namespace
+    if origin == "Selector":
+        return selects(policy.get("selector") or {}, namespaces.get(route.namespace, {}))
+    return False
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(str(key)) != str(value):
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = str(expression.get("key")), expression.get("operator")
+        values = [str(v) for v in expression.get("values") or []]
+        present = key in labels
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def intersect(listener: str | None, route: list[str]) -> list[str]:
+    """The hostnames a route serves on a listener: the spec's intersection, where a wildcard
+    `*.example.com` matches names of any depth under example.com (not example.com itself)."""
+    if not route:
+        return [listener or "*"]
+    if listener is None:
+        return list(dict.fromkeys(route))
+    found = []
+    for host in route:
+        if host == listener or covers(listener, host):
+            found.append(host)
+        elif covers(host, listener):
+            found.append(listener)
+    return list(dict.fromkeys(found))
+
+
+def covers(wildcard: str, host: str) -> bool:
+    return (
+        wildcard.startswith("*.") and host.endswith(wildcard[1:]) and len(host) > len(wildcard) - 1
+    )
+
+
+def _add_routes(compiled: list[GatewayRoute], listener: Listener, hosts: list[str]) -> None:
+    assert listener.chain is not None  # only a served listener takes routes
+    for host in hosts:
+        routes = listener.chain.hosts.setdefault(host, [])
+        routes += [r for r in compiled if r not in routes]  # two parentRefs, one listener

@@ -1,0 +1,74 @@
+"""The Gateway API objects -> the Gateway part of the model, in one pass: classes, Gateways
+and their listeners, then every HTTPRoute oldest first, then the status of each.
+
+Everything here is computed from the objects alone, so the same objects give the same model
+and status on every replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xds_server.model.gateway import refs
+from xds_server.model.gateway.attach import attach, covers
+from xds_server.model.gateway.listeners import Listener, addresses, classes, gateway_status
+from xds_server.model.gateway.listeners import listeners as listeners_of
+from xds_server.model.gateway.types import (
+    GatewayInputs,
+    GatewayPart,
+    GatewayRoute,
+    Named,
+    labels_of,
+    spec_of,
+    status_key,
+)
+from xds_server.model.ingress import age_order
+from xds_server.sources.objects import KubeObject
+
+
+def build_gateways(
+    inputs: GatewayInputs,
+    services: dict[Named, KubeObject],
+    slices: dict[Named, list[dict[str, Any]]],
+    secrets: dict[Named, KubeObject] | None = None,
+) -> GatewayPart:
+    part = GatewayPart()
+    by_kind: dict[str, list[KubeObject]] = {}
+    for obj in inputs.objects.values():
+        by_kind.setdefault(obj.kind, []).append(obj)
+    ours = classes(by_kind.get("GatewayClass", []), inputs.controller, part)
+    gateways = sorted(
+        (g for g in by_kind.get("Gateway", []) if spec_of(g).get("gatewayClassName") in ours),
+        key=age_order,
+    )
+    where = addresses(gateways, inputs)
+    namespaces = {
+        o.name: labels_of(o) | {"kubernetes.io/metadata.name": o.name}
+        for o in by_kind.get("Namespace", [])
+    }
+    lookup = refs.Lookup(by_kind.get("ReferenceGrant", []), services, slices, secrets or {}, {})
+    listeners: dict[Named, list[Listener]] = {}
+    for gateway in gateways:
+        named = (gateway.namespace, gateway.name)
+        listeners[named] = listeners_of(gateway, where[named], lookup, part)
+    for route in sorted(by_kind.get("HTTPRoute", []), key=age_order):
+        attach(route, listeners, namespaces, lookup, part, inputs.controller)
+    for gateway in gateways:
+        named = (gateway.namespace, gateway.name)
+        part.status[status_key(gateway)] = gateway_status(gateway, listeners[named], where[named])
+    for port in part.ports.values():
+        for chain in port.chains.values():
+            chain.hosts = merged(chain.hosts)
+    return part
+
+
+def merged(hosts: dict[str, list[GatewayRoute]]) -> dict[str, list[GatewayRoute]]:
+    """Each host's routes with those of every wider name that covers it (`*.com` covers
+    `example.com`; a route without hostnames covers all): precedence is decided across all
+    the routes a request could match, and Envoy picks one virtual host, never falls back."""
+    found = {}
+    for host in hosts:
+        wider = [h for h in hosts if h != host and (h == "*" or covers(h, host))]
+        routes = [r for h in (host, *wider) for r in hosts[h]]
+        found[host] = sorted(dict.fromkeys(routes), key=lambda r: r.rank)
+    return found
