@@ -70,7 +70,7 @@ class SyntheticProxy:
         if response.type_url == CLUSTER and names:
             self._subscribe(ENDPOINT, names)
         elif response.type_url == LISTENER and names:
-            self._subscribe(ROUTE, ["ingress_http"])
+            self._subscribe(ROUTE, ["ingress_http", "ingress_https"])
         elif response.type_url == ROUTE and names:
             self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
         elif response.type_url == VHOST:
