@@ -38,6 +38,7 @@ PATHS = {
     "/apis/gateway.networking.k8s.io/v1/gateways": "Gateway",
     "/apis/gateway.networking.k8s.io/v1/httproutes": "HTTPRoute",
     "/apis/gateway.networking.k8s.io/v1beta1/referencegrants": "ReferenceGrant",
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions": "CustomResourceDefinition",
 }
 GATEWAY_PLURALS = {"gatewayclasses": "GatewayClass", "gateways": "Gateway",
                    "httproutes": "HTTPRoute"}  # fmt: skip
@@ -297,6 +298,9 @@ class FakeKubeApi:
         return await self._watch(request, kind, int(since or 0), selector)
 
     def _visible(self, obj: dict[str, Any], selector: str | None) -> bool:
+        """The two field selectors the server sends: a Secret type, an object's name."""
+        if selector and selector.startswith("metadata.name="):
+            return bool(obj["metadata"]["name"] == selector.partition("=")[2])
         return selector != "type=kubernetes.io/tls" or obj.get("type") == "kubernetes.io/tls"
 
     def _list(self, kind: str, selector: str | None) -> web.Response:

@@ -145,3 +145,38 @@ async def test_a_cluster_without_the_gateway_api_serves_its_ingresses(
 
     await until(status_written, timeout=20)
     assert "HTTPRoute" not in str(await server.status())
+
+
+async def test_conditions_of_other_owners_are_kept(
+    api: FakeKubeApi, workdir: Path, processes: list[Any]
+) -> None:
+    """GatewayPreserveForeignConditions: a condition type someone else set on the Gateway
+    and on its listener survives the leader's next write (after a generation bump)."""
+    for obj in objects():
+        api.apply(obj)
+    processes.append(await leader(workdir, api).start())
+    key = (INFRA, "edge-gateway")
+
+    async def written() -> bool:
+        return bool(api.objects["Gateway"][key].get("status", {}).get("listeners"))
+
+    await until(written, timeout=20)
+    seeded = {"type": "example.com/Stale", "status": "True", "reason": "Seeded", "message": "",
+              "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    current = api.objects["Gateway"][key]
+    status = current["status"]
+    status["conditions"].append(seeded)
+    status["listeners"][0]["conditions"].append(seeded)
+    api.apply(current)
+    listeners = current["spec"]["listeners"]
+    api.apply({**current, "spec": {**current["spec"],
+               "listeners": [{**listeners[0], "hostname": "second.example.com"}]}})  # fmt: skip
+
+    async def caught_up() -> bool:
+        conditions = api.objects["Gateway"][key]["status"]["conditions"]
+        return all(c["observedGeneration"] == 2 for c in conditions if c["type"] != seeded["type"])
+
+    await until(caught_up, timeout=10)
+    status = api.objects["Gateway"][key]["status"]
+    assert seeded in status["conditions"]
+    assert seeded in status["listeners"][0]["conditions"]

@@ -18,6 +18,7 @@ import pytest
 
 from bench.lab.gateway_api import (
     APP,
+    CLASS,
     CONTROLLER,
     GROUP,
     INFRA,
@@ -48,6 +49,8 @@ SUITE_CERT = "tls-validity-checks-certificate"
 def base_objects(cluster: Conformance) -> list[dict[str, Any]]:
     return [
         *attached_routes(cluster.port),
+        *unresolved_attached_route(cluster.tls_port),
+        *unsupported_protocols(cluster.port),
         *invalid_route_kinds(cluster.port),
         *invalid_tls(cluster),
         *https_listeners(cluster.tls_port),
@@ -70,6 +73,26 @@ def attached_routes(port: int) -> list[dict[str, Any]]:
         found.append(gateway(name, only))
         found += [route(r, [parent(name)], [rule(to("infra-backend-v1"))]) for r in routes]
     return found
+
+
+def unresolved_attached_route(tls_port: int) -> list[dict[str, Any]]:
+    """GatewayWithAttachedRoutes, its third Gateway: an HTTPS listener whose certificate
+    does not exist, and a route to a backend that does not either."""
+    name = "unresolved-gateway-with-one-attached-unresolved-route"
+    tls = https_listener("tls", tls_port, certificate_ref("missing-certificate"))
+    return [
+        gateway(name, tls),
+        route("http-route-4", [parent(name, sectionName="tls")], [rule(to("does-not-exist"))]),
+    ]
+
+
+def unsupported_protocols(port: int) -> list[dict[str, Any]]:
+    """GatewayListenerUnsupportedProtocol: a Gateway with no protocol served, one with one."""
+    invalid = {**listener("invalid", port + 1), "protocol": "example.com/unsupported"}
+    return [
+        gateway("gateway-only-unsupported-protocols", invalid),
+        gateway("gateway-supported-and-unsupported-protocols", listener("http", port), invalid),
+    ]
 
 
 def invalid_route_kinds(port: int) -> list[dict[str, Any]]:
@@ -228,6 +251,30 @@ async def test_gateway_with_attached_routes(conformance: Conformance) -> None:
     await conformance.expect(
         "gateway-with-two-attached-routes", "any.example.com", "/", backend="infra-backend-v1"
     )
+    # A listener that cannot be programmed still counts the route attached to it.
+    name = "unresolved-gateway-with-one-attached-unresolved-route"
+    tls = (await listeners_of(conformance, name))["tls"]
+    assert tls["attachedRoutes"] == 1
+    assert conditions(tls)["Programmed"][0] == conditions(tls)["ResolvedRefs"][0] == "False"
+    status = await conformance.status(f"HTTPRoute/{INFRA}/http-route-4")
+    assert parent_conditions(status)["ResolvedRefs"][0] == "False"
+    assert parent_conditions(status)["Accepted"] == ("True", "Accepted")
+
+
+async def test_gateway_listener_unsupported_protocol(conformance: Conformance) -> None:
+    """The Gateway is Accepted while one listener is (ListenersNotValid names the others)."""
+    for name, accepted in (
+        ("gateway-only-unsupported-protocols", "False"),
+        ("gateway-supported-and-unsupported-protocols", "True"),
+    ):
+        status = await conformance.eventually(f"Gateway/{INFRA}/{name}", lambda s: s["listeners"])
+        assert conditions(status)["Accepted"] == (accepted, "ListenersNotValid")
+        invalid = listener_status(status)["invalid"]
+        assert invalid["supportedKinds"] == []
+        assert conditions(invalid)["Accepted"] == ("False", "UnsupportedProtocol")
+        assert invalid["attachedRoutes"] == 0
+    http = listener_status(status)["http"]
+    assert conditions(http)["Accepted"] == ("True", "Accepted")
 
 
 async def test_gateway_invalid_route_kind(conformance: Conformance) -> None:
@@ -419,3 +466,63 @@ async def test_gateway_class_observed_generation_bump(conformance: Conformance) 
             key, lambda s: s["conditions"][0]["observedGeneration"] == 2
         )
         assert conditions(status)["Accepted"] == ("True", "Accepted")
+
+
+async def test_gateway_update_listener_hostname(conformance: Conformance) -> None:
+    """A route refused for its hostname is accepted once the listener's hostname matches."""
+    name = "gateway-update-listener-hostname"
+    key = f"HTTPRoute/{INFRA}/httproute-update-listener-hostname"
+
+    def objects(hostname: str, generation: int) -> list[dict[str, Any]]:
+        return [
+            gateway(name, listener("http", conformance.port, hostname=hostname),
+                    generation=generation),
+            route("httproute-update-listener-hostname", [parent(name)],
+                  [rule(to("infra-backend-v1"))], hostnames=["accepted.example.com"]),
+        ]  # fmt: skip
+
+    async with conformance.applied("update-hostname", objects("rejected.example.com", 1)):
+        await conformance.eventually(
+            key,
+            lambda s: parent_conditions(s)["Accepted"] == ("False", "NoMatchingListenerHostname"),
+        )
+        conformance.apply("update-hostname", objects("accepted.example.com", 2))
+        await conformance.eventually(
+            key, lambda s: parent_conditions(s)["Accepted"] == ("True", "Accepted")
+        )
+        http = (await listeners_of(conformance, name))["http"]
+        assert http["attachedRoutes"] == 1
+        await conformance.expect(name, "accepted.example.com", "/", backend="infra-backend-v1")
+
+
+async def test_gatewayclass_supported_version_condition(conformance: Conformance) -> None:
+    """SupportedVersion follows the GatewayClass CRD's bundle-version annotation."""
+    key = f"GatewayClass/{CLASS}"
+
+    def crd(version: str | None) -> list[dict[str, Any]]:
+        annotations = (
+            {} if version is None else {"gateway.networking.k8s.io/bundle-version": version}
+        )
+        return [
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {
+                    "name": "gatewayclasses.gateway.networking.k8s.io",
+                    "annotations": annotations,
+                },
+                "spec": {"group": GROUP, "names": {"kind": "GatewayClass"}},
+            }
+        ]
+
+    def supported(wanted: str) -> Any:
+        return lambda s: conditions(s)["SupportedVersion"][0] == wanted
+
+    status = await conformance.eventually(key, supported("True"))
+    assert conditions(status)["Accepted"] == ("True", "Accepted")
+    async with conformance.applied("crds", crd(None)):
+        await conformance.eventually(key, supported("False"))
+        for version, wanted in (("v1.6.1", "True"), ("v0.0.0", "False"), ("v1.6.1", "True")):
+            conformance.apply("crds", crd(version))
+            status = await conformance.eventually(key, supported(wanted))
+        assert conditions(status)["SupportedVersion"] == ("True", "SupportedVersion")

@@ -2,8 +2,9 @@
 
 The model computes each object's status from the objects alone (the same on every
 replica). Written to the API, conditions gain `lastTransitionTime` (kept from the object's
-current condition while its status stays the same, as the API's conventions ask), and an
-HTTPRoute keeps the `parents` entries other controllers wrote. An object whose status is
+current condition while its status stays the same, as the API's conventions ask);
+condition types someone else set stay as they are, and an HTTPRoute keeps the `parents`
+entries other controllers wrote. An object whose status is
 already that (times aside) is not written: the write comes back through the watch as a
 change of status only, which alters no Envoy resource and writes nothing again.
 """
@@ -74,10 +75,10 @@ def _timed_field(key: str, value: Any, current: Any, now: str) -> Any:
         before = {c.get("type"): c for c in current or [] if isinstance(c, dict)}
         found = []
         for item in value:
-            old = before.get(item["type"]) or {}
+            old = before.pop(item["type"], None) or {}
             same = old.get("status") == item["status"] and old.get("lastTransitionTime")
             found.append({**item, "lastTransitionTime": old["lastTransitionTime"] if same else now})
-        return found
+        return found + list(before.values())  # types others own: kept as they are
     if key in ("listeners", "parents") and isinstance(value, list):
         by_name = _entries_by_name(current)
         return [_timed(item, by_name.get(_entry_name(item)), now) for item in value]

@@ -28,6 +28,8 @@ KNOWN_KINDS = {
         for kind in ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")
     ),
     ("gateway.networking.k8s.io/v1alpha2", "ReferenceGrant"),
+    # Only its annotations are read: the Gateway API version installed.
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
 }
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when present: ten times faster on big manifests."""

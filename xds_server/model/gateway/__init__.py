@@ -14,7 +14,10 @@ from xds_server.model.gateway.types import (
     GatewaySettings,
 )
 
-KINDS = frozenset({"GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant", "Namespace"})
+KINDS = frozenset(
+    {"GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant", "Namespace",
+     "CustomResourceDefinition"}
+)  # fmt: skip
 """The kinds only the Gateway API part reads (Services, slices and Secrets too)."""
 
 __all__ = [

@@ -94,7 +94,7 @@ def _accept(
     ]
     if not named:
         return Acceptance([], "NoMatchingParent", "no listener matches sectionName/port")
-    allowed = [x for x in named if x.usable and x.kinds and _allows(x, route, namespaces)]
+    allowed = [x for x in named if x.accepted and x.kinds and _allows(x, route, namespaces)]
     if not allowed:
         return Acceptance(
             [],
@@ -168,7 +168,8 @@ def covers(wildcard: str, host: str) -> bool:
 
 
 def _add_routes(compiled: list[GatewayRoute], listener: Listener, hosts: list[str]) -> None:
-    assert listener.chain is not None  # only a served listener takes routes
+    if listener.chain is None:
+        return  # attached (and counted), not served: the listener is not programmed
     for host in hosts:
         routes = listener.chain.hosts.setdefault(host, [])
         routes += [r for r in compiled if r not in routes]  # two parentRefs, one listener

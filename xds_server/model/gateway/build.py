@@ -36,7 +36,12 @@ def build_gateways(
     by_kind: dict[str, list[KubeObject]] = {}
     for obj in inputs.objects.values():
         by_kind.setdefault(obj.kind, []).append(obj)
-    ours = classes(by_kind.get("GatewayClass", []), inputs.controller, part)
+    ours = classes(
+        by_kind.get("GatewayClass", []),
+        by_kind.get("CustomResourceDefinition", []),
+        inputs.controller,
+        part,
+    )
     gateways = sorted(
         (g for g in by_kind.get("Gateway", []) if spec_of(g).get("gatewayClassName") in ours),
         key=age_order,

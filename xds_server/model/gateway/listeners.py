@@ -5,6 +5,7 @@ on which Envoy port and filter chain, and the status of each."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,10 @@ from xds_server.model.gateway.types import (
 from xds_server.sources.objects import KubeObject
 
 SERVED_PROTOCOLS = ("HTTP", "HTTPS")
+CLASS_CRD = "gatewayclasses.gateway.networking.k8s.io"
+BUNDLE_VERSION = "gateway.networking.k8s.io/bundle-version"
+VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-[0-9A-Za-z.-]+)?$")
+SUPPORTED_VERSIONS = {(1, minor) for minor in range(7)}
 ROUTE_KIND = {"group": GROUP, "kind": "HTTPRoute"}
 
 Conditions = dict[str, tuple[bool, str, str]]
@@ -39,7 +44,8 @@ class Listener:
     conditions: Conditions
     certificates: tuple[str, ...] = ()
     chain: Chain | None = None
-    """Where its routes go; None: not served."""
+    """Where its routes go; None: not served (routes may still attach: the spec counts
+    them, and they are served once the listener is, say its certificate appears)."""
     attached: int = 0
 
     @property
@@ -60,21 +66,45 @@ class Listener:
         return str(value).lower() if value else None
 
     @property
-    def usable(self) -> bool:
-        return self.chain is not None
+    def accepted(self) -> bool:
+        return self.conditions["Accepted"][0]
 
 
-def classes(objects: list[KubeObject], controller: str, part: GatewayPart) -> set[str]:
+def classes(
+    objects: list[KubeObject], crds: list[KubeObject], controller: str, part: GatewayPart
+) -> set[str]:
+    """Our GatewayClasses (by controllerName), each Accepted, with SupportedVersion."""
     ours = set()
+    version = _supported_version(crds)
     for obj in objects:
         if spec_of(obj).get("controllerName") != controller:
             continue
         ours.add(obj.name)
-        accepted = condition(
-            "Accepted", True, "Accepted", "served by envoy-lifecycle", generation_of(obj)
-        )
-        part.status[status_key(obj, cluster_scoped=True)] = {"conditions": [accepted]}
+        gen = generation_of(obj)
+        part.status[status_key(obj, cluster_scoped=True)] = {
+            "conditions": [
+                condition("Accepted", True, "Accepted", "served by envoy-lifecycle", gen),
+                condition("SupportedVersion", *version, gen),
+            ]
+        }
     return ours
+
+
+def _supported_version(crds: list[KubeObject]) -> tuple[bool, str, str]:
+    """The installed Gateway API's version, from the GatewayClass CRD's bundle-version
+    annotation: v1.0 to v1.6 are served. Without the CRD among the objects (manifests
+    without CRDs), nothing contradicts the v1 objects read."""
+    crd = next((c for c in crds if c.name == CLASS_CRD), None)
+    if crd is None:
+        return (True, "SupportedVersion", "no Gateway API CRD to check: v1 objects read")
+    annotations = (crd.body.get("metadata") or {}).get("annotations") or {}
+    found = str(annotations.get(BUNDLE_VERSION, ""))
+    match = VERSION.match(found)
+    if match is None:
+        return (False, "UnsupportedVersion", f"the CRDs carry no {BUNDLE_VERSION} version")
+    if (int(match[1]), int(match[2])) not in SUPPORTED_VERSIONS:
+        return (False, "UnsupportedVersion", f"Gateway API {found} is not served (v1.0-v1.6)")
+    return (True, "SupportedVersion", f"Gateway API {found}")
 
 
 def addresses(gateways: list[KubeObject], inputs: GatewayInputs) -> dict[Named, str]:
@@ -213,7 +243,10 @@ def _conflicts(listeners: list[Listener]) -> None:
 
 
 def _conflicted(listener: Listener, reason: str, message: str) -> None:
+    """Neither of two conflicting listeners is served, nor takes routes (the suite's
+    GatewayListenerProtocolAndRouteKindConflicts: Accepted False, reason Invalid)."""
     listener.conditions["Conflicted"] = (True, reason, message)
+    listener.conditions["Accepted"] = (False, "Invalid", f"conflicted: {message}")
     listener.conditions["Programmed"] = (False, "Invalid", "conflicted")
 
 
@@ -233,13 +266,23 @@ def _place(listener: Listener, part: GatewayPart) -> None:
     listener.chain = port.chain(listener.hostname, listener.certificates)
 
 
+def _gateway_accepted(listeners: list[Listener], generation: int) -> Status:
+    """Accepted while any listener is; ListenersNotValid names that some are not."""
+    refused = [x.name for x in listeners if not x.accepted]
+    if not refused:
+        return condition("Accepted", True, "Accepted", "every listener accepted", generation)
+    ok = len(refused) < len(listeners)
+    message = f"listeners not accepted: {', '.join(refused)}"
+    return condition("Accepted", ok, "ListenersNotValid", message, generation)
+
+
 def gateway_status(gateway: KubeObject, listeners: list[Listener], address: str) -> Status:
     gen = generation_of(gateway)
-    programmed = any(x.usable for x in listeners)
+    programmed = any(x.chain is not None for x in listeners)
     return {
         "addresses": [{"type": "IPAddress", "value": address}],
         "conditions": [
-            condition("Accepted", True, "Accepted", "accepted by envoy-lifecycle", gen),
+            _gateway_accepted(listeners, gen),
             condition(
                 "Programmed",
                 programmed,
