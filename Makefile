@@ -1,6 +1,7 @@
 # `make test` sets everything up itself on a fresh machine, then lints, type-checks and tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+ROUTES ?= ingress
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -85,7 +86,7 @@ readme: setup
 	$(PY) -m bench.lab.helm_chart
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png --routes $(ROUTES)
 
 # Needs docker and kind: creates a cluster from deploy/kind, builds and loads the image, applies
 # the overlay and runs the shared scenarios through the port mapping. Skips (with the reason)

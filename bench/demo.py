@@ -3,7 +3,8 @@
 The story, on this machine, in under half a minute:
 
 1. A backend, `xds-server` reading a directory of Kubernetes manifests (Service,
-   EndpointSlice, Ingress), and a pod of real processes started by the kubelet-faithful pod
+   EndpointSlice, and an Ingress or, with `--routes gateway`, a Gateway and an HTTPRoute),
+   and a pod of real processes started by the kubelet-faithful pod
    runner: Envoy 1.40 (bootstrap from `xds-server bootstrap`, routes over delta ADS, admin on a
    unix socket in the pod's shared directory) and the `shutdown-manager serve` sidecar.
 2. Mixed load: HTTP/1.1 keep-alive clients, HTTP/2 multiplexed, long streaming
@@ -44,7 +45,7 @@ from bench.lab.envoy import probe_connections
 from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.h2client import h2_load
 from bench.lab.pod import TerminationReport
-from bench.lab.xds import serve_one_backend
+from bench.lab.xds import ROUTES, Routes, serve_one_backend
 from xds_server.certs.directory import CertDirectory
 from xds_server.certs.rotation import Rotator
 
@@ -56,6 +57,7 @@ ENDPOINTS_LAG = 1.5
 
 MIN_DRAIN = 3.0
 GRACE = 15.0
+ROUTE_SOURCES = {"ingress": "an Ingress", "gateway": "a Gateway and an HTTPRoute"}
 
 console = Console()
 
@@ -167,10 +169,10 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
     )
 
 
-async def story(work: Path, timeline_png: Path | None, wiring: Wiring) -> int:
+async def story(work: Path, timeline_png: Path | None, wiring: Wiring, routes: Routes) -> int:
     backend = await Backend().start()
     certs = init_certs(work / "certs")
-    xds = await serve_one_backend(work / "xds", backend.port, certs_dir=certs.root)
+    xds = await serve_one_backend(work / "xds", backend.port, certs_dir=certs.root, routes=routes)
     pod = envoy_pod(
         work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
         xds=xds, wiring=wiring,
@@ -180,7 +182,7 @@ async def story(work: Path, timeline_png: Path | None, wiring: Wiring) -> int:
         console.print(
             f"[bold]Pod up[/]: Envoy 1.40 at {pod.envoy.url()} + shutdown-manager as a "
             f"{wiring} sidecar; its routes come from xds-server (delta ADS over mTLS) reading "
-            "a directory of manifests"
+            f"a directory of manifests ({ROUTE_SOURCES[routes]})"
         )
         return await run(pod, timeline_png, certs)
     finally:
@@ -342,9 +344,13 @@ def main() -> int:
         "--wiring", choices=WIRINGS, default="native",
         help="the sidecar as deploy/ has it by default (native) or classic (default: native)",
     )  # fmt: skip
+    parser.add_argument(
+        "--routes", choices=ROUTES, default="ingress",
+        help="route by an Ingress, or by a Gateway and an HTTPRoute (default: ingress)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="demo-", dir="/tmp") as tmp:
-        return asyncio.run(story(Path(tmp), args.timeline, args.wiring))
+        return asyncio.run(story(Path(tmp), args.timeline, args.wiring, args.routes))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ async def split(count: int, runs: int, work: Path) -> dict[str, str]:
     plane = ControlPlane(ServeConfig(manifests, "127.0.0.1", 0, "127.0.0.1", 0, ports, None, None))
     await plane.startup()
     feeder = asyncio.create_task(plane._feed())
-    target = SimpleNamespace(grpc_port=plane.grpc_port, envoy_http_port=http)
+    target = SimpleNamespace(grpc_port=plane.grpc_port, envoy_http_port=http, serving_port=http)
     envoy = XdsEnvoy(work, target, f"split-{count}")  # type: ignore[arg-type]
     server_share: list[float] = []
     envoy_share: list[float] = []

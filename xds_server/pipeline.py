@@ -43,7 +43,9 @@ class Pipeline:
     def __init__(
         self, ingress_class: str | None, ports: EnvoyPorts, gateway: GatewaySettings | None = None
     ) -> None:
-        self.state = ModelState(ingress_class, gateway)
+        reserved = ((ports.address, ports.http), (ports.address, ports.https))
+        settings = replace(gateway or GatewaySettings(), reserved=reserved)
+        self.state = ModelState(ingress_class, settings)
         self.translator = Translator(ports)
         self.checked = Checked()
         self._input: dict[Key, KubeObject] = {}

@@ -203,6 +203,8 @@ class Envoy:
     """A bootstrap to use instead of the static one (e.g. from `xds-server bootstrap`)."""
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    http_listener: str = "ingress_http"
+    """The listener `url` reaches (a Gateway's when the routes come from HTTPRoutes)."""
 
     @property
     def admin_socket(self) -> Path:
@@ -217,7 +219,7 @@ class Envoy:
         return self.workdir / "envoy.log"
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.address}:{self.ports['ingress_http']}{path}"
+        return f"http://{self.address}:{self.ports[self.http_listener]}{path}"
 
     def argv(self, hot_restart: bool = False) -> list[str]:
         """The command line; with `hot_restart`, the caller manages base id and epochs, and

@@ -133,6 +133,7 @@ def envoy_pod(
     )
     if xds is not None:
         envoy.config, envoy.ports = xds_bootstrap(xds, envoy, name)
+        envoy.http_listener = xds.serving_listener
     sidecar_port = free_port()
     control = str(shared / "shutdown-manager.sock")
     flags = [*policy_flags(min_drain, drain_timeout), *policy]
@@ -207,5 +208,5 @@ def xds_bootstrap(xds: XdsServer, envoy: Envoy, name: str) -> tuple[dict[str, An
     listener, cluster = tcp_listener(envoy.address, tcp, envoy.backend_port)
     document["static_resources"]["listeners"].append(listener)
     document["static_resources"]["clusters"].append(cluster)
-    ports = {"ingress_http": xds.envoy_http_port, "tcp_passthrough": tcp, "probe": probe}
+    ports = {xds.serving_listener: xds.serving_port, "tcp_passthrough": tcp, "probe": probe}
     return document, ports

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import yaml
@@ -160,6 +160,10 @@ class XdsServer:
         self.http_port = free_port()
         self.envoy_http_port = free_port(envoy_address)
         self.envoy_https_port = free_port()
+        self.serving_port = self.envoy_http_port
+        self.serving_listener = "ingress_http"
+        """Where clients reach Envoy's HTTP routes: the Ingress listener, or a Gateway
+        listener (`serve_one_backend(routes="gateway")`)."""
         security = ["--certs-dir", str(certs_dir)] if certs_dir else ["--insecure"]
         self.log_path = workdir / f"xds-{self.grpc_port}.log"
         self.args = [
@@ -353,19 +357,55 @@ class XdsEnvoy:
         )
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.server.envoy_http_port}{path}"
+        return f"http://127.0.0.1:{self.server.serving_port}{path}"
 
     def stop(self) -> None:
         for proc in [*self.parents, self.proc]:
             stop_process(proc)
 
 
-def one_backend(backend_port: int) -> list[dict[str, Any]]:
-    """Manifests that route every host and path to one backend on 127.0.0.1."""
-    return [
+Routes = Literal["ingress", "gateway"]
+ROUTES: tuple[Routes, ...] = ("ingress", "gateway")
+
+
+def one_backend(
+    backend_port: int, routes: Routes = "ingress", gateway_port: int = 0
+) -> list[dict[str, Any]]:
+    """Manifests that route every host and path to one backend on 127.0.0.1: by an Ingress,
+    or by an HTTPRoute on a Gateway listening on `gateway_port` (at the Envoy address)."""
+    found = [
         service("backend", [("http", 80)]),
         endpoint_slice("backend", "http", backend_port, ["127.0.0.1"]),
-        ingress("all", [rule(None, ("/", "Prefix", "backend", 80))]),
+    ]
+    if routes == "ingress":
+        return [*found, ingress("all", [rule(None, ("/", "Prefix", "backend", 80))])]
+    group = "gateway.networking.k8s.io"
+    return [
+        *found,
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "envoy-lifecycle"},
+            "spec": {"controllerName": "envoy-lifecycle.io/gateway-controller"},
+        },
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "default"},
+            "spec": {
+                "gatewayClassName": "envoy-lifecycle",
+                "listeners": [{"name": "http", "port": gateway_port, "protocol": "HTTP"}],
+            },
+        },
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "all", "namespace": "default"},
+            "spec": {
+                "parentRefs": [{"name": "edge"}],
+                "rules": [{"backendRefs": [{"name": "backend", "port": 80}]}],
+            },
+        },
     ]
 
 
@@ -374,12 +414,16 @@ async def serve_one_backend(
     backend_port: int,
     envoy_address: str = "127.0.0.1",
     certs_dir: Path | None = None,
+    routes: Routes = "ingress",
 ) -> XdsServer:
     """An xDS server over `one_backend` manifests, started (over mTLS with `certs_dir`)."""
     manifests = workdir / "manifests"
     manifests.mkdir(parents=True)
-    write_manifests(manifests, "app", one_backend(backend_port))
     server = XdsServer(workdir, manifests, envoy_address=envoy_address, certs_dir=certs_dir)
+    if routes == "gateway":
+        server.serving_port = free_port(envoy_address)
+        server.serving_listener = f"gateway_{envoy_address}_{server.serving_port}"
+    write_manifests(manifests, "app", one_backend(backend_port, routes, server.serving_port))
     return await server.start()
 
 

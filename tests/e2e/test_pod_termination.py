@@ -1,5 +1,6 @@
 """A real pod's termination, the kubelet's way, under every kind of client, with the sidecar
-classic and native: zero failed requests, the pod gone within max(minimum drain, slowest
+classic and native, its routes from an Ingress and (native) from an HTTPRoute on a Gateway:
+zero failed requests, the pod gone within max(minimum drain, slowest
 client's own end) + 1 s, and the drain's end posted as an event (the API server is a FAKE,
 tests/harness/fake_kube_api.py)."""
 
@@ -12,8 +13,8 @@ import pytest
 from bench.lab.backend import Backend
 from bench.lab.envoy_pod import GRACE_PERIOD, MIN_DRAIN, WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.pod import TerminationReport
-from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario, long_streams
-from bench.lab.xds import XdsServer
+from bench.lab.scenarios import DRAINING_SCENARIOS, Result, long_streams
+from bench.lab.xds import Routes, XdsServer, serve_one_backend
 from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,21 +35,30 @@ async def start_pod(
     return await pod.start()
 
 
-@pytest.mark.parametrize("wiring", WIRINGS)
-@pytest.mark.parametrize(
-    "scenario", list(DRAINING_SCENARIOS.values()), ids=list(DRAINING_SCENARIOS)
-)
+HTTP_SCENARIOS = [name for name in DRAINING_SCENARIOS if name != "TCP-proxy connection"]
+"""The scenarios whose requests go through Envoy's HTTP routes (the TCP proxy is static)."""
+CASES = [
+    *(pytest.param(n, w, "ingress", id=f"{n}-{w}") for n in DRAINING_SCENARIOS for w in WIRINGS),
+    *(pytest.param(n, "native", "gateway", id=f"{n}-native-httproute") for n in HTTP_SCENARIOS),
+]
+
+
+@pytest.mark.parametrize(("name", "wiring", "routes"), CASES)
 async def test_pod_terminates_with_zero_failed_requests(
-    scenario: Scenario,
+    name: str,
     wiring: Wiring,
+    routes: Routes,
     workdir: Path,
     backend: Backend,
     pods: list[EnvoyPod],
-    xds: XdsServer,
     api: FakeKubeApi,
 ) -> None:
-    pod = await start_pod(pods, workdir, backend, xds, wiring, api)
-    result: Result = await scenario(pod)
+    xds = await serve_one_backend(workdir / "xds", backend.port, routes=routes)
+    try:
+        pod = await start_pod(pods, workdir, backend, xds, wiring, api)
+        result: Result = await DRAINING_SCENARIOS[name](pod)
+    finally:
+        xds.stop()
     report = result.report
     assert isinstance(report, TerminationReport)
 

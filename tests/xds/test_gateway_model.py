@@ -83,3 +83,25 @@ def test_pool_addresses_are_stable_distinct_and_order_free() -> None:
     assert _addresses(list(reversed(names))) == first
     pair = _addresses(["gw0", "gw1"])
     assert pair["gw0"] == _addresses(["gw0"])["gw0"], "another Gateway does not move it"
+
+
+def test_a_listener_on_the_ingress_port_is_port_unavailable() -> None:
+    """Envoy already listens there for Ingress (on every address): a second socket would be
+    refused, and the whole listener update with it."""
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listeners = [
+        {"name": "taken", "port": 8080, "protocol": "HTTP"},
+        {"name": "free", "port": 9090, "protocol": "HTTP"},
+    ]
+    gateway = _object("Gateway", "g", "ns", {"gatewayClassName": "c", "listeners": listeners})
+    inputs = GatewayInputs(
+        {o.key: o for o in (cls, gateway)},
+        envoy_address="10.0.0.7",
+        reserved=(("0.0.0.0", 8080), ("0.0.0.0", 8443)),
+    )
+    part = build_gateways(inputs, {}, {})
+    status = {x["name"]: x for x in part.status["Gateway/ns/g"]["listeners"]}
+    accepted = {x["type"]: (x["status"], x["reason"]) for x in status["taken"]["conditions"]}
+    assert accepted["Accepted"] == ("False", "PortUnavailable")
+    assert set(part.ports) == {("10.0.0.7", 9090)}

@@ -118,7 +118,8 @@ class ModelState:
         precedence and status depend on each other); its clusters counted like an
         Ingress' so a cluster both use lives while either does."""
         inputs = GatewayInputs(self._gateway_objects, self.gateway.controller,
-                               self.gateway.pool, self.gateway.envoy_address)  # fmt: skip
+                               self.gateway.pool, self.gateway.envoy_address,
+                               self.gateway.reserved)  # fmt: skip
         slices = {named: list(found.values()) for named, found in self._slices.items()}
         secrets = {(key[1], key[2]): obj for key, obj in self._secrets.items()}
         part = build_gateways(inputs, self._services, slices, secrets)

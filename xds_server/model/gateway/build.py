@@ -55,7 +55,7 @@ def build_gateways(
     listeners: dict[Named, list[Listener]] = {}
     for gateway in gateways:
         named = (gateway.namespace, gateway.name)
-        listeners[named] = listeners_of(gateway, where[named], lookup, part)
+        listeners[named] = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
     for route in sorted(by_kind.get("HTTPRoute", []), key=age_order):
         attach(route, listeners, namespaces, lookup, part, inputs.controller)
     for gateway in gateways:

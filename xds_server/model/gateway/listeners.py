@@ -146,15 +146,29 @@ def _pool_address(gateway: KubeObject, inputs: GatewayInputs, taken: set[str]) -
 
 
 def listeners(
-    gateway: KubeObject, address: str, lookup: refs.Lookup, part: GatewayPart
+    gateway: KubeObject,
+    address: str,
+    lookup: refs.Lookup,
+    part: GatewayPart,
+    reserved: tuple[tuple[str, int], ...] = (),
 ) -> list[Listener]:
     """The Gateway's listeners, each given its Envoy port and chain when it can be served."""
     items = [x for x in spec_of(gateway).get("listeners") or [] if isinstance(x, dict)]
     found = [_listener(gateway, spec, address, lookup, part) for spec in items]
     _conflicts(found)
     for listener in found:
+        if any(_overlaps(listener, taken) for taken in reserved):
+            _refuse(listener, "PortUnavailable", "Envoy serves Ingress on this port")
         _place(listener, part)
     return found
+
+
+def _overlaps(listener: Listener, taken: tuple[str, int]) -> bool:
+    address, port = taken
+    wildcard = ("0.0.0.0", "::")
+    return port == listener.port and (
+        address in wildcard or listener.address in wildcard or address == listener.address
+    )
 
 
 def _listener(

@@ -146,6 +146,9 @@ class GatewaySettings:
     controller: str = DEFAULT_CONTROLLER
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     envoy_address: str = "0.0.0.0"
+    reserved: tuple[tuple[str, int], ...] = ()
+    """(address, port) Envoy already listens on for Ingress: a Gateway listener there is
+    PortUnavailable (Envoy would refuse the second socket, and the update with it)."""
 
 
 @dataclass
@@ -154,6 +157,7 @@ class GatewayInputs:
     controller: str = DEFAULT_CONTROLLER
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     envoy_address: str = "0.0.0.0"
+    reserved: tuple[tuple[str, int], ...] = ()
 
 
 def spec_of(obj: KubeObject) -> dict[str, Any]:
