@@ -6,7 +6,8 @@ Run: `make bench-xds` (or `python bench/xds.py [--quick] [--churn SECONDS]`). Pr
    VHDS), p50/p99, for 100, 1,000 and 10,000 routes (Ingresses of 10 paths and one host
    each, one file each): one route's backend is changed in its file (an atomic rename, as a
    deploy tool writes), and a client polls that path until the new backend answers.
-   Includes the server's own change detection (inotify).
+   Includes the server's own change detection (inotify). The same with HTTPRoutes (10
+   rules and one hostname each, on one Gateway): one rule's backend changed.
 2. Change -> all ACKed, for 100 synthetic delta proxies on the same server.
 3. Bytes one change costs a proxy, SotW against delta, through the server's real stream code.
 4. Server CPU and peak RSS over the run, and RSS before and after `--churn` seconds of
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psutil
@@ -62,12 +63,22 @@ PER_INGRESS = 10
 files, as a cluster's many teams write them, not one file nobody would maintain."""
 
 
+Kind = Literal["ingress", "httproute"]
+GROUP = "gateway.networking.k8s.io"
+
+
 def route_files(
-    count: int, flipped: int | None, ports: dict[str, int], services: int = 0
+    count: int,
+    flipped: int | None,
+    ports: dict[str, int],
+    services: int = 0,
+    kind: Kind = "ingress",
+    gateway_port: int = 0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Manifests by file name: the backends, then `count` routes to backend a over
-    Ingresses of PER_INGRESS paths and one host each; route `flipped` (if any) goes to b.
-    With `services`, the routes spread over that many more services (fake endpoints)."""
+    Ingresses (or HTTPRoutes on one Gateway at `gateway_port`) of PER_INGRESS paths and one
+    host each; route `flipped` (if any) goes to b. With `services`, the routes spread over
+    that many more services (fake endpoints)."""
     backends: list[dict[str, Any]] = []
     for name in "ab":
         backends += [
@@ -81,9 +92,57 @@ def route_files(
             endpoint_slice(name, "http", 9100, ["10.1.0.1"]),
         ]
     files = {"backends": backends}
+    if kind == "httproute":
+        files["gateway"] = gateway_objects(gateway_port)
     for index in range((count + PER_INGRESS - 1) // PER_INGRESS):
-        files[f"ing{index}"] = [_ingress(index, count, flipped, extra)]
+        files[f"ing{index}"] = [_routes(kind, index, count, flipped, extra)]
     return files
+
+
+def gateway_objects(port: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": f"{GROUP}/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "bench"},
+            "spec": {"controllerName": "envoy-lifecycle.io/gateway-controller"},
+        },
+        {
+            "apiVersion": f"{GROUP}/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "default"},
+            "spec": {
+                "gatewayClassName": "bench",
+                "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
+            },
+        },
+    ]
+
+
+def _routes(
+    kind: Kind, index: int, count: int, flipped: int | None, extra: list[str]
+) -> dict[str, Any]:
+    if kind == "ingress":
+        return _ingress(index, count, flipped, extra)
+    rules = []
+    for n in range(index * PER_INGRESS, min(count, (index + 1) * PER_INGRESS)):
+        target = "b" if n == flipped else (extra[n % len(extra)] if extra else "a")
+        rules.append(
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": f"/r{n}"}}],
+                "backendRefs": [{"name": target, "port": 80}],
+            }
+        )
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": f"r{index}", "namespace": "default"},
+        "spec": {
+            "parentRefs": [{"name": "edge"}],
+            "hostnames": [host_of(index * PER_INGRESS)],
+            "rules": rules,
+        },
+    }
 
 
 def _ingress(index: int, count: int, flipped: int | None, extra: list[str]) -> dict[str, Any]:
@@ -115,14 +174,16 @@ def write_all(manifests: Path, files: dict[str, list[dict[str, Any]]]) -> None:
         write_manifests(manifests, name, objects)
 
 
-def prepared(manifests: Path, count: int, flipped: int) -> tuple[Path, Path]:
-    """The one Ingress file that changes, rendered now to a hidden file, so that only the
-    rename (what a deploy tool does) is timed."""
+def prepared(
+    manifests: Path, count: int, flipped: int, kind: Kind = "ingress"
+) -> tuple[Path, Path]:
+    """The one Ingress (or HTTPRoute) file that changes, rendered now to a hidden file, so
+    that only the rename (what a deploy tool does) is timed."""
     import yaml
 
     index = flipped // PER_INGRESS
     tmp = manifests / f".ing{index}.next"
-    tmp.write_text(yaml.safe_dump_all([_ingress(index, count, flipped, [])]))
+    tmp.write_text(yaml.safe_dump_all([_routes(kind, index, count, flipped, [])]))
     return tmp, manifests / f"ing{index}.yaml"
 
 
@@ -131,13 +192,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]:
+async def change_to_request(
+    count: int, runs: int, work: Path, kind: Kind = "ingress"
+) -> dict[str, str]:
     backends = {name: await Backend(name).start() for name in "ab"}
     ports = {name: b.port for name, b in backends.items()}
     manifests = work / "manifests"
     manifests.mkdir(parents=True)
-    write_all(manifests, route_files(count, None, ports))
-    server = await XdsServer(work, manifests).start()
+    server = XdsServer(work, manifests)
+    configs = ["ingress_http", "ingress_https"]
+    if kind == "httproute":
+        server.serving_port = free_port()
+        configs = [f"gateway_127.0.0.1_{server.serving_port}"]
+    write_all(
+        manifests, route_files(count, None, ports, kind=kind, gateway_port=server.serving_port)
+    )
+    await server.start()
     envoy = XdsEnvoy(work, server, f"bench-{count}")
     process = psutil.Process(server.proc.pid if server.proc else 0)
     samples: list[float] = []
@@ -149,7 +219,7 @@ async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]
             cpu_before = sum(process.cpu_times()[:2])
             for run in range(runs):
                 target = (run * 7919) % count
-                ready, final = prepared(manifests, count, target)
+                ready, final = prepared(manifests, count, target, kind)
                 await asyncio.sleep(SPACING)
                 started = time.monotonic()
                 ready.rename(final)
@@ -157,14 +227,14 @@ async def change_to_request(count: int, runs: int, work: Path) -> dict[str, str]
                 samples.append(time.monotonic() - started)
                 peak = max(peak, process.memory_info().rss)
             cpu = sum(process.cpu_times()[:2]) - cpu_before
-        fanout = await fan_out(server, manifests, count, ports, runs=max(3, runs // 3))
+        fanout = await fan_out(server, manifests, count, configs, kind, runs=max(3, runs // 3))
     finally:
         envoy.stop()
         server.stop()
         for backend in backends.values():
             await backend.stop()
     return {
-        "routes": f"{count:,}",
+        "routes": f"{count:,}" + (" HTTPRoute rules" if kind == "httproute" else ""),
         "change -> request p50": f"{statistics.median(samples) * 1000:.0f} ms",
         "p99": f"{pct(samples, 0.99) * 1000:.0f} ms",
         "100 proxies ACKed p50 / p99": fanout,
@@ -189,16 +259,19 @@ async def _until(
 
 
 async def fan_out(
-    server: XdsServer, manifests: Path, count: int, ports: dict[str, int], runs: int
+    server: XdsServer, manifests: Path, count: int, configs: list[str], kind: Kind, runs: int
 ) -> str:
     address = f"127.0.0.1:{server.grpc_port}"
-    proxies = [await SyntheticProxy(address, f"synthetic-{n}").start() for n in range(100)]
+    proxies = [
+        await SyntheticProxy(address, f"synthetic-{n}", route_configs=configs).start()
+        for n in range(100)
+    ]
     samples: list[float] = []
     try:
         await _all_have_some_route(proxies)
         for run in range(runs):
             before = {id(p): p.routes_version for p in proxies}
-            ready, final = prepared(manifests, count, (run * 31 + 3) % count)  # not a no-op
+            ready, final = prepared(manifests, count, (run * 31 + 3) % count, kind)  # a change
             await asyncio.sleep(SPACING)
             started = time.monotonic()
             ready.rename(final)
@@ -462,6 +535,12 @@ async def main(quick: bool, churn_seconds: float, counts: list[int]) -> None:
         )
         rows = [await change_to_request(count, runs, root / str(count)) for count, runs in sizes]
         print("### One changed route, through a real Envoy (delta ADS)\n")
+        print(table(rows))
+        rows = [
+            await change_to_request(count, runs, root / f"gw-{count}", "httproute")
+            for count, runs in sizes
+        ]
+        print("\n### One changed HTTPRoute rule, through a real Envoy (delta ADS)\n")
         print(table(rows))
         print("\n### Where the time goes (server in process, same Envoy)\n")
         print(

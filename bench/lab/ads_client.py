@@ -18,8 +18,16 @@ from xds_server.xds.cache import named_digest
 
 
 class SyntheticProxy:
-    def __init__(self, address: str, node: str, stuck: bool = False) -> None:
+    def __init__(
+        self,
+        address: str,
+        node: str,
+        stuck: bool = False,
+        route_configs: list[str] | None = None,
+    ) -> None:
         self.address = address
+        self.route_configs = route_configs or ["ingress_http", "ingress_https"]
+        """The route configurations its listeners name (Envoy asks for those alone)."""
         self.node = node
         self.stuck = stuck
         self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
@@ -70,7 +78,7 @@ class SyntheticProxy:
         if response.type_url == CLUSTER and names:
             self._subscribe(ENDPOINT, names)
         elif response.type_url == LISTENER and names:
-            self._subscribe(ROUTE, ["ingress_http", "ingress_https"])
+            self._subscribe(ROUTE, self.route_configs)
         elif response.type_url == ROUTE and names:
             self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
         elif response.type_url == VHOST:

@@ -18,6 +18,7 @@ from typing import Any
 from xds_server.model.backends import SERVICE_NAME_LABEL, Resolved
 from xds_server.model.gateway import KINDS as GATEWAY_KINDS
 from xds_server.model.gateway import GatewayInputs, GatewaySettings, build_gateways
+from xds_server.model.gateway.build import CompileMemo
 from xds_server.model.ingress import (
     IngressPart,
     age_order,
@@ -62,6 +63,7 @@ class ModelState:
         self.gateway = gateway or GatewaySettings()
         self._gateway_objects: dict[Key, KubeObject] = {}
         self._gateway_clusters: dict[str, list[Endpoint]] = {}
+        self._gateway_memo: CompileMemo = {}
         self.model = Model()
         self._ingresses: dict[Named, KubeObject] = {}
         self._services: dict[Named, KubeObject] = {}
@@ -106,6 +108,8 @@ class ModelState:
         """Gateway API objects changed, or the Services, slices and Secrets they read."""
         touched = False
         for key, obj in changes.items():
+            if key[0] in ("Service", "EndpointSlice", "ReferenceGrant"):
+                self._gateway_memo.clear()  # what routes resolve to may have changed
             if key[0] in GATEWAY_KINDS:
                 _store(self._gateway_objects, key, obj)
                 touched = True
@@ -122,7 +126,7 @@ class ModelState:
                                self.gateway.reserved)  # fmt: skip
         slices = {named: list(found.values()) for named, found in self._slices.items()}
         secrets = {(key[1], key[2]): obj for key, obj in self._secrets.items()}
-        part = build_gateways(inputs, self._services, slices, secrets)
+        part = build_gateways(inputs, self._services, slices, secrets, self._gateway_memo)
         before, after = self._gateway_clusters, part.upstreams
         for cluster in before.keys() - after.keys():
             self._cluster_users[cluster] -= 1

@@ -44,8 +44,18 @@ REDIRECT_CODES = {
 }
 
 
-def gateway_resources(part: GatewayPart | None) -> dict[str, dict[str, Message]]:
-    """Every resource of the Gateway API part, by type URL and name."""
+HostMemo = dict[str, tuple[list[GatewayRoute], route_components_pb2.VirtualHost]]
+"""Virtual hosts by name, with the routes (the same objects) they were made of."""
+
+
+def gateway_resources(
+    part: GatewayPart | None, memo: HostMemo | None = None
+) -> dict[str, dict[str, Message]]:
+    """Every resource of the Gateway API part, by type URL and name. With `memo` (kept by
+    the caller between calls), a virtual host made of the very same routes as last time is
+    not made again: one changed HTTPRoute rebuilds its hosts, not thousands."""
+    memo = {} if memo is None else memo
+    kept: HostMemo = {}
     found: dict[str, dict[str, Message]] = {LISTENER: {}, ROUTE_VHDS: {}, VHOST: {}, SECRET: {}}
     if part is None:
         return found
@@ -56,10 +66,21 @@ def gateway_resources(part: GatewayPart | None) -> dict[str, dict[str, Message]]
         for chain in port.chains.values():
             found[ROUTE_VHDS][chain.name] = vhds_config(chain.name)
             for host, routes in chain.hosts.items():
-                found[VHOST][f"{chain.name}/{host}"] = virtual_host(chain, host, routes)
+                name = f"{chain.name}/{host}"
+                hit = memo.get(name)
+                if hit is None or not _same(hit[0], routes):
+                    hit = (routes, virtual_host(chain, host, routes))
+                kept[name] = hit
+                found[VHOST][name] = hit[1]
             if not chain.hosts:  # Envoy's listener would wait for a first virtual host
                 found[VHOST][f"{chain.name}/*"] = not_found_host(chain.name)
+    memo.clear()
+    memo.update(kept)
     return found
+
+
+def _same(before: list[GatewayRoute], now: list[GatewayRoute]) -> bool:
+    return len(before) == len(now) and all(a is b for a, b in zip(before, now, strict=True))
 
 
 def listener(port: Port) -> listener_pb2.Listener:

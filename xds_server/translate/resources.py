@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from xds_server.model.state import Dirty
 from xds_server.model.types import Model
 from xds_server.translate.clusters import cluster, load_assignment
-from xds_server.translate.gateway import gateway_resources
+from xds_server.translate.gateway import HostMemo, gateway_resources
 from xds_server.translate.listeners import (
     HTTP,
     HTTPS,
@@ -51,6 +51,7 @@ class Translator:
         """Wildcard hosts: each repeats the `*` host's routes for deeper names."""
         self._gateway_names: dict[str, set[str]] = {}
         """The resources the Gateway API part made, by type URL."""
+        self._gateway_hosts: HostMemo = {}
 
     def update(self, model: Model, dirty: Dirty) -> Changes:
         changes: Changes = {type_url: {} for type_url in TYPES}
@@ -70,12 +71,13 @@ class Translator:
 
     def _gateway(self, model: Model, changes: Changes) -> None:
         """The Gateway API resources again, and the ones it no longer has removed."""
-        found = gateway_resources(model.gateway)
+        found = gateway_resources(model.gateway, self._gateway_hosts)
         for type_url, messages in found.items():
             for name in self._gateway_names.get(type_url, set()) - messages.keys():
                 self._set(changes, type_url, name, None)
             for name, message in messages.items():
-                if self.current[type_url].get(name) != message:
+                current = self.current[type_url].get(name)
+                if current is not message and current != message:
                     self._set(changes, type_url, name, message)
             self._gateway_names[type_url] = set(messages)
 

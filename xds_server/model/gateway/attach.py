@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.model.gateway import refs
 from xds_server.model.gateway.listeners import Listener
-from xds_server.model.gateway.rules import compile_route
+from xds_server.model.gateway.rules import Compiled
 from xds_server.model.gateway.types import (
     GROUP,
     GatewayPart,
@@ -38,18 +37,17 @@ class Acceptance:
 
 def attach(
     route: KubeObject,
+    compiled: Compiled,
     listeners: dict[Named, list[Listener]],
     namespaces: dict[str, dict[str, str]],
-    lookup: refs.Lookup,
     part: GatewayPart,
     controller: str,
 ) -> None:
-    """Attach the route wherever it may, and set its status: one entry per parentRef of
-    ours (another controller's Gateways are left to it)."""
+    """Attach the route (compiled) wherever it may, and set its status: one entry per
+    parentRef of ours (another controller's Gateways are left to it)."""
     spec = spec_of(route)
     gen = generation_of(route)
     hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
-    compiled = compile_route(route, lookup, part)
     parents = []
     for parent in spec.get("parentRefs") or []:
         if not isinstance(parent, dict) or parent.get("group", GROUP) != GROUP:

@@ -13,6 +13,7 @@ from xds_server.model.gateway import refs
 from xds_server.model.gateway.attach import attach, covers
 from xds_server.model.gateway.listeners import Listener, addresses, classes, gateway_status
 from xds_server.model.gateway.listeners import listeners as listeners_of
+from xds_server.model.gateway.rules import Compiled, compile_route
 from xds_server.model.gateway.types import (
     GatewayInputs,
     GatewayPart,
@@ -23,7 +24,12 @@ from xds_server.model.gateway.types import (
     status_key,
 )
 from xds_server.model.ingress import age_order
+from xds_server.model.types import Endpoint
 from xds_server.sources.objects import KubeObject
+
+CompileMemo = dict[int, tuple[dict[str, Any], Compiled, dict[str, list[Endpoint]]]]
+"""HTTPRoutes compiled, by the identity of their body (kept with it, so the id stays its
+own): the body, what it compiled to, the upstreams it resolved."""
 
 
 def build_gateways(
@@ -31,7 +37,11 @@ def build_gateways(
     services: dict[Named, KubeObject],
     slices: dict[Named, list[dict[str, Any]]],
     secrets: dict[Named, KubeObject] | None = None,
+    memo: CompileMemo | None = None,
 ) -> GatewayPart:
+    """The part for these objects. `memo` (kept by the caller between builds, emptied by it
+    when Services, slices or ReferenceGrants change) spares compiling again the HTTPRoutes
+    that did not change: at 10,000 rules, most of a build's time."""
     part = GatewayPart()
     by_kind: dict[str, list[KubeObject]] = {}
     for obj in inputs.objects.values():
@@ -56,8 +66,13 @@ def build_gateways(
     for gateway in gateways:
         named = (gateway.namespace, gateway.name)
         listeners[named] = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
+    used: CompileMemo = {}
     for route in sorted(by_kind.get("HTTPRoute", []), key=age_order):
-        attach(route, listeners, namespaces, lookup, part, inputs.controller)
+        compiled = _compiled(route, lookup, part, memo or {}, used)
+        attach(route, compiled, listeners, namespaces, part, inputs.controller)
+    if memo is not None:
+        memo.clear()
+        memo.update(used)
     for gateway in gateways:
         named = (gateway.namespace, gateway.name)
         part.status[status_key(gateway)] = gateway_status(gateway, listeners[named], where[named])
@@ -67,13 +82,30 @@ def build_gateways(
     return part
 
 
+def _compiled(
+    route: KubeObject, lookup: refs.Lookup, part: GatewayPart, memo: CompileMemo, used: CompileMemo
+) -> Compiled:
+    """The route compiled, or as it was for the same body; its upstreams put in the part."""
+    hit = memo.get(id(route.body))
+    if hit is None or hit[0] is not route.body:
+        own = GatewayPart()
+        hit = (route.body, compile_route(route, lookup, own), own.upstreams)
+    used[id(route.body)] = hit
+    part.upstreams.update(hit[2])
+    return hit[1]
+
+
 def merged(hosts: dict[str, list[GatewayRoute]]) -> dict[str, list[GatewayRoute]]:
     """Each host's routes with those of every wider name that covers it (`*.com` covers
     `example.com`; a route without hostnames covers all): precedence is decided across all
     the routes a request could match, and Envoy picks one virtual host, never falls back."""
     found = {}
+    wildcards = [h for h in hosts if h.startswith("*")]  # only these cover other names
     for host in hosts:
-        wider = [h for h in hosts if h != host and (h == "*" or covers(h, host))]
+        wider = [h for h in wildcards if h != host and (h == "*" or covers(h, host))]
+        if not wider:
+            found[host] = sorted(hosts[host], key=lambda r: r.rank)
+            continue
         routes = [r for h in (host, *wider) for r in hosts[h]]
         found[host] = sorted(dict.fromkeys(routes), key=lambda r: r.rank)
     return found
