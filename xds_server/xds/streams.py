@@ -298,6 +298,23 @@ def _split_suspects(state: TypeState) -> bool:
     return True
 
 
+_VHOSTS_BY_CONFIGS: dict[frozenset[str], tuple[Snapshot, dict[str, Entry]]] = {}
+"""The snapshot's virtual hosts of some route configurations, per set of configurations:
+computed once per snapshot for all the proxies that ACKed the same ones (an Envoy without
+an HTTPS listener never asks for `ingress_https`), not per proxy and push."""
+
+
+def _vhosts_of(snapshot: Snapshot, configs: frozenset[str]) -> dict[str, Entry]:
+    hit = _VHOSTS_BY_CONFIGS.get(configs)
+    if hit is None or hit[0] is not snapshot:
+        entries = snapshot.entries(VHOST)
+        hit = (snapshot, {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs})
+        if len(_VHOSTS_BY_CONFIGS) > 64:
+            _VHOSTS_BY_CONFIGS.clear()
+        _VHOSTS_BY_CONFIGS[configs] = hit
+    return dict(hit[1])
+
+
 def _version_of(entry: Entry | None) -> str | None:
     return None if entry is None else entry.version
 
@@ -313,7 +330,12 @@ class DeltaStream(Stream):
         entries = super().wanted(type_url, snapshot)
         if type_url != VHOST:
             return entries
-        configs = self.types[ROUTE].acked
+        acked = self.types[ROUTE].acked
+        configs = frozenset(n for n in snapshot.entries(ROUTE_VHDS) if n in acked)
+        if len(configs) == len(snapshot.entries(ROUTE_VHDS)):
+            return entries  # every configuration ACKed: checked per configuration, not host
+        if self.types[VHOST].wildcard:
+            return _vhosts_of(snapshot, configs)  # the same for every proxy with these
         return {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs}
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
