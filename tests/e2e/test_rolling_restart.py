@@ -3,6 +3,8 @@
 HAProxy health-checks each node's probe listener (`/ready`, proxied to Envoy's admin API):
 the drain fails Envoy's health check, HAProxy takes the node out, the pod ends, a new pod
 takes its place on the same address, and HAProxy brings it back. No request may fail.
+The sidecar is native, as deployed by default (the classic wiring drains each pod the same
+way: tests/e2e/test_pod_termination.py runs every client scenario with both).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.lab.backend import Backend
-from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
+from bench.lab.envoy_pod import EnvoyPod, Wiring, envoy_pod
 from bench.lab.haproxy import HAProxy, roll
 from bench.lab.pod import TerminationReport
 from bench.lab.xds import XdsServer, serve_one_backend
@@ -25,10 +27,10 @@ MIN_DRAIN = 1.0
 """Well above HAProxy's detection time (one failed check, 100 ms apart)."""
 
 
-@pytest.mark.parametrize("wiring", WIRINGS)
 async def test_rolling_restart_behind_haproxy_fails_no_request(
-    wiring: Wiring, workdir: Path, backend: Backend, pods: list[EnvoyPod], api: FakeKubeApi
+    workdir: Path, backend: Backend, pods: list[EnvoyPod], api: FakeKubeApi
 ) -> None:
+    wiring: Wiring = "native"
     nodes: dict[str, EnvoyPod] = {}
     servers: dict[str, XdsServer] = {}
     for index, address in enumerate(NODES):

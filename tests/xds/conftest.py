@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,11 @@ def manifests(workdir: Path) -> Path:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[XdsServer | XdsEnvoy]]:
+async def processes() -> AsyncIterator[list[XdsServer | XdsEnvoy]]:
+    """Stopped off the event loop: a server's SIGTERM releases its Lease through the FAKE
+    API server, which answers from this loop (a blocking wait here would hold the release
+    until its timeout)."""
     started: list[XdsServer | XdsEnvoy] = []
     yield started
     for process in reversed(started):
-        process.stop()
+        await asyncio.to_thread(process.stop)

@@ -9,6 +9,7 @@ v1.6.1), written anew with the harness's checks (bench/lab/gateway_api.py).
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -272,3 +273,30 @@ async def test_regular_expression_matches(conformance: Conformance) -> None:
 async def test_exact_match_is_not_a_regex(conformance: Conformance) -> None:
     """A query value with regex characters matches only literally."""
     await conformance.expect(GW, "query.example.com", "/?animal=wh.le", status=404)
+
+
+async def test_a_regex_envoy_refuses_is_parked_and_the_rest_moves_on(
+    conformance: Conformance,
+) -> None:
+    """Python reads a lookbehind; Envoy's RE2 does not and NACKs that virtual host. It is
+    parked (never sent again as it is); the other hosts, and changes after it, are served."""
+    bad = route(
+        "re2-refuses",
+        [parent(GW)],
+        [rule(to("infra-backend-v1"), matches=[{"path": {"type": "RegularExpression",
+                                                            "value": "/(?<=a)b"}}])],
+        hostnames=["nack.example.com"],
+    )  # fmt: skip
+    good = on("after-nack.example.com", rule(to("infra-backend-v2")), name="after-nack")
+    async with conformance.applied("nack", [bad]):
+        await conformance.expect(
+            GW, "query.example.com", "/?animal=whale", backend="infra-backend-v1"
+        )
+        conformance.apply("nack", [bad, good])
+        await conformance.expect(GW, "after-nack.example.com", "/", backend="infra-backend-v2")
+        await conformance.expect(GW, "nack.example.com", "/ab", status=404)
+    assert conformance.server is not None
+    nacks = re.search(r'^xds_nacks_total\{type="[^"]*VirtualHost"\} ([0-9.]+)$',
+                      await conformance.server.metrics(), re.M)  # fmt: skip
+    assert nacks is not None
+    assert float(nacks[1]) >= 1, "Envoy refused it (and said so)"

@@ -105,3 +105,29 @@ def test_a_listener_on_the_ingress_port_is_port_unavailable() -> None:
     accepted = {x["type"]: (x["status"], x["reason"]) for x in status["taken"]["conditions"]}
     assert accepted["Accepted"] == ("False", "PortUnavailable")
     assert set(part.ports) == {("10.0.0.7", 9090)}
+
+
+def test_replace_prefix_match_needs_a_prefix_match() -> None:
+    """With an Exact match there is no matched prefix to replace: the route is refused
+    (UnsupportedValue), not served with a rewrite that means nothing."""
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    gateway = _object("Gateway", "g", "ns", {"gatewayClassName": "c", "listeners": [listener]})
+    path = {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}
+    rewrite = {"type": "URLRewrite", "urlRewrite": {"path": path}}
+    route = _object(
+        "HTTPRoute",
+        "r",
+        "ns",
+        {
+            "parentRefs": [{"name": "g"}],
+            "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                       "filters": [rewrite]}],
+        },
+    )  # fmt: skip
+    part = build_gateways(GatewayInputs({o.key: o for o in (cls, gateway, route)}), {}, {})
+    (parent,) = part.status["HTTPRoute/ns/r"]["parents"]
+    accepted = next(c for c in parent["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedValue")
+    assert "ReplacePrefixMatch" in accepted["message"]

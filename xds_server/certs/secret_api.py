@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xds_server.certs.secret_volume import Version
-from xds_server.kube_api import read_json
+from xds_server.kube_api import REQUEST_TIMEOUT, read_json
 
 SECRET_NAMES = {"ca": "xds-server-ca", "server": "xds-server-tls", "envoy": "envoy-tls"}
 
@@ -65,11 +65,15 @@ class SecretStore:
             "data": {key: base64.b64encode(value).decode() for key, value in files.items()},
         }
         if self._version is None and self._get() is None:
-            created = self.core.create_namespaced_secret(self.namespace, body)
+            created = self.core.create_namespaced_secret(
+                self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+            )
             self._version = str(created.metadata.resource_version)
         else:
             body["metadata"]["resourceVersion"] = self._version
-            replaced = self.core.replace_namespaced_secret(self.name, self.namespace, body)
+            replaced = self.core.replace_namespaced_secret(
+                self.name, self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+            )
             self._version = str(replaced.metadata.resource_version)
         return self._version
 

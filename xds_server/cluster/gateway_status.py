@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from xds_server.kube_api import REQUEST_TIMEOUT
 from xds_server.sources.objects import KubeObject
 
 log = logging.getLogger("xds_server.status")
@@ -124,11 +125,14 @@ class GatewayStatusWriter:
             plural = PLURALS[obj.kind]
             try:
                 if obj.kind == "GatewayClass":
-                    self.api.patch_cluster_custom_object_status(GROUP, "v1", plural, obj.name, body)
+                    self.api.patch_cluster_custom_object_status(
+                        GROUP, "v1", plural, obj.name, body, _request_timeout=REQUEST_TIMEOUT
+                    )
                 else:
                     self.api.patch_namespaced_custom_object_status(
-                        GROUP, "v1", obj.namespace, plural, obj.name, body
-                    )
+                        GROUP, "v1", obj.namespace, plural, obj.name, body,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )  # fmt: skip
             except Exception as exc:
                 log.warning("status of %s not written: %s", status_key(obj), exc)
                 continue

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from xds_server.kube_api import REQUEST_TIMEOUT
 from xds_server.sources.objects import KubeObject
 
 log = logging.getLogger("xds_server.status")
@@ -69,7 +70,11 @@ class StatusWriter:
             body = {"status": {"loadBalancer": {"ingress": wanted}}}
             try:
                 self.api.patch_namespaced_ingress_status(
-                    obj.name, obj.namespace, body, _preload_content=False
+                    obj.name,
+                    obj.namespace,
+                    body,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
                 )
             except Exception as exc:
                 log.warning("status of Ingress %s/%s not written: %s", obj.namespace, obj.name, exc)

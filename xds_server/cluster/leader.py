@@ -16,7 +16,7 @@ import datetime
 import logging
 from typing import Any
 
-from xds_server.kube_api import read_json
+from xds_server.kube_api import REQUEST_TIMEOUT, read_json
 
 LEASE_SECONDS = 15
 RENEW_SECONDS = LEASE_SECONDS / 3
@@ -153,10 +153,16 @@ class LeaseElector:
             "spec": spec,
         }
         if lease is None:
-            self.api.create_namespaced_lease(self.namespace, body, _preload_content=False)
+            self.api.create_namespaced_lease(
+                self.namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
         else:
             body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
             self.api.replace_namespaced_lease(
-                self.name, self.namespace, body, _preload_content=False
+                self.name,
+                self.namespace,
+                body,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         return spec.get("holderIdentity") == self.identity

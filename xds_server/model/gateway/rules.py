@@ -109,6 +109,7 @@ def _rule(
     made = []
     for number, match in enumerate(rule.get("matches") or [{}]):
         parsed = _match(match if isinstance(match, dict) else {}, f"{where}.matches[{number}]")
+        _prefix_replacement_fits(filters, parsed, f"{where}.matches[{number}]")
         made.append(
             GatewayRoute(
                 parsed,
@@ -124,6 +125,14 @@ def _rule(
             )
         )
     return made
+
+
+def _prefix_replacement_fits(filters: _Filters, match: Match, where: str) -> None:
+    """ReplacePrefixMatch replaces the matched prefix: a rule matching an exact path or a
+    regular expression has none (the API's validation refuses it too)."""
+    paths = [x.path for x in (filters.redirect, filters.rewrite) if x is not None]
+    if any(p and p[0] == "ReplacePrefixMatch" for p in paths) and match.path_kind != PREFIX:
+        raise Rejected(f"{where}: ReplacePrefixMatch needs a PathPrefix match")
 
 
 def _rank(match: Match, order: tuple[Any, ...]) -> tuple[Any, ...]:
