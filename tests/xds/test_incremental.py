@@ -414,3 +414,106 @@ async def test_a_wait_cancelled_as_the_change_comes_loses_nothing(tmp_path: Path
         assert not watcher.pending
     finally:
         watcher.close()
+
+
+# -- the Gateway API part: HTTPRoutes are compiled and planned once per body --------------
+
+GW = "gateway.networking.k8s.io"
+GATEWAY_HOSTS = (None, "a.example", "*.example")
+
+
+def a_gateway(draw: st.DrawFn) -> dict[str, Any]:
+    listeners = [
+        {"name": f"l{n}", "port": 8000 + n, "protocol": "HTTP",
+         **({"hostname": h} if (h := draw(st.sampled_from(GATEWAY_HOSTS))) else {}),
+         "allowedRoutes": {"namespaces": {"from": draw(st.sampled_from(("Same", "All")))}}}
+        for n in range(draw(st.integers(1, 2)))
+    ]  # fmt: skip
+    return {
+        "apiVersion": f"{GW}/v1",
+        "kind": "Gateway",
+        "metadata": {"name": draw(st.sampled_from(("g0", "g1"))), "namespace": "default"},
+        "spec": {"gatewayClassName": "ours", "listeners": listeners},
+    }
+
+
+def an_httproute(draw: st.DrawFn) -> dict[str, Any]:
+    rules = [
+        {
+            "matches": [{"path": {"type": draw(st.sampled_from(("Exact", "PathPrefix"))),
+                                  "value": draw(st.sampled_from(("/", "/x", "/x/y")))}}],
+            "backendRefs": [{"name": draw(st.sampled_from((*SERVICES, "missing"))),
+                             "port": 80, "weight": draw(st.sampled_from((0, 1, 3)))}],
+        }
+        for _ in range(draw(st.integers(1, 3)))
+    ]  # fmt: skip
+    spec: dict[str, Any] = {
+        "parentRefs": [{"name": g} for g in draw(st.lists(st.sampled_from(("g0", "g1")),
+                                                          min_size=1, max_size=2, unique=True))],
+        "rules": rules,
+    }  # fmt: skip
+    hostnames = draw(st.lists(st.sampled_from(("a.example", "b.example", "*.example")), max_size=2))
+    if hostnames:
+        spec["hostnames"] = hostnames
+    return {
+        "apiVersion": f"{GW}/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": draw(st.sampled_from(NAMES)), "namespace": "default"},
+        "spec": spec,
+    }
+
+
+@st.composite
+def a_gateway_step(draw: st.DrawFn) -> tuple[str, dict[str, Any] | tuple[str, str]]:
+    choice = draw(st.integers(0, 9))
+    if choice <= 4:
+        return ("put", an_httproute(draw))
+    if choice == 5:
+        return ("delete", ("HTTPRoute", draw(st.sampled_from(NAMES))))
+    if choice == 6:
+        return ("put", a_gateway(draw))
+    name = draw(st.sampled_from(SERVICES))
+    if choice == 7:
+        ports = draw(st.sampled_from(([("http", 80)], [("http", 81)])))
+        return ("put", service(name, ports))
+    if choice == 8:
+        return ("put", a_slice(name, draw))
+    if draw(st.booleans()):
+        return ("delete", ("Service", name))
+    return ("delete", ("Gateway", draw(st.sampled_from(("g0", "g1")))))
+
+
+def _gateway_start() -> dict[tuple[str, str, str], KubeObject]:
+    objects = _start()
+    controller = "envoy-lifecycle.io/gateway-controller"
+    gateway_class = {
+        "apiVersion": f"{GW}/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "ours"},
+        "spec": {"controllerName": controller},
+    }
+    for obj in map(_object, [gateway_class]):
+        objects[obj.key] = obj
+    return objects
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(a_gateway_step(), min_size=1, max_size=10))
+def test_every_gateway_api_change_gives_what_a_build_from_nothing_gives(
+    steps: list[tuple[str, Any]],
+) -> None:
+    pipeline = Pipeline(None, EnvoyPorts())
+    objects = _gateway_start()
+    pipeline.build(Loaded(list(objects.values())), 1)
+    for serial, step in enumerate(steps, start=2):
+        objects = _apply(objects, step)
+        incremental = pipeline.build(Loaded(list(objects.values())), serial)
+        fresh = Pipeline(None, EnvoyPorts()).build(Loaded(list(objects.values())), serial)
+        assert_same(incremental, fresh)
+        mine, theirs = incremental.model.gateway, fresh.model.gateway
+        assert (mine.status if mine else {}) == (theirs.status if theirs else {})

@@ -16,6 +16,7 @@ from xds_server.model.gateway.types import (
     GatewayPart,
     GatewayRoute,
     Named,
+    Status,
     condition,
     generation_of,
     spec_of,
@@ -35,20 +36,30 @@ class Acceptance:
         return bool(self.attached)
 
 
-def attach(
+@dataclass(frozen=True)
+class Plan:
+    """Where a route attaches (by Gateway and listener index, with the hostnames it serves
+    there) and its status: what `attach` does, reusable while neither the route nor any
+    Gateway, GatewayClass or Namespace changed."""
+
+    attachments: tuple[tuple[Named, int, tuple[str, ...]], ...]
+    status: Status | None
+
+
+def plan(
     route: KubeObject,
     compiled: Compiled,
     listeners: dict[Named, list[Listener]],
     namespaces: dict[str, dict[str, str]],
-    part: GatewayPart,
     controller: str,
-) -> None:
-    """Attach the route (compiled) wherever it may, and set its status: one entry per
-    parentRef of ours (another controller's Gateways are left to it)."""
+) -> Plan:
+    """Where the route (compiled) attaches, and its status: one entry per parentRef of
+    ours (another controller's Gateways are left to it)."""
     spec = spec_of(route)
     gen = generation_of(route)
     hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
     parents = []
+    attachments: list[tuple[Named, int, tuple[str, ...]]] = []
     for parent in spec.get("parentRefs") or []:
         if not isinstance(parent, dict) or parent.get("group", GROUP) != GROUP:
             continue
@@ -60,9 +71,10 @@ def attach(
         accepted = _accept(route, parent, listeners[named], hostnames, namespaces)
         if compiled.routes is None and accepted.ok:
             accepted = Acceptance([], "UnsupportedValue", compiled.unsupported)
+        own = listeners[named]
         for listener, hosts in accepted.attached:
-            listener.attached += 1
-            _add_routes(compiled.routes or [], listener, hosts)
+            index = next(i for i, x in enumerate(own) if x is listener)
+            attachments.append((named, index, tuple(hosts)))
         ok, reason, message = compiled.resolved
         parents.append(
             {
@@ -74,8 +86,23 @@ def attach(
                 ],
             }
         )
-    if parents:
-        part.status[status_key(route)] = {"parents": parents}
+    return Plan(tuple(attachments), {"parents": parents} if parents else None)
+
+
+def attach(
+    route: KubeObject,
+    compiled: Compiled,
+    made: Plan,
+    listeners: dict[Named, list[Listener]],
+    part: GatewayPart,
+) -> None:
+    """Carry a plan out: count the route on its listeners, add its routes to their hosts."""
+    for named, index, hosts in made.attachments:
+        listener = listeners[named][index]
+        listener.attached += 1
+        _add_routes(compiled.routes or [], listener, list(hosts))
+    if made.status is not None:
+        part.status[status_key(route)] = made.status
 
 
 def _accept(

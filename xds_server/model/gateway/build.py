@@ -7,10 +7,11 @@ and status on every replica.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from xds_server.model.gateway import refs
-from xds_server.model.gateway.attach import attach, covers
+from xds_server.model.gateway.attach import Plan, attach, covers, plan
 from xds_server.model.gateway.listeners import Listener, addresses, classes, gateway_status
 from xds_server.model.gateway.listeners import listeners as listeners_of
 from xds_server.model.gateway.rules import Compiled, compile_route
@@ -27,9 +28,22 @@ from xds_server.model.ingress import age_order
 from xds_server.model.types import Endpoint
 from xds_server.sources.objects import KubeObject
 
-CompileMemo = dict[int, tuple[dict[str, Any], Compiled, dict[str, list[Endpoint]]]]
-"""HTTPRoutes compiled, by the identity of their body (kept with it, so the id stays its
-own): the body, what it compiled to, the upstreams it resolved."""
+
+@dataclass
+class Memo:
+    """One HTTPRoute as last built: its body (kept, so its id stays its own), what it
+    compiled to, the upstreams it resolved, and its attachment plan with the identities of
+    the objects the plan was made from."""
+
+    body: dict[str, Any]
+    compiled: Compiled
+    upstreams: dict[str, list[Endpoint]]
+    token: tuple[int, ...] = ()
+    plan: Plan | None = None
+
+
+CompileMemo = dict[int, Memo]
+"""HTTPRoutes as last built, by the identity of their body."""
 
 
 def build_gateways(
@@ -67,9 +81,14 @@ def build_gateways(
         named = (gateway.namespace, gateway.name)
         listeners[named] = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
     used: CompileMemo = {}
+    token = _attachment_inputs(by_kind)
     for route in sorted(by_kind.get("HTTPRoute", []), key=age_order):
-        compiled = _compiled(route, lookup, part, memo or {}, used)
-        attach(route, compiled, listeners, namespaces, part, inputs.controller)
+        hit = _compiled(route, lookup, part, memo or {}, used)
+        made = hit.plan if hit.token == token else None
+        if made is None:
+            made = plan(route, hit.compiled, listeners, namespaces, inputs.controller)
+            hit.token, hit.plan = token, made
+        attach(route, hit.compiled, made, listeners, part)
     if memo is not None:
         memo.clear()
         memo.update(used)
@@ -84,15 +103,22 @@ def build_gateways(
 
 def _compiled(
     route: KubeObject, lookup: refs.Lookup, part: GatewayPart, memo: CompileMemo, used: CompileMemo
-) -> Compiled:
+) -> Memo:
     """The route compiled, or as it was for the same body; its upstreams put in the part."""
     hit = memo.get(id(route.body))
-    if hit is None or hit[0] is not route.body:
+    if hit is None or hit.body is not route.body:
         own = GatewayPart()
-        hit = (route.body, compile_route(route, lookup, own), own.upstreams)
+        hit = Memo(route.body, compile_route(route, lookup, own), own.upstreams)
     used[id(route.body)] = hit
-    part.upstreams.update(hit[2])
-    return hit[1]
+    part.upstreams.update(hit.upstreams)
+    return hit
+
+
+def _attachment_inputs(by_kind: dict[str, list[KubeObject]]) -> tuple[int, ...]:
+    """What every route's attachment depends on besides the route itself: the Gateways,
+    GatewayClasses and Namespaces, by body identity (a changed object is a new body)."""
+    kinds = ("Gateway", "GatewayClass", "Namespace")
+    return tuple(sorted(id(o.body) for kind in kinds for o in by_kind.get(kind, [])))
 
 
 def merged(hosts: dict[str, list[GatewayRoute]]) -> dict[str, list[GatewayRoute]]:
