@@ -132,6 +132,10 @@ def base_objects(cluster: Conformance) -> list[dict[str, Any]]:
         ),
         on("timeout.example.com", rule(v1, timeouts={"request": "500ms"})),
         on(
+            "backend-timeout.example.com",
+            rule(v1, timeouts={"request": "10s", "backendRequest": "500ms"}),
+        ),
+        on(
             "mirror.example.com",
             rule(v1, filters=[{"type": "RequestMirror", "requestMirror": {"backendRef": v2}}]),
         ),
@@ -232,9 +236,10 @@ async def test_httproute_redirects(conformance: Conformance) -> None:
 
 
 async def test_httproute_request_timeout(conformance: Conformance) -> None:
-    host = "timeout.example.com"
-    await conformance.expect(GW, host, "/", backend="infra-backend-v1")
-    await conformance.expect(GW, host, "/", headers={DELAY: "1500"}, status=504)
+    """`request`, and `backendRequest` shorter than it: the shorter one answers 504."""
+    for host in ("timeout.example.com", "backend-timeout.example.com"):
+        await conformance.expect(GW, host, "/", backend="infra-backend-v1")
+        await conformance.expect(GW, host, "/", headers={DELAY: "1500"}, status=504)
 
 
 async def test_httproute_request_mirror(conformance: Conformance) -> None:
