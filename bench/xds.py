@@ -43,6 +43,7 @@ from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     endpoint_slice,
+    gateway_objects,
     ingress,
     rule,
     service,
@@ -97,26 +98,6 @@ def route_files(
     for index in range((count + PER_INGRESS - 1) // PER_INGRESS):
         files[f"ing{index}"] = [_routes(kind, index, count, flipped, extra)]
     return files
-
-
-def gateway_objects(port: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": f"{GROUP}/v1",
-            "kind": "GatewayClass",
-            "metadata": {"name": "bench"},
-            "spec": {"controllerName": "envoy-lifecycle.io/gateway-controller"},
-        },
-        {
-            "apiVersion": f"{GROUP}/v1",
-            "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "default"},
-            "spec": {
-                "gatewayClassName": "bench",
-                "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
-            },
-        },
-    ]
 
 
 def _routes(

@@ -365,6 +365,32 @@ class XdsEnvoy:
 
 
 Routes = Literal["ingress", "gateway"]
+CONTROLLER = "envoy-lifecycle.io/gateway-controller"
+
+
+def gateway_objects(port: int, namespace: str = "default") -> list[dict[str, Any]]:
+    """A GatewayClass of ours and Gateway `edge` with one HTTP listener on `port` (at the
+    Envoy address), routes from every HTTPRoute of its namespace."""
+    group = "gateway.networking.k8s.io"
+    return [
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "envoy-lifecycle"},
+            "spec": {"controllerName": CONTROLLER},
+        },
+        {
+            "apiVersion": f"{group}/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": namespace},
+            "spec": {
+                "gatewayClassName": "envoy-lifecycle",
+                "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}],
+            },
+        },
+    ]
+
+
 ROUTES: tuple[Routes, ...] = ("ingress", "gateway")
 
 
@@ -382,21 +408,7 @@ def one_backend(
     group = "gateway.networking.k8s.io"
     return [
         *found,
-        {
-            "apiVersion": f"{group}/v1",
-            "kind": "GatewayClass",
-            "metadata": {"name": "envoy-lifecycle"},
-            "spec": {"controllerName": "envoy-lifecycle.io/gateway-controller"},
-        },
-        {
-            "apiVersion": f"{group}/v1",
-            "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "default"},
-            "spec": {
-                "gatewayClassName": "envoy-lifecycle",
-                "listeners": [{"name": "http", "port": gateway_port, "protocol": "HTTP"}],
-            },
-        },
+        *gateway_objects(gateway_port),
         {
             "apiVersion": f"{group}/v1",
             "kind": "HTTPRoute",
