@@ -76,6 +76,10 @@ async def test_one_leader_writes_status_and_renews_secrets_and_another_takes_ove
     assert leader.proc is not None
     leader.proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(leader.proc.wait, 15)  # the fake API answers from this loop
+    released = api.objects["Lease"][("edge", "xds-server")]["spec"]
+    assert released.get("holderIdentity") != leader.args[leader.args.index("--identity") + 1], (
+        "the leader gave its Lease up on its way out (not left to expire)"
+    )
     await until(lambda: leading(follower), timeout=15)
     api.apply(ingress("three", [rule("three.example", ("/", "Prefix", "a", 80))]))
     await until(lambda: _status_is(api, "three", ADDRESS))

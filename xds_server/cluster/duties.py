@@ -81,8 +81,12 @@ class ClusterDuties:
         try:
             await asyncio.gather(*tasks)
         finally:
+            # A cancelled gather returns at its first cancelled child, the elector maybe still
+            # releasing the Lease: cancelling it again would drop the release. Only what is
+            # not stopping yet is cancelled; all are awaited.
             for task in tasks:
-                task.cancel()
+                if not task.done() and not task.cancelling():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _status_loop(self) -> None:

@@ -66,8 +66,11 @@ class LeaseElector:
                 await asyncio.sleep(RENEW_SECONDS)
         finally:
             if self.is_leader:
-                await asyncio.to_thread(self.release)
-            self._set(False)
+                # Shielded: a second cancellation must not drop the release before it is
+                # sent (the other replica would wait the whole lease out).
+                await asyncio.shield(asyncio.to_thread(self.release))
+            self.leading.clear()  # given up, not lost: nothing to warn about
+            self.following.set()
 
     async def _attempt(self) -> bool:
         """One acquire-or-renew. Cancelled mid-way, it still waits for the request in flight:
