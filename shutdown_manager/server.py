@@ -105,6 +105,8 @@ class Sidecar:
         self._runners: list[web.AppRunner] = []
         self._restore: asyncio.Task[None] | None = None
         self.http_port: int | None = None
+        self.shutdown_waiters = 0
+        """/shutdown requests waiting now (Envoy's preStop; their asks stop when they leave)."""
 
     def _engine(self, listeners: list[Listener], policy: DrainPolicy) -> DrainEngine:
         observers: list[Listener] = [
@@ -301,7 +303,8 @@ class Sidecar:
             app.router.add_get(path, self._shutdown_wait)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
-        runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
+        # A /shutdown whose caller hung up stops waiting (and asking the API server) at once.
+        runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS, handler_cancellation=True)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port)
@@ -330,7 +333,10 @@ class Sidecar:
         return web.json_response({"status": "ok", "phase": self.drain.phase.value})
 
     async def _status(self, _: web.Request) -> web.Response:
-        status = self.drain.status() | {"listeners_drained": self.listeners_drained}
+        status = self.drain.status() | {
+            "listeners_drained": self.listeners_drained,
+            "shutdown_waiters": self.shutdown_waiters,
+        }
         if self.deletion is not None:
             last = self.deletion.last
             status["deletion_check"] = {
@@ -345,6 +351,13 @@ class Sidecar:
     async def _shutdown_wait(self, _: web.Request) -> web.Response:
         """Waits for the drain to end. Starts it only with --confirm-deletion and the API
         server's word that this pod is being deleted: the caller's word is never enough."""
+        self.shutdown_waiters += 1
+        try:
+            return await self._wait_for_release()
+        finally:
+            self.shutdown_waiters -= 1
+
+    async def _wait_for_release(self) -> web.Response:
         waiters = {asyncio.ensure_future(self.drain.wait())}
         if self.ready.path is not None:
             waiters.add(asyncio.ensure_future(self.ready.wait()))

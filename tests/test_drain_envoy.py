@@ -16,6 +16,7 @@ from bench.lab.clients import (
 )
 from bench.lab.envoy import Envoy
 from bench.lab.h2client import h2_load
+from bench.lab.wait import until
 from shutdown_manager.address import parse_admin_address
 from shutdown_manager.admin import AdminClient
 from shutdown_manager.drain import DrainEngine, DrainEvent, DrainReport, Outcome
@@ -41,6 +42,14 @@ async def count_now(envoy: Envoy) -> int | None:
         return (await engine.read()).connections
 
 
+async def _draining(envoy: Envoy) -> bool:
+    return await envoy.state() == "DRAINING"
+
+
+async def _counted(envoy: Envoy, connections: int) -> bool:
+    return await count_now(envoy) == connections
+
+
 def peak_connections(events: list[DrainEvent]) -> int:
     return max((e.connections or 0) for e in events)
 
@@ -61,10 +70,7 @@ async def test_busy_keepalive_clients_are_counted_and_never_fail(envoy: Envoy) -
     stop, tally, events = asyncio.Event(), Tally(), list[DrainEvent]()
     url = envoy.url("/slow?s=3")
     load = [asyncio.create_task(steady_load(url, stop, tally, pause=0)) for _ in range(4)]
-    for _ in range(200):
-        if (await count_now(envoy) or 0) >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: _counted(envoy, 4), what="all four requests in flight")
     drainer = asyncio.create_task(
         drain(envoy, events, min_drain_duration=1.0, drain_timeout=20, quiet_period=0)
     )
@@ -106,7 +112,7 @@ async def test_idle_client_sending_again_mid_drain_is_served_and_closed(envoy: E
         drainer = asyncio.create_task(
             drain(envoy, min_drain_duration=1.0, drain_timeout=20, quiet_period=0)
         )
-        await asyncio.sleep(0.5)
+        await until(lambda: _draining(envoy), what="the drain's failed health check")
         response = await client.get(envoy.url())
         assert response.status_code == 200
         assert response.headers["connection"] == "close"
@@ -117,12 +123,11 @@ async def test_idle_client_sending_again_mid_drain_is_served_and_closed(envoy: E
 async def test_http2_multiplexed_client_is_counted_and_never_fails(envoy: Envoy) -> None:
     stop, tally = asyncio.Event(), Tally()
     load = asyncio.create_task(h2_load(envoy.url(), stop, tally, streams=8, connections=2))
-    await asyncio.sleep(0.5)
-    assert await count_now(envoy) == 2, "both HTTP/2 connections counted"
+    await until(lambda: _counted(envoy, 2), what="both HTTP/2 connections counted")
     drainer = asyncio.create_task(
         drain(envoy, min_drain_duration=1.0, drain_timeout=20, quiet_period=0)
     )
-    await asyncio.sleep(0.5)
+    await until(lambda: tally.opened > 2, timeout=20, what="a connection opened after GOAWAY")
     stop.set()
     opened = await load
     report = await drainer
@@ -135,7 +140,7 @@ async def test_http2_multiplexed_client_is_counted_and_never_fails(envoy: Envoy)
 async def test_long_streaming_response_holds_the_drain_until_it_ends(envoy: Envoy) -> None:
     tally = Tally()
     stream = asyncio.create_task(streaming_request(envoy.url("/stream?n=6&d=0.5"), tally))
-    await asyncio.sleep(0.2)
+    await until(lambda: _counted(envoy, 1), what="the stream's connection")
     report = await drain(envoy, min_drain_duration=0.5, drain_timeout=20)
     ended = await stream
     assert tally.failed == 0, tally.errors
@@ -187,7 +192,7 @@ async def test_envoy_killed_mid_drain_ends_with_envoy_gone(envoy: Envoy) -> None
         drainer = asyncio.create_task(
             drain(envoy, min_drain_duration=0.2, drain_timeout=30, quiet_period=0)
         )
-        await asyncio.sleep(0.5)
+        await until(lambda: _draining(envoy), what="the drain's failed health check")
         envoy.kill()
         report = await asyncio.wait_for(drainer, 5)
     assert report.outcome is Outcome.ENVOY_GONE

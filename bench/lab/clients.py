@@ -19,6 +19,8 @@ class Tally:
     """Responses that carried `Connection: close` (Envoy draining the connection)."""
     resent: int = 0
     """HTTP/2 requests sent again after a GOAWAY said the server never processed them."""
+    opened: int = 0
+    """Connections the HTTP/2 load opened so far (a GOAWAY makes it open another)."""
 
     def record(self, response: httpx.Response) -> None:
         if response.status_code == 200:

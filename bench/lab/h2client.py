@@ -153,6 +153,7 @@ async def h2_load(
                     reader, writer = await asyncio.open_connection(host, port)
                     current.append(_Connection(reader, writer))
                     opened += 1
+                    tally.opened += 1
             return current[-1]
 
         async def worker() -> None:

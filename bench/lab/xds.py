@@ -451,11 +451,3 @@ async def who(envoy: XdsEnvoy, host: str, path: str) -> str:
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         response = await client.get(envoy.url(path), headers={"Host": host})
     return response.text if response.status_code == 200 else str(response.status_code)
-
-
-async def until(check: Any, timeout: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)

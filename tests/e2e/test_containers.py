@@ -37,7 +37,8 @@ from bench.lab.envoy_gateway_pod import GatewayPodShape
 from bench.lab.haproxy import HAProxy, roll
 from bench.lab.pod import Container, TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, steady_http1
-from bench.lab.xds import endpoint_slice, ingress, rule, service, until, write_manifests
+from bench.lab.wait import until
+from bench.lab.xds import endpoint_slice, ingress, rule, service, write_manifests
 from tests.e2e.test_images import MISSING
 from tests.harness.fake_kube_api import FakeKubeApi
 from tests.test_deploy import contour_with_component, find

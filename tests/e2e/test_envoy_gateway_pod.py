@@ -20,7 +20,7 @@ from bench.lab.backend import Backend
 from bench.lab.envoy_gateway_pod import GatewayPodShape, Ports
 from bench.lab.pod import Pod, TerminationReport
 from bench.lab.scenarios import DRAINING_SCENARIOS, Result, Scenario
-from bench.lab.xds import until
+from bench.lab.wait import until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from bench.lab.certs import certs_cli
+from bench.lab.wait import until
 from bench.lab.xds import (
     XdsServer,
     endpoint_slice,
     ingress,
     rule,
     service,
-    until,
 )
 from tests.harness.fake_kube_api import FakeKubeApi
 

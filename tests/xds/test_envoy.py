@@ -12,6 +12,7 @@ import pytest
 
 from bench.lab.backend import Backend
 from bench.lab.clients import Tally
+from bench.lab.wait import until
 from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
@@ -21,7 +22,6 @@ from bench.lab.xds import (
     ingress_class,
     rule,
     service,
-    until,
     who,
     write_manifests,
 )

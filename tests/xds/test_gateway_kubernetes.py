@@ -25,7 +25,8 @@ from bench.lab.gateway_api import (
     rule,
     to,
 )
-from bench.lab.xds import XdsServer, endpoint_slice, ingress, service, until
+from bench.lab.wait import until
+from bench.lab.xds import XdsServer, endpoint_slice, ingress, service
 from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,10 +92,12 @@ async def test_the_leader_writes_gateway_api_status_once_per_change(
         api.apply(obj)
     processes.append(await leader(workdir, api).start())
 
-    async def written() -> bool:
-        return bool(route_status(api).get("parents", [None])[-1] not in (None, FOREIGN))
+    def written() -> bool:
+        kinds = {kind for kind, _, _ in api.gateway_status_patches}
+        route_done = route_status(api).get("parents", [None])[-1] not in (None, FOREIGN)
+        return route_done and kinds == {"Gateway", "GatewayClass", "HTTPRoute"}
 
-    await until(written, timeout=20)
+    await until(written, timeout=20, what="the three statuses written")
     status = route_status(api)
     assert status["parents"][0] == FOREIGN, "another controller's entry is kept as it was"
     accepted = {c["type"]: c for c in ours(status)["conditions"]}["Accepted"]
@@ -105,7 +108,7 @@ async def test_the_leader_writes_gateway_api_status_once_per_change(
     assert all("lastTransitionTime" in c for c in gateway_status["conditions"])
     class_status = api.objects["GatewayClass"][("default", CLASS)]["status"]
     assert class_status["conditions"][0]["type"] == "Accepted"
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # a window in which a write loop would show
     kinds = sorted(kind for kind, _, _ in api.gateway_status_patches)
     assert kinds == ["Gateway", "GatewayClass", "HTTPRoute"], "each written once, no loop"
 

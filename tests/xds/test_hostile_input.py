@@ -20,6 +20,7 @@ import yaml
 
 from bench.lab.ads_client import SyntheticProxy
 from bench.lab.backend import Backend
+from bench.lab.wait import until
 from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
@@ -29,7 +30,6 @@ from bench.lab.xds import (
     rule,
     service,
     tls_secret,
-    until,
     who,
     write_manifests,
 )

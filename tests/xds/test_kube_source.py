@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench.lab.backend import Backend
+from bench.lab.wait import until
 from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
@@ -19,7 +20,6 @@ from bench.lab.xds import (
     ingress,
     rule,
     service,
-    until,
     who,
 )
 from tests.harness.fake_kube_api import FakeKubeApi
@@ -81,8 +81,7 @@ async def test_list_then_watch_resume_bookmarks_and_relist_on_410(
         # A bookmark moves the version on; the next watch starts from it.
         api.bookmark()
         marked = str(api.version)
-        await asyncio.sleep(0.2)
-        api.drop_watches()
+        api.drop_watches()  # after the bookmark on each watch's stream: it is seen first
         await until(lambda: _watching_from(api, "Service", marked))
 
         # Compaction: 410 Gone, a new list, and the same objects (nothing to push).

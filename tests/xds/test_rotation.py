@@ -22,13 +22,13 @@ from bench.lab.certs import (
     stored_serial,
 )
 from bench.lab.clients import Tally, steady_load
+from bench.lab.wait import until
 from bench.lab.xds import (
     XdsEnvoy,
     XdsServer,
     app,
     ingress,
     rule,
-    until,
     who,
     write_manifests,
 )
