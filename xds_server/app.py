@@ -33,6 +33,7 @@ from xds_server.metrics import XdsMetrics
 from xds_server.model.gateway import GatewaySettings
 from xds_server.pipeline import Pipeline
 from xds_server.sources.api import KubernetesSource
+from xds_server.sources.backoff import Backoff
 from xds_server.sources.directory import DirectorySource
 from xds_server.sources.objects import Limits, Loaded
 from xds_server.sources.watch import DirectoryWatcher
@@ -120,6 +121,8 @@ class ControlPlane:
         self.duties: ClusterDuties | None = None
         self._reported: dict[str, str] = {}
         self.rejections: dict[str, None] = {}
+        self.source_stopped: str | None = None
+        """Why the source stopped, until it yields again after its restart."""
         """What the last change rejected, in order (a dict: ordered and deduplicated)."""
 
     async def serve(self) -> int:
@@ -283,13 +286,30 @@ class ControlPlane:
 
     async def _feed(self) -> None:
         """Every change of the input, until cancelled. It never dies of one bad change: a
-        change that cannot be published is logged and counted, the last good config stays."""
-        async for loaded in self.source.watch():
+        change that cannot be published is logged and counted, the last good config stays.
+        A source that stops (a bug, an input nobody foresaw) is reported and started again
+        after a backoff; the last good config is served meanwhile."""
+        backoff = Backoff()
+        while True:
+            began = time.monotonic()
             try:
-                await self.apply(loaded)
-            except Exception:
-                self.metrics.publish_failures.inc()
-                log.exception("change not published; the last good config stays")
+                async for loaded in self.source.watch():
+                    self.source_stopped = None
+                    await self._apply_logged(loaded)
+                raise RuntimeError("it ended")
+            except Exception as exc:
+                delay = backoff.after(time.monotonic() - began, failed=True)
+                self.source_stopped = f"the source stopped ({exc!r:.200}); restarting it"
+                self.metrics.source_restarts.inc()
+                log.exception("the source stopped; restarting it in %.1fs", delay)
+                await asyncio.sleep(delay)
+
+    async def _apply_logged(self, loaded: Loaded) -> None:
+        try:
+            await self.apply(loaded)
+        except Exception:
+            self.metrics.publish_failures.inc()
+            log.exception("change not published; the last good config stays")
 
     async def apply(self, loaded: Loaded) -> bool:
         """Build (in a worker thread: a 10,000-path Ingress must not stall the event loop)
@@ -363,7 +383,7 @@ class ControlPlane:
 
     def degraded(self) -> list[str]:
         """What an operator should fix while the last good config keeps being served."""
-        problems = [self.source.problem] if self.source.problem else []
+        problems = [p for p in (self.source_stopped, self.source.problem) if p]
         if self.rejections:
             problems.append(f"{len(self.rejections)} objects rejected (see /status)")
         return problems
@@ -372,7 +392,7 @@ class ControlPlane:
         """Ready once there is a config to serve; a degraded input is reported, not made
         unready: a proxy is better off with the last good config than with none."""
         ready = self.store.current.serial > 0
-        self.metrics.source_problem.set(int(self.source.problem is not None))
+        self.metrics.source_problem.set(int(bool(self.source_stopped or self.source.problem)))
         body: dict[str, object] = {"ready": ready}
         if ready and self.degraded():
             body["degraded"] = self.degraded()

@@ -54,6 +54,12 @@ class XdsMetrics:
             "1 while the input cannot be read (the last good config is served meanwhile).",
             registry=self.registry,
         )
+        self.source_restarts = Counter(
+            "xds_source_restarts",
+            "Times the input source stopped and was started again (a bug or an input nobody"
+            " foresaw: the log says which).",
+            registry=self.registry,
+        )
         self.publish_failures = Counter(
             "xds_publish_failures",
             "Changes whose snapshot could not be built (the last good one stays).",

@@ -11,6 +11,8 @@ API server does before any kubelet acts on it. Lists carry a resourceVersion; wa
 chunked stream of JSON event lines from a given version, with BOOKMARK events, a `410 Gone`
 ERROR event for a version older than the last compaction, `timeoutSeconds`, and connections
 it can drop on demand. Every request is recorded so tests can check how the client resumed.
+It misbehaves on demand as real API servers and proxies do: watches that end at once, 410 Gone
+on every watch, 429 with Retry-After, list items that are not objects.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class FakeKubeApi:
     history: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     compacted: int = 0
     requests: list[Request] = field(default_factory=list)
+    # Misbehaviour on demand, as a real API server (or a proxy in front of it) can:
+    watches_end_at_once: bool = False
+    """Every watch answers 200 and ends before its first event."""
+    always_gone: bool = False
+    """Every watch answers 410 Gone, whatever the version."""
+    throttled: float | None = None
+    """Lists and watches answer 429 with this Retry-After (seconds)."""
+    junk_items: dict[str, list[Any]] = field(default_factory=dict)
+    """Kind -> list items that are not objects, sent after the real ones."""
     _watchers: list[tuple[str, asyncio.Queue[dict[str, Any] | None]]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -293,6 +304,10 @@ class FakeKubeApi:
         watching = request.query.get("watch") in ("true", "1", "True")
         since = request.query.get("resourceVersion")
         self.requests.append(Request(kind, watching, since, selector))
+        if self.throttled is not None:
+            response = self._status(429, "TooManyRequests", "slow down")
+            response.headers["Retry-After"] = f"{self.throttled:g}"
+            return response
         if not watching:
             return self._list(kind, selector)
         return await self._watch(request, kind, int(since or 0), selector)
@@ -314,7 +329,7 @@ class FakeKubeApi:
                 "kind": f"{kind}List",
                 "apiVersion": "v1",
                 "metadata": {"resourceVersion": str(self.version)},
-                "items": items,
+                "items": items + self.junk_items.get(kind, []),
             }
         )
 
@@ -324,7 +339,9 @@ class FakeKubeApi:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        if since < self.compacted:
+        if self.watches_end_at_once:
+            return response
+        if since < self.compacted or self.always_gone:
             gone = {
                 "kind": "Status",
                 "apiVersion": "v1",

@@ -3,13 +3,15 @@
 One thread per kind lists, then watches from the list's resourceVersion with bookmarks, so a
 reconnect resumes where it stopped instead of listing again. A `410 Gone` (the version was
 compacted away) lists again; any other failure reconnects after an exponential backoff with
-full jitter. A list replaces everything known of its kind, so a relist that finds nothing new
-produces the same objects, the same snapshot hash, and nothing is pushed. Nothing is yielded
+full jitter (sources/backoff.py). A list replaces everything known of its kind, so a relist
+that finds nothing new produces the same objects, the same snapshot hash, and nothing is
+pushed. A watch that ends too soon, a `410 Gone` on every watch and a `429` back off too
+(honouring `Retry-After`); an item that is not an object is refused alone. Nothing is yielded
 until every kind has been listed once: a first snapshot built from half the kinds would
 withdraw routes from every proxy.
 
-The `kubernetes` client is synchronous (urllib3), hence threads; events cross to the event
-loop through `call_soon_threadsafe`. Objects stay raw JSON dicts, as in a manifest file.
+The `kubernetes` client is synchronous (urllib3), hence threads; events cross to the event loop
+through `call_soon_threadsafe`. Objects stay raw JSON dicts, as in a manifest file.
 """
 
 from __future__ import annotations
@@ -18,22 +20,22 @@ import asyncio
 import functools
 import json
 import logging
-import random
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xds_server.sources.backoff import Backoff, retry_after
 from xds_server.sources.objects import KubeObject, Limits, Loaded, parse_item
 from xds_server.sources.watch import BURST_GAP
 
 WATCH_SECONDS = 300
 """Server-side timeout of one watch request; it then resumes from the last version seen."""
-BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
 FAILURES_REPORTED = 3
-"""Failed watch attempts in a row before readiness reports the API as a problem (one
-failure is routine: a watch cut by a load balancer, an API server restarting)."""
+"""Attempts in a row that failed or ended too soon before readiness reports the API as a
+problem (one is routine: a watch cut by a load balancer, an API server restarting)."""
 
 log = logging.getLogger("xds_server.kubernetes")
 
@@ -136,6 +138,7 @@ class KubernetesSource:
         def emit(kind: str, kind_event: str, payload: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, kind_event, payload))
 
+        self._stop = threading.Event()  # a restarted source has threads of its own
         api_client = self.client()
         threads = [
             threading.Thread(
@@ -163,8 +166,13 @@ class KubernetesSource:
         if event == "LIST":
             objects.clear()
             self._rejected[kind].clear()
-            for item in payload:
-                self._put(kind, item)
+            for index, item in enumerate(payload):
+                if isinstance(item, dict):
+                    self._put(kind, item)
+                else:  # refused alone: the rest of the list is served
+                    self._rejected[kind][("", f"item {index}")] = [
+                        f"api:{kind} list item {index}: expected an object, got {item!r:.60}"
+                    ]
             self._listed.add(kind)
         elif event == "DELETED":
             key = _key(payload)
@@ -219,29 +227,38 @@ class KindWatcher:
         self.version: str | None = None
 
     def run(self) -> None:
-        failures = 0
+        backoff = Backoff()
         while not self.stop.is_set():
+            began, error, asked_to_wait = time.monotonic(), None, None
             try:
                 if self.version is None and not self.list():
                     self.stop.wait(MISSING_CRD_RECHECK)
                     continue
                 self.watch_once()
-                failures = 0
-                self.failing.pop(self.kind.kind, None)
-            except Gone:
+                ended = "watch ended"
+            except Gone:  # list again; at once unless it keeps happening
                 log.info(
                     "%s: resourceVersion %s expired, listing again", self.kind.kind, self.version
                 )
-                self.version = None
+                self.version, ended = None, "410 Gone"
             except Exception as exc:  # the API server is down, a proxy cut us off, ...
-                failures += 1
-                if failures >= FAILURES_REPORTED:
-                    self.failing[self.kind.kind] = _short(exc)
-                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2**failures))
-                log.warning(
-                    "%s: watch failed (%s); retrying in %.1fs", self.kind.kind, _short(exc), delay
-                )
+                error, asked_to_wait = _short(exc), retry_after(exc)
+                ended = f"watch failed ({error})"
+            lasted = time.monotonic() - began
+            delay = backoff.after(lasted, error is not None, asked_to_wait)
+            self._report(backoff, f"{ended} after {lasted:.1f}s")
+            if delay:
+                level = logging.WARNING if error else logging.INFO
+                log.log(level, "%s: %s after %.1fs; asking again in %.1fs",
+                        self.kind.kind, ended, lasted, delay)  # fmt: skip
                 self.stop.wait(delay)
+
+    def _report(self, backoff: Backoff, why: str) -> None:
+        """Readiness names a kind whose requests keep ending too soon (one is routine)."""
+        if backoff.attempts >= FAILURES_REPORTED:
+            self.failing[self.kind.kind] = f"{why}, {backoff.attempts} times in a row"
+        elif backoff.attempts == 0:
+            self.failing.pop(self.kind.kind, None)
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"_preload_content": False}
@@ -263,8 +280,11 @@ class KindWatcher:
             self.emit(self.kind.kind, "LIST", [])
             return False
         body = json.loads(response.data)
+        items = body.get("items") or []
+        if not isinstance(items, list):
+            raise ValueError(f"a list whose items are not a list: {items!r:.60}")
         self.version = body["metadata"]["resourceVersion"]
-        self.emit(self.kind.kind, "LIST", body.get("items") or [])
+        self.emit(self.kind.kind, "LIST", items)
         return True
 
     def watch_once(self) -> None:
@@ -295,8 +315,12 @@ class KindWatcher:
             _request_timeout=(10, WATCH_SECONDS + 30),
         )
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind, obj = event.get("type"), event.get("object") or {}
+    def handle(self, event: Any) -> None:
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            log.warning("%s: skipped a watch event that is not an object: %.80r",
+                        self.kind.kind, event)  # fmt: skip
+            return
+        kind, obj = event.get("type"), event["object"]
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise Gone
