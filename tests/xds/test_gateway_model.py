@@ -49,6 +49,23 @@ def test_label_selectors() -> None:
     assert not selects({"matchExpressions": [{"key": "x", "operator": "Exists"}]}, labels)
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        {"key": "team", "operator": "in", "values": ["a"]},  # operators are case-sensitive
+        {"key": "team", "operator": "Equals", "values": ["a"]},
+        {"key": "team", "operator": "NotIn", "values": []},  # In and NotIn need values
+        {"key": "x", "operator": "DoesNotExist", "values": ["a"]},  # these take none
+        {"key": "team"},
+    ],
+)
+def test_a_selector_the_api_would_not_parse_selects_no_namespace(
+    expression: dict[str, Any],
+) -> None:
+    for labels in ({"team": "a"}, {"team": "b"}, {}):
+        assert not selects({"matchExpressions": [expression]}, labels), labels
+
+
 def _object(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> KubeObject:
     body = {"kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
     return KubeObject("gateway.networking.k8s.io/v1", kind, namespace, name, body, "test")

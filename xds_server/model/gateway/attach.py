@@ -6,6 +6,7 @@ NotAllowedByListeners, NoMatchingListenerHostname)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,22 +151,31 @@ def _allows(listener: Listener, route: KubeObject, namespaces: dict[str, dict[st
     return False
 
 
+Requirement = Callable[[bool, str | None, list[str]], bool]
+"""(key present, its value, the expression's values) -> the requirement holds."""
+OPERATORS: dict[str, Requirement] = {
+    "In": lambda present, value, values: present and value in values,
+    "NotIn": lambda present, value, values: not present or value not in values,
+    "Exists": lambda present, _value, _values: present,
+    "DoesNotExist": lambda present, _value, _values: not present,
+}
+"""Kubernetes' label selector operators, with the values each requires (below)."""
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A Kubernetes label selector (matchLabels and matchExpressions)."""
+    """A Kubernetes label selector (matchLabels and matchExpressions). One the API server
+    would not parse (an unknown operator such as `in`, values where none belong or none
+    where they must be) selects nothing, as it selects nothing there: never everything."""
     for key, value in (selector.get("matchLabels") or {}).items():
         if labels.get(str(key)) != str(value):
             return False
     for expression in selector.get("matchExpressions") or []:
-        key, operator = str(expression.get("key")), expression.get("operator")
+        operator = OPERATORS.get(expression.get("operator"))
         values = [str(v) for v in expression.get("values") or []]
-        present = key in labels
-        if operator == "In" and labels.get(key) not in values:
+        if operator is None or bool(values) != (expression["operator"] in ("In", "NotIn")):
             return False
-        if operator == "NotIn" and present and labels[key] in values:
-            return False
-        if operator == "Exists" and not present:
-            return False
-        if operator == "DoesNotExist" and present:
+        key = str(expression.get("key"))
+        if not operator(key in labels, labels.get(key), values):
             return False
     return True
 
