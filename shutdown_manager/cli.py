@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from envoy_lifecycle.cmdline import (
 )
 from envoy_lifecycle.logs import configure
 from shutdown_manager import __version__
-from shutdown_manager.address import AdminAddress, parse_admin_address
+from shutdown_manager.address import AdminAddress, file_path, parse_admin_address, socket_path
 from shutdown_manager.hook import run_hook
 from shutdown_manager.logs import LOGGER_NAME
 from shutdown_manager.policy import (
@@ -44,6 +44,22 @@ def admin_address(text: str) -> AdminAddress:
         return parse_admin_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _argument(check: Callable[[str], Path]) -> Callable[[str], Path]:
+    """A path check as an argparse type: its ValueError becomes argparse's one-line error."""
+
+    def parse(text: str) -> Path:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+SOCKET_PATH, FILE_PATH = _argument(socket_path), _argument(file_path)
 
 
 def non_negative_int(text: str) -> int:
@@ -73,7 +89,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--control-socket",
-        type=Path,
+        type=SOCKET_PATH,
         default=Path(DEFAULT_CONTROL_SOCKET),
         metavar="PATH",
         help="unix socket (mode 0600) through which the hook asks the sidecar to drain",
@@ -151,7 +167,7 @@ def _drain_flags(parser: argparse.ArgumentParser, defaults: bool = True) -> None
     )
     group.group.add_argument(
         "--ready-file",
-        type=Path,
+        type=FILE_PATH,
         default=None,
         metavar="PATH",
         help="file written when the drain ends; serve's /shutdown also returns when it "

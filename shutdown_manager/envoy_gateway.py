@@ -34,7 +34,7 @@ from envoy_lifecycle.cmdline import (
 )
 from envoy_lifecycle.logs import configure
 from shutdown_manager import __version__
-from shutdown_manager.cli import admin_address, non_negative_int
+from shutdown_manager.cli import FILE_PATH, SOCKET_PATH, admin_address, non_negative_int
 from shutdown_manager.hook import run_hook
 from shutdown_manager.logs import LOGGER_NAME
 from shutdown_manager.policy import DrainPolicy, with_overrides
@@ -95,14 +95,14 @@ def _ours(parser: argparse.ArgumentParser, server: bool) -> None:
     )
     group.add_argument(
         "--control-socket",
-        type=Path,
+        type=SOCKET_PATH,
         default=Path(CONTROL_SOCKET),
         metavar="PATH",
         help="unix socket (0600) between the hook and the server",
     )
     group.add_argument(
         "--ready-file",
-        type=Path,
+        type=FILE_PATH,
         default=Path(READY_FILE),
         metavar="PATH",
         help="written when the drain ends (also when the hook drained alone)",

@@ -23,7 +23,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,8 @@ class Sidecar:
         self._runners: list[web.AppRunner] = []
         self._restore: asyncio.Task[None] | None = None
         self.http_port: int | None = None
+        self._waiting_on_drain: set[asyncio.Task[Any]] = set()
+        """Requests that wait for the drain (hook streams, /shutdown): a forced exit ends them."""
         self.shutdown_waiters = 0
         """/shutdown requests waiting now (Envoy's preStop; their asks stop when they leave)."""
 
@@ -211,6 +213,9 @@ class Sidecar:
         """Stop both servers (in-flight answers are still sent) and release resources."""
         if self._restore is not None:
             self._restore.cancel()
+        if self.force_exit:  # their connections close: a hook then drains on by itself
+            for task in self._waiting_on_drain:
+                task.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
         if self.deletion is not None:
@@ -353,9 +358,20 @@ class Sidecar:
         server's word that this pod is being deleted: the caller's word is never enough."""
         self.shutdown_waiters += 1
         try:
-            return await self._wait_for_release()
+            with self._until_forced_exit():
+                return await self._wait_for_release()
         finally:
             self.shutdown_waiters -= 1
+
+    @contextlib.contextmanager
+    def _until_forced_exit(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting_on_drain.add(task)
+        try:
+            yield
+        finally:
+            self._waiting_on_drain.discard(task)
 
     async def _wait_for_release(self) -> web.Response:
         waiters = {asyncio.ensure_future(self.drain.wait())}
@@ -393,6 +409,12 @@ class Sidecar:
         except ValueError as exc:
             log.error("drain request refused: %s", exc)
             return web.Response(status=400, text=f"{exc}\n")
+        with self._until_forced_exit():
+            return await self._stream_drain(request, policy, notes)
+
+    async def _stream_drain(
+        self, request: web.Request, policy: DrainPolicy, notes: list[str]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         events = self.drain.events()

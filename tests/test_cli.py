@@ -36,6 +36,13 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["drain", "--ready-file", "/nonexistent/dir/ready"], "is not an existing directory"),
         (["serve", "--ready-file", "/nonexistent/dir/ready"], "is not an existing directory"),
         (["serve", "--ready-file", "/tmp"], "is a directory"),
+        (["serve", "--ready-file", f"/tmp/{'x' * 300}"], "component longer than 255"),
+        (["drain", "--ready-file", f"/tmp/{'x' * 300}/ok"], "component longer than 255"),
+        (["serve", "--control-socket", f"/tmp/{'x' * 300}"], "component longer than 255"),
+        (["serve", "--control-socket", f"/tmp/{'x' * 120}.sock"], "107 bytes at most"),
+        (["drain", "--control-socket", f"/tmp/{'x' * 120}.sock"], "107 bytes at most"),
+        (["run", "--control-socket", f"/tmp/{'x' * 120}.sock"], "107 bytes at most"),
+        (["serve", "--admin-address", f"unix:///tmp/{'x' * 120}.sock"], "107 bytes at most"),
         ([], "required"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import stat
@@ -108,6 +109,34 @@ async def test_sigterm_mid_drain_waits_for_the_drain_then_exits_zero(
     assert status == 0, output
     assert (await waiter).status_code == 200
     assert await sidecar.wait_exit(10) == 0
+
+
+async def test_a_second_signal_exits_at_once_with_a_hook_and_a_waiter_attached(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """The drain is held for a minute (an idle client, no quiet release): the second SIGTERM
+    ends serve at once, though a hook and a /shutdown wait on it; the hook, cut off, does not
+    claim the drain ended: it drains on by itself."""
+    policy = ("--quiet-period", "0", "--min-drain-duration", "60s", "--drain-timeout", "90s")
+    sidecar = await start_sidecar(sidecars, workdir, envoy, *policy)
+    async with http_client() as client:
+        assert (await client.get(envoy.url())).status_code == 200  # an idle pooled connection
+        hook = asyncio.create_task(
+            run_hook("--control-socket", str(sidecar.control_socket), *policy)
+        )
+        waiter = asyncio.create_task(get(f"{sidecar.url}/shutdown"))
+        await until(lambda: _draining(sidecar), what="the hook's drain")
+        sidecar.signal()
+        await until(lambda: _logged(sidecar, "SIGTERM during the drain"), what="the first")
+        sidecar.signal()
+        await sidecar.wait_exit(10)  # the drain's minimum is 60 s
+        assert not hook.done(), "the hook does not say drained: it drains on alone"
+        hook.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hook  # and its process killed
+        with contextlib.suppress(httpx.HTTPError):
+            await waiter
+    assert _logged(sidecar, "exiting without waiting for the drain")
 
 
 async def test_sigterm_without_a_hook_still_drains(
