@@ -113,12 +113,15 @@ def drain_alone(
     admin_timeout: float,
     out: TextIO,
     listeners_mark: Path | None = None,
+    hook_mark: Path | None = None,
 ) -> int:
-    """The same drain, run in the hook's own process."""
+    """The same drain, run in the hook's own process (`hook_mark` kept fresh meanwhile, so
+    a sidecar starting now joins it instead of restoring Envoy)."""
     import asyncio
 
     from shutdown_manager.admin import AdminClient
     from shutdown_manager.drain import DrainEngine, DrainEvent, Listener
+    from shutdown_manager.hook_mark import HookMark
     from shutdown_manager.listeners_mark import ListenersMark
     from shutdown_manager.logs import log_event
     from shutdown_manager.readiness import ReadyFile
@@ -129,13 +132,20 @@ def drain_alone(
         print(format_progress(event.to_dict()), file=out, flush=True)
 
     async def drain() -> int:
-        async with AdminClient(admin_address, timeout=admin_timeout) as admin:
-            observers: list[Listener] = [relay, log_event, marker.observe]
-            engine = DrainEngine(admin, policy, observers, ListenersMark(listeners_mark).record)
-            try:
-                report = await engine.run()
-            except Exception as exc:  # a bug must still write the marker and exit non-zero
-                report = engine.fail(exc)
+        beating = asyncio.create_task(HookMark(hook_mark).keep_fresh()) if hook_mark else None
+        try:
+            async with AdminClient(admin_address, timeout=admin_timeout) as admin:
+                observers: list[Listener] = [relay, log_event, marker.observe]
+                mark = ListenersMark(listeners_mark).record
+                engine = DrainEngine(admin, policy, observers, mark)
+                try:
+                    report = await engine.run()
+                except Exception as exc:  # a bug must still write the marker and exit non-zero
+                    report = engine.fail(exc)
+        finally:
+            if beating is not None:
+                beating.cancel()
+                await asyncio.gather(beating, return_exceptions=True)
         return report.outcome.exit_code
 
     return asyncio.run(drain())
@@ -166,11 +176,11 @@ def run_hook(
             "sidecar at %s unavailable (%s): draining from the hook", control_socket, exc
         )
         print(f"sidecar unavailable ({exc}): draining from the hook", file=out, flush=True)
-    from shutdown_manager.listeners_mark import mark_path
+    from shutdown_manager import hook_mark, listeners_mark
 
     remaining = _remaining(policy, started)
-    mark = mark_path(control_socket)
-    return drain_alone(admin_address, remaining, ready_file, admin_timeout, out, mark)
+    marks = listeners_mark.mark_path(control_socket), hook_mark.mark_path(control_socket)
+    return drain_alone(admin_address, remaining, ready_file, admin_timeout, out, *marks)
 
 
 def _remaining(policy: DrainPolicy, started: float) -> DrainPolicy:

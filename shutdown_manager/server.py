@@ -35,6 +35,8 @@ from shutdown_manager.address import AdminAddress
 from shutdown_manager.admin import AdminClient, AdminError, EnvoyUnreachable
 from shutdown_manager.coordinator import DrainCoordinator
 from shutdown_manager.drain import DrainEngine, DrainReport, Listener
+from shutdown_manager.hook_mark import HookMark
+from shutdown_manager.hook_mark import mark_path as hook_mark_path
 from shutdown_manager.kube_api import PodIdentity
 from shutdown_manager.kube_events import KubeEvents
 from shutdown_manager.listeners_mark import ListenersMark, mark_path
@@ -97,6 +99,7 @@ class Sidecar:
         self._verdict_logged: str | None = None
         self.ready = ReadyFile(config.ready_file)
         self.listeners_mark = ListenersMark(mark_path(config.control_socket))
+        self.hook_mark = HookMark(hook_mark_path(config.control_socket))
         self.listeners_drained = False
         """Envoy's listeners are drained (by this drain, or before this sidecar started)."""
         self.drain = DrainCoordinator(self._engine, config.policy)
@@ -262,6 +265,9 @@ class Sidecar:
                     extra={"fields": {"mark": str(self.listeners_mark.path)}},
                 )
             if info.draining and self.drain.started_at is None:
+                if self.hook_mark.fresh():
+                    self._join_hook_drain()
+                    return
                 if self.deletion is not None:
                     verdict = await self.deletion.check()
                     if verdict.error and loop.time() < patience:
@@ -279,6 +285,16 @@ class Sidecar:
                     extra={"fields": {"envoy_state": info.state}},
                 )
             return
+
+    def _join_hook_drain(self) -> None:
+        """The preStop hook drains by itself (it could not reach us): this pod is being
+        stopped. Restoring Envoy now would have it taking traffic when the kubelet stops it."""
+        log.warning(
+            "Envoy is DRAINING and a preStop hook is draining it by itself (%s): joining the"
+            " drain, not restoring Envoy",
+            self.hook_mark.path,
+        )
+        self.start_drain("a preStop hook draining Envoy by itself")
 
     def _resume_drain(self, verdict: Verdict) -> None:
         """A native sidecar is restarted even while its pod is being deleted (Kubernetes

@@ -139,6 +139,33 @@ async def test_a_second_signal_exits_at_once_with_a_hook_and_a_waiter_attached(
     assert _logged(sidecar, "exiting without waiting for the drain")
 
 
+async def test_a_sidecar_starting_while_the_hook_drains_alone_joins_the_drain(
+    envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
+) -> None:
+    """The hook found no sidecar and drains by itself; a sidecar that comes up meanwhile must
+    not restore Envoy to LIVE (the kubelet stops Envoy once the hook says drained)."""
+    control = workdir / "sm.sock"  # where the sidecar will listen, once it has started
+    async with http_client() as client:
+        assert (await client.get(envoy.url())).status_code == 200  # holds the drain
+        flags = ("--control-socket", str(control), "--admin-address", envoy.admin_address)
+        policy = ("--min-drain-duration", "3s", "--drain-timeout", "20s", "--quiet-period", "0")
+        hook = asyncio.create_task(run_hook(*flags, *policy))
+        await until(lambda: _state_is(envoy, "DRAINING"), what="the hook's drain alone")
+        sidecar = await start_sidecar(sidecars, workdir, envoy)
+        await until(lambda: _draining(sidecar), what="the sidecar joining the drain")
+        assert await envoy.state() == "DRAINING"
+        assert _logged(sidecar, "joining the drain, not restoring Envoy")
+    status, output = await hook  # the client left: drained
+    assert status == 0, output
+    assert "draining from the hook" in output
+    assert await envoy.state() == "DRAINING", "never restored under the hook"
+    assert not _logged(sidecar, "restored")
+
+
+async def _state_is(envoy: Envoy, state: str) -> bool:
+    return await envoy.state() == state
+
+
 async def test_sigterm_without_a_hook_still_drains(
     envoy: Envoy, workdir: Path, sidecars: list[SidecarProcess]
 ) -> None:
