@@ -513,6 +513,41 @@ def test_wrong_values_are_refused_by_the_schema() -> None:
     assert "envoy.sidecar must be one of" in done.stderr
 
 
+def _template(*sets: str) -> subprocess.CompletedProcess[str]:
+    argv = [helm(), "template", "x", str(CHART)] + [a for s in sets for a in ("--set", s)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("drain.minDurationSeconds=90", "drain.minDurationSeconds (90) must not exceed"),
+        ("drain.timeoutSeconds=4294967296", "drain.timeoutSeconds: Must be less than or equal"),
+        ("drain.timeoutSeconds=1000000", "drain.timeoutSeconds: Must be less than or equal"),
+        ("drain.timeoutSecond=30", "Additional property timeoutSecond is not allowed"),
+        ("envoy.resources.limit.cpu=1", "Additional property limit is not allowed"),
+        ("xdsServer.replica=3", "Additional property replica is not allowed"),
+    ],
+)
+def test_values_that_render_pods_which_cannot_start_are_refused(value: str, says: str) -> None:
+    """Each of these rendered before: a sidecar that exits 2 (a native sidecar's crash loop
+    holds Envoy back), an Envoy that refuses its flag, a misspelt key silently ignored."""
+    done = _template(value)
+    assert done.returncode != 0, value
+    assert says in done.stderr, done.stderr
+
+
+def test_large_values_render_as_whole_numbers() -> None:
+    """Helm reads numbers as floats: 86400 must not become 86400.0 or 8.64e+04 anywhere."""
+    done = _template("drain.timeoutSeconds=86400", "drain.minDurationSeconds=86400",
+                     "certificates.propagationDelaySeconds=86400")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "e+" not in done.stdout
+    assert "--drain-timeout=86400s" in done.stdout
+    assert "- '86400'" in done.stdout or '- "86400"' in done.stdout  # Envoy's --drain-time-s
+    assert "terminationGracePeriodSeconds: 86415" in done.stdout
+
+
 def test_the_helm_post_renderer_applies_the_contour_component() -> None:
     """Contour installed with Helm: its output piped through the post-renderer is what the
     kustomization gives."""

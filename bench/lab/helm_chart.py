@@ -105,7 +105,7 @@ def parametrize(obj: dict[str, Any], cutter: Cutter) -> None:
         _envoy(obj["spec"]["template"]["spec"], cutter)
     if (kind, name) == ("Deployment", "xds-server"):
         values.setdefault("xdsServer", {})["replicas"] = obj["spec"]["replicas"]
-        obj["spec"]["replicas"] = cutter.scalar(".Values.xdsServer.replicas")
+        obj["spec"]["replicas"] = cutter.scalar(".Values.xdsServer.replicas | int")
         server = obj["spec"]["template"]["spec"]["containers"][0]
         values["xdsServer"]["resources"] = server["resources"]
         server["resources"] = cutter.block(".Values.xdsServer.resources")
@@ -136,7 +136,7 @@ def _xds_arg(arg: str, cutter: Cutter) -> str:
         values["rotate"] = True
         return cutter.cut(lambda indent: "{{- if .Values.certificates.rotate }}\n"
                           f"{' ' * indent}- --rotate\n{' ' * indent}- --propagation-delay="
-                          "{{ .Values.certificates.propagationDelaySeconds }}s\n"
+                          "{{ .Values.certificates.propagationDelaySeconds | int }}s\n"
                           f"{' ' * indent}{{{{- end }}}}")  # fmt: skip
     if arg.startswith("--propagation-delay="):
         values["propagationDelaySeconds"] = int(arg.split("=")[1].rstrip("s"))
@@ -161,13 +161,13 @@ def _envoy(spec: dict[str, Any], cutter: Cutter) -> None:
                                 ("--min-drain-duration=", "minDurationSeconds")):  # fmt: skip
                 if arg.startswith(flag):
                     drain[field] = int(arg[len(flag) :].rstrip("s"))
-                    argv[i] = flag + cutter.scalar(f".Values.drain.{field}") + "s"
+                    argv[i] = flag + cutter.scalar(f".Values.drain.{field} | int") + "s"
     at = envoy["args"].index("--drain-time-s") + 1
     assert int(envoy["args"][at]) == drain["timeoutSeconds"], "Envoy's drain time is the drain's"
-    envoy["args"][at] = cutter.scalar(".Values.drain.timeoutSeconds | quote")
+    envoy["args"][at] = cutter.scalar(".Values.drain.timeoutSeconds | int | quote")
     drain["graceMarginSeconds"] = spec["terminationGracePeriodSeconds"] - drain["timeoutSeconds"]
     spec["terminationGracePeriodSeconds"] = cutter.scalar(
-        "add .Values.drain.timeoutSeconds .Values.drain.graceMarginSeconds"
+        "add (int .Values.drain.timeoutSeconds) (int .Values.drain.graceMarginSeconds)"
     )
     for item, name in ((envoy, "envoy"), (sidecar, "shutdownManager")):
         cutter.values.setdefault(name, {})["resources"] = item["resources"]
@@ -192,7 +192,7 @@ def render() -> dict[str, str]:
     files = {}
     for o in [*common, *policies]:
         parametrize(o, cutter)
-    files["templates/common.yaml"] = HEADER + dump(common, cutter)
+    files["templates/common.yaml"] = HEADER + CROSS_CHECKS + dump(common, cutter)
     files["templates/network-policies.yaml"] = (
         HEADER + "{{- if .Values.networkPolicies.enabled }}\n" + dump(policies, cutter)
         + "{{- end }}\n"
@@ -253,33 +253,56 @@ version: 0.1.0
 appVersion: "0.1.0"
 """
 
+DAY = 86400
+"""The longest drain (and wait) the chart takes: more is a typo (2^32 overflows Envoy's
+--drain-time-s; a pod held for days is no drain)."""
+RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
+    part: {"type": "object", "additionalProperties": {"type": ["string", "integer"]}}
+    for part in ("limits", "requests")}}  # fmt: skip
+
+
+def _strict(properties: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """An object of exactly these keys: a misspelt key is refused, not silently ignored."""
+    return {"type": "object", "additionalProperties": False, "properties": properties, **more}
+
+
+def _seconds(minimum: int, maximum: int = DAY) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
 SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "required": ["envoy", "drain", "xdsServer", "certificates", "images"],
-    "properties": {
-        "envoy": {"type": "object", "required": ["kind", "sidecar"], "properties": {
+    **_strict({
+        "envoy": _strict({
             "kind": {"enum": ["DaemonSet", "Deployment"]},
             "sidecar": {"enum": ["native", "classic"]},
-            "resources": {"type": "object"}}},
-        "drain": {"type": "object", "properties": {
-            "timeoutSeconds": {"type": "integer", "minimum": 1},
-            "minDurationSeconds": {"type": "integer", "minimum": 0},
-            "graceMarginSeconds": {"type": "integer", "minimum": 10}}},
-        "shutdownManager": {"type": "object"},
-        "xdsServer": {"type": "object", "properties": {
-            "replicas": {"type": "integer", "minimum": 1},
+            "resources": RESOURCES}, required=["kind", "sidecar"]),
+        "drain": _strict({
+            "timeoutSeconds": _seconds(1),
+            "minDurationSeconds": _seconds(0),
+            "graceMarginSeconds": _seconds(10, 3600)}),
+        "shutdownManager": _strict({"resources": RESOURCES}),
+        "xdsServer": _strict({
+            "replicas": {"type": "integer", "minimum": 1, "maximum": 100},
             "ingressClass": {"type": "string"},
-            "resources": {"type": "object"}}},
-        "certificates": {"type": "object", "properties": {
+            "resources": RESOURCES}),
+        "certificates": _strict({
             "rotate": {"type": "boolean"},
-            "propagationDelaySeconds": {"type": "integer", "minimum": 0}}},
-        "networkPolicies": {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
-        "images": {"type": "object", "properties": {
-            "project": {"type": "string"}, "envoy": {"type": "string"}}},
-    },
+            "propagationDelaySeconds": _seconds(0)}),
+        "networkPolicies": _strict({"enabled": {"type": "boolean"}}),
+        "images": _strict({"project": {"type": "string"}, "envoy": {"type": "string"}}),
+    }, required=["envoy", "drain", "xdsServer", "certificates", "images"]),
 }  # fmt: skip
 """Wrong values are refused by `helm` itself, in one line, before anything renders."""
+
+CROSS_CHECKS = (
+    "{{- if gt (int .Values.drain.minDurationSeconds) (int .Values.drain.timeoutSeconds) }}\n"
+    '{{- fail (printf "drain.minDurationSeconds (%d) must not exceed drain.timeoutSeconds (%d):'
+    ' the sidecar refuses it and never starts" (int .Values.drain.minDurationSeconds)'
+    " (int .Values.drain.timeoutSeconds)) }}\n"
+    "{{- end }}\n"
+)
+"""What the schema cannot say (one value against another), said by the templates."""
 
 
 def main() -> int:
