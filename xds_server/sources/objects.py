@@ -200,4 +200,5 @@ def _object(item: Any, source: str) -> tuple[KubeObject | None, str | None]:
         schema.check(kind, item)
     except schema.Invalid as exc:
         return None, f"{label}: {exc}"
+    schema.default(kind, item)
     return KubeObject(api_version, kind, namespace, name, item, source), None

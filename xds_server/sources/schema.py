@@ -10,113 +10,31 @@ addresses); what only Envoy refuses is the model's and the translator's business
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
-import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
+from xds_server.sources.gateway_schema import GATEWAY_DEFAULTS, GATEWAY_SPECS
+from xds_server.sources.shapes import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    INVALID_PATH_SEQUENCES,
+    INVALID_PATH_SUFFIXES,
+    PORT_NAME,
+    WILDCARD_HOST,
+    Check,
+    Invalid,
+    boolean,
+    choice,
+    fail,
+    integer,
+    list_of,
+    map_of,
+    obj,
+    string,
+    timestamp,
+)
 
-class Invalid(ValueError):
-    """The object does not have the shape the Kubernetes API requires."""
-
-
-Check = Callable[[Any, str], None]
-"""Raises Invalid naming `where` when the value is not acceptable."""
-
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-DNS_SUBDOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
-WILDCARD_HOST = re.compile(rf"^(?=.{{1,253}}$)\*\.{_LABEL}(\.{_LABEL})*$")
-"""`*.` and a DNS name: the API server accepts `*.com` too."""
-PORT_NAME = re.compile(r"^(?=.{1,15}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-INVALID_PATH_SEQUENCES = ("//", "/./", "/../", "%2f", "%2F")
-INVALID_PATH_SUFFIXES = ("/..", "/.")
-"""What the API server refuses in an Exact or Prefix Ingress path."""
-
-
-def _fail(where: str, expected: str, value: Any) -> Invalid:
-    shown = repr(value)
-    return Invalid(
-        f"{where}: expected {expected}, got {shown[:60]}{'…' if len(shown) > 60 else ''}"
-    )
-
-
-def string(pattern: re.Pattern[str] | None = None, what: str = "a string") -> Check:
-    def check(value: Any, where: str) -> None:
-        if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
-            raise _fail(where, what, value)
-
-    return check
-
-
-def choice(*allowed: str) -> Check:
-    def check(value: Any, where: str) -> None:
-        if value not in allowed:
-            raise _fail(where, "one of " + ", ".join(allowed), value)
-
-    return check
-
-
-def integer(low: int, high: int) -> Check:
-    def check(value: Any, where: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _fail(where, f"a whole number {low}-{high}", value)
-
-    return check
-
-
-def boolean(value: Any, where: str) -> None:
-    if not isinstance(value, bool):
-        raise _fail(where, "true or false", value)
-
-
-def timestamp(value: Any, where: str) -> None:
-    """YAML reads an unquoted RFC 3339 time as a datetime; JSON gives a string."""
-    if not isinstance(value, str | datetime.datetime):
-        raise _fail(where, "an RFC 3339 timestamp", value)
-
-
-def list_of(item: Check, min_items: int = 0) -> Check:
-    def check(value: Any, where: str) -> None:
-        if not isinstance(value, list) or len(value) < min_items:
-            raise _fail(where, f"a list of at least {min_items}" if min_items else "a list", value)
-        for index, entry in enumerate(value):
-            item(entry, f"{where}[{index}]")
-
-    return check
-
-
-def map_of(item: Check) -> Check:
-    def check(value: Any, where: str) -> None:
-        if not isinstance(value, dict):
-            raise _fail(where, "a mapping", value)
-        for key, entry in value.items():
-            if not isinstance(key, str):
-                raise _fail(f"{where} key", "a string", key)
-            item(entry, f"{where}.{key}")
-
-    return check
-
-
-def obj(
-    fields: Mapping[str, Check], required: tuple[str, ...] = (), then: Check | None = None
-) -> Check:
-    """A mapping with these fields (absent or null: not given); `then` checks the whole."""
-
-    def check(value: Any, where: str) -> None:
-        if not isinstance(value, dict):
-            raise _fail(where, "a mapping", value)
-        for name in required:
-            if value.get(name) is None:
-                raise Invalid(f"{where + '.' if where else ''}{name}: required")
-        for name, field_check in fields.items():
-            if value.get(name) is not None:
-                field_check(value[name], f"{where}.{name}" if where else name)
-        if then is not None:
-            then(value, where)
-
-    return check
+__all__ = ["Invalid", "check", "default", "registered"]
 
 
 def _ingress_path(value: Any, where: str) -> None:
@@ -135,8 +53,10 @@ def _host(value: Any, where: str) -> None:
     """A DNS name or a wildcard of one leading label, never an IP address (Kubernetes);
     matched without regard to case, so upper case is accepted here."""
     host = value.lower() if isinstance(value, str) else value
-    if not isinstance(host, str) or not (DNS_SUBDOMAIN.match(host) or WILDCARD_HOST.match(host)):
-        raise _fail(where, "a DNS name or *.a-dns-name", value)
+    if not isinstance(host, str) or not (
+        DNS_SUBDOMAIN.fullmatch(host) or WILDCARD_HOST.fullmatch(host)
+    ):
+        raise fail(where, "a DNS name or *.a-dns-name", value)
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -170,7 +90,7 @@ def _slice_addresses(value: Any, where: str) -> None:
             try:
                 parse(address)
             except ValueError:
-                raise _fail(
+                raise fail(
                     f"{where + '.' if where else ''}endpoints[{index}].addresses[{number}]",
                     f"an {kind} address",
                     address,
@@ -285,16 +205,35 @@ TOP_LEVEL: dict[str, Check] = {
     "Secret": obj({"type": string(), "data": map_of(string())}),
 }
 
+SPECS.update(GATEWAY_SPECS)
+
 NAMES: dict[str, Check] = {"Service": string(DNS_LABEL, "a DNS label (a Service name)")}
 """Object names: a DNS subdomain, except where the API is stricter."""
 
+METADATA_ONLY = frozenset({"Namespace", "CustomResourceDefinition"})
+"""Kinds of which only metadata is read (a Namespace's labels, a CRD's annotations)."""
+
+
+def registered(kind: str) -> bool:
+    return kind in SPECS or kind in TOP_LEVEL or kind in METADATA_ONLY
+
 
 def check(kind: str, body: dict[str, Any]) -> None:
-    """Raise Invalid when `body`, an object of `kind`, is not what the API server accepts."""
+    """Raise Invalid when `body`, an object of `kind`, is not what the API server accepts.
+    A kind nobody described is refused whole: no kind reaches the model unchecked."""
+    if not registered(kind):
+        raise Invalid(f"no schema is registered for {kind}: not read")
     _metadata(NAMES.get(kind, SUBDOMAIN_NAME))(body.get("metadata"), "metadata")
     spec = SPECS.get(kind)
-    if spec is not None and body.get("spec") is not None:
-        spec(body["spec"], "spec")
+    if spec is not None:
+        spec(body["spec"] if body.get("spec") is not None else {}, "spec")
     top = TOP_LEVEL.get(kind)
     if top is not None:
         top(body, "")
+
+
+def default(kind: str, body: dict[str, Any]) -> None:
+    """Fill in what the API server defaults when it stores an object of `kind` (checked)."""
+    defaulting = GATEWAY_DEFAULTS.get(kind)
+    if defaulting is not None:
+        defaulting(body)

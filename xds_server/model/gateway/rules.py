@@ -214,7 +214,7 @@ def _timeout(spec: Any, where: str) -> int | None:
 
 def duration_ms(text: str, where: str) -> int:
     """A Gateway API duration (GEP-2257: `1h`, `10m30s`, `500ms`) in milliseconds."""
-    if not DURATION.match(text):
+    if not DURATION.fullmatch(text):
         raise Rejected(f"{where}: {text!r} is not a duration like 1h2m3s or 500ms")
     return sum(int(n) * UNIT_MS[unit] for n, unit in DURATION_PART.findall(text))
 
@@ -304,7 +304,7 @@ def _edits(spec: Any, where: str) -> HeaderEdits:
 
 
 def _header_name(name: str, where: str) -> None:
-    if not HEADER_NAME.match(name):
+    if not HEADER_NAME.fullmatch(name):
         raise Rejected(f"{where}: {name!r} is not a valid header name")
 
 
