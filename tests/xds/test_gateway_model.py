@@ -148,3 +148,54 @@ def test_replace_prefix_match_needs_a_prefix_match() -> None:
     accepted = next(c for c in parent["conditions"] if c["type"] == "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedValue")
     assert "ReplacePrefixMatch" in accepted["message"]
+
+
+def test_an_object_the_model_cannot_build_is_rejected_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug of ours (or a shape the schema let through) in one HTTPRoute or one Gateway
+    rejects that object, says so in its status and the errors, and builds the rest."""
+    from xds_server.model.gateway import build
+
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    good, bad = (
+        _object("Gateway", name, "ns", {"gatewayClassName": "c", "listeners": [listener]})
+        for name in ("good", "bad")
+    )
+    routes = [
+        _object("HTTPRoute", name, "ns", {"parentRefs": [{"name": "good"}],
+                                          "hostnames": [f"{name}.example.com"]})
+        for name in ("fine", "breaks")
+    ]  # fmt: skip
+    real_compile, real_listeners = build.compile_route, build.listeners_of
+
+    def compile_route(route: KubeObject, *rest: Any) -> Any:
+        if route.name == "breaks":
+            raise KeyError("a bug")
+        return real_compile(route, *rest)
+
+    def listeners_of(gateway: KubeObject, *rest: Any) -> Any:
+        if gateway.name == "bad":
+            raise TypeError("another bug")
+        return real_listeners(gateway, *rest)
+
+    monkeypatch.setattr(build, "compile_route", compile_route)
+    monkeypatch.setattr(build, "listeners_of", listeners_of)
+    inputs = GatewayInputs({o.key: o for o in (cls, good, bad, *routes)}, envoy_address="10.0.0.7")
+    part = build_gateways(inputs, {}, {})
+
+    (port,) = part.ports.values()
+    (chain,) = port.chains.values()
+    assert set(chain.hosts) == {"fine.example.com"}, "the good route of the good Gateway serves"
+    assert sorted(part.errors) == [
+        "test: Gateway ns/bad: cannot be used (TypeError: another bug)",
+        "test: HTTPRoute ns/breaks: cannot be used (KeyError: 'a bug')",
+    ]
+    broken = part.status["HTTPRoute/ns/breaks"]["parents"][0]["conditions"][0]
+    assert (broken["type"], broken["status"], broken["reason"]) == (
+        "Accepted", "False", "UnsupportedValue"
+    )  # fmt: skip
+    gateway = {c["type"]: c["status"] for c in part.status["Gateway/ns/bad"]["conditions"]}
+    assert gateway == {"Accepted": "False", "Programmed": "False"}

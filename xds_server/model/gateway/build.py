@@ -7,6 +7,7 @@ and status on every replica.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,14 @@ from xds_server.model.gateway.types import (
     GatewayPart,
     GatewayRoute,
     Named,
+    condition,
+    generation_of,
     labels_of,
     spec_of,
     status_key,
 )
 from xds_server.model.ingress import age_order
-from xds_server.model.types import Endpoint
+from xds_server.model.types import Endpoint, describe
 from xds_server.sources.objects import KubeObject
 
 
@@ -41,6 +44,8 @@ class Memo:
     token: tuple[int, ...] = ()
     plan: Plan | None = None
 
+
+log = logging.getLogger("xds_server.model")
 
 CompileMemo = dict[int, Memo]
 """HTTPRoutes as last built, by the identity of their body."""
@@ -77,9 +82,17 @@ def build_gateways(
     }
     lookup = refs.Lookup(by_kind.get("ReferenceGrant", []), services, slices, secrets or {}, {})
     listeners: dict[Named, list[Listener]] = {}
+    broken: dict[Named, str] = {}
     for gateway in gateways:
         named = (gateway.namespace, gateway.name)
-        listeners[named] = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
+        try:  # first into a part of its own: a crash there leaves nothing half-added
+            listeners_of(gateway, where[named], lookup, GatewayPart(), inputs.reserved)
+        except Exception as exc:  # a shape nobody foresaw: this Gateway only
+            broken[named] = _cannot_be_used(gateway, exc, part)
+            found = []
+        else:  # Gateways share ports: made again into the part (listeners are few)
+            found = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
+        listeners[named] = found
     used: CompileMemo = {}
     token = _attachment_inputs(by_kind)
     for route in sorted(by_kind.get("HTTPRoute", []), key=age_order):
@@ -94,7 +107,13 @@ def build_gateways(
         memo.update(used)
     for gateway in gateways:
         named = (gateway.namespace, gateway.name)
-        part.status[status_key(gateway)] = gateway_status(gateway, listeners[named], where[named])
+        status = gateway_status(gateway, listeners[named], where[named])
+        if named in broken:
+            status["conditions"] = [
+                condition(kind, False, "Invalid", broken[named], generation_of(gateway))
+                for kind in ("Accepted", "Programmed")
+            ]
+        part.status[status_key(gateway)] = status
     for port in part.ports.values():
         for chain in port.chains.values():
             chain.hosts = merged(chain.hosts)
@@ -108,10 +127,25 @@ def _compiled(
     hit = memo.get(id(route.body))
     if hit is None or hit.body is not route.body:
         own = GatewayPart()
-        hit = Memo(route.body, compile_route(route, lookup, own), own.upstreams)
+        try:
+            compiled = compile_route(route, lookup, own)
+        except Exception as exc:  # a shape nobody foresaw: this route only
+            reason = _cannot_be_used(route, exc, part)
+            compiled = Compiled(None, reason, (False, "UnsupportedValue", reason))
+            own = GatewayPart()
+        hit = Memo(route.body, compiled, own.upstreams)
     used[id(route.body)] = hit
     part.upstreams.update(hit.upstreams)
     return hit
+
+
+def _cannot_be_used(obj: KubeObject, exc: Exception, part: GatewayPart) -> str:
+    """The isolation boundary of one object: logged with its traceback (a bug of ours, or a
+    shape the schema let through), rejected alone, said in its status."""
+    log.exception("model: %s", describe(obj))
+    reason = f"cannot be used ({type(exc).__name__}: {exc})"
+    part.errors.append(f"{describe(obj)}: {reason}")
+    return reason
 
 
 def _attachment_inputs(by_kind: dict[str, list[KubeObject]]) -> tuple[int, ...]:
