@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from xds_server import collector
 from xds_server.model.gateway import GatewaySettings
+from xds_server.model.gateway.attach import refused_status
+from xds_server.model.gateway.types import status_key
 from xds_server.model.state import Key, ModelState
 from xds_server.model.types import Model, describe
 from xds_server.sources.objects import KubeObject, Loaded
@@ -142,10 +144,21 @@ class Pipeline:
         return changes
 
     def _model(self) -> Model:
-        """A copy of the model for this change's readers (status, rejections, tests)."""
+        """A copy of the model for this change's readers (status, rejections, tests). A
+        route left out for what Envoy would refuse says so in its own status."""
         model = self.state.model
+        gateway = model.gateway
+        refused = [(o, why) for o, why in self._refused.values() if o.kind == "HTTPRoute"]
+        if gateway is not None and refused:
+            status = dict(gateway.status)
+            ours = {key for key in status if key.startswith("Gateway/")}
+            controller = self.state.gateway.controller
+            for route, why in refused:
+                status[status_key(route)] = refused_status(route, why, controller, ours)
+            gateway = replace(gateway, status=status)
         return replace(
             model,
+            gateway=gateway,
             hosts=dict(model.hosts),
             clusters=dict(model.clusters),
             tls=list(model.tls),

@@ -28,10 +28,11 @@ FieldRule = tuple[FieldDescriptor, FieldCheck | None, bool]
 """A field, the check of its value (None: only presence matters), and whether it must be set
 (messages only: a scalar always has a value)."""
 
-HEADER_NAME = re.compile(r"^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$")
-HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
-HEADER_LOOSE = re.compile(r"^[^\x00\x0a\x0d]*$")
-"""PGV's well-known regexes: strict header names and values, and the loose form of both."""
+HEADER_NAME = re.compile(r"^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+\Z")
+HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
+HEADER_LOOSE = re.compile(r"^[^\x00\x0a\x0d]*\Z")
+r"""PGV's well-known regexes: strict header names and values, and the loose form of both
+(`\Z`: RE2's `$`, which a final line break does not satisfy, unlike Python's)."""
 
 BOUNDS: tuple[tuple[str, Callable[[Any, Any], bool], str], ...] = (
     ("gt", operator.gt, ">"),
@@ -116,6 +117,9 @@ def _check_fields(message: Message, where: str, found: Violations) -> None:
     for oneof in _oneofs(descriptor):
         if message.WhichOneof(oneof) is None:
             found.append(f"{_at(where, oneof)}: one of its fields must be set")
+    beyond = BEYOND_ANNOTATIONS.get(descriptor.full_name)
+    if beyond is not None:
+        beyond(message, where, found)
     for field, check, required in _checks(descriptor):
         # A field with presence (a message, a oneof member, an optional scalar) that is not
         # set has no value to check; a plain scalar always has one (its zero).
@@ -125,6 +129,31 @@ def _check_fields(message: Message, where: str, found: Violations) -> None:
             continue
         if check is not None:
             check(getattr(message, field.name), _at(where, field.name), found)
+
+
+def _unmodifiable_header(message: Any, where: str, found: Violations) -> None:
+    """Envoy's HeaderParser refuses to add or set `host` or a `:`-prefixed header (a rule in
+    its code, not in its protos' annotations)."""
+    key = message.header.key
+    if key.lower() == "host" or key.startswith(":"):
+        found.append(f"{_at(where, 'header.key')}: :-prefixed or host headers may not be modified")
+
+
+def _unremovable_headers(message: Any, where: str, found: Violations) -> None:
+    for field in ("request_headers_to_remove", "response_headers_to_remove"):
+        for index, key in enumerate(getattr(message, field)):
+            if key.lower() == "host" or key.startswith(":"):
+                at = _at(where, f"{field}[{index}]")
+                found.append(f"{at}: :-prefixed or host headers may not be removed")
+
+
+BEYOND_ANNOTATIONS: dict[str, FieldCheck] = {
+    "envoy.config.core.v3.HeaderValueOption": _unmodifiable_header,
+    "envoy.config.route.v3.Route": _unremovable_headers,
+    "envoy.config.route.v3.VirtualHost": _unremovable_headers,
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight": _unremovable_headers,
+}
+"""Rules Envoy enforces in code, by message type: checked beside the annotated ones."""
 
 
 def _at(where: str, name: str) -> str:
@@ -266,8 +295,29 @@ def _scalar_check(
 def _pattern(text: str) -> re.Pattern[str]:
     found = _patterns.get(text)
     if found is None:
-        found = _patterns[text] = re.compile(text)
+        found = _patterns[text] = re.compile(re2_anchors(text))
     return found
+
+
+def re2_anchors(pattern: str) -> str:
+    """An RE2 pattern for Python's engine: RE2's `$` (outside a class, unescaped) matches at
+    the very end only; Python's also before a final line break, which let a header value
+    ending in LF through a check Envoy then failed."""
+    out, escaped, in_class = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            out.append("\\Z")
+            continue
+        out.append(char)
+    return "".join(out)
 
 
 def _string_check(rule: validate_pb2.StringRules) -> FieldCheck:

@@ -52,6 +52,9 @@ def refusals(
 
 
 def _origins(type_url: str, name: str, violation: str, model: Model) -> list[str]:
+    gateway = _gateway_origins(type_url, name, violation, model)
+    if gateway is not None:
+        return gateway
     config, _, host_name = name.partition("/")
     host = model.hosts.get(host_name) if config in (HTTP, HTTPS) else None
     if type_url == VHOST and host is not None:
@@ -67,3 +70,25 @@ def _origins(type_url: str, name: str, violation: str, model: Model) -> list[str
     if type_url == SECRET and name in model.secrets:
         return [model.secrets[name].origin]
     return []
+
+
+def _gateway_origins(type_url: str, name: str, violation: str, model: Model) -> list[str] | None:
+    """The HTTPRoutes of a Gateway API virtual host (the one whose route broke the rule, or
+    all of them), the Secret of an SDS secret; None: not a Gateway API resource."""
+    part = model.gateway
+    if part is None:
+        return None
+    if type_url == SECRET and name in part.secrets:
+        return [part.secrets[name].origin]
+    if type_url != VHOST:
+        return None
+    config, _, host = name.partition("/")
+    for port in part.ports.values():
+        for chain in port.chains.values():
+            if chain.name == config and host in chain.hosts:
+                routes = chain.hosts[host]
+                route = _ROUTE.match(violation)
+                if route and int(route[1]) < len(routes):
+                    return [routes[int(route[1])].origin]
+                return list(dict.fromkeys(r.origin for r in routes))
+    return None

@@ -208,3 +208,25 @@ def _add_routes(compiled: list[GatewayRoute], listener: Listener, hosts: list[st
     for host in hosts:
         routes = listener.chain.hosts.setdefault(host, [])
         routes += [r for r in compiled if r not in routes]  # two parentRefs, one listener
+
+
+def refused_status(route: KubeObject, reason: str, controller: str, ours: set[str]) -> Status:
+    """The status of a route left out because Envoy would refuse what it asks for: Accepted
+    False on each of our Gateways it names (`ours`: their status keys)."""
+    gen = generation_of(route)
+    parents = []
+    for parent in spec_of(route).get("parentRefs") or []:
+        key = f"Gateway/{parent.get('namespace') or route.namespace}/{parent.get('name')}"
+        if parent.get("kind", "Gateway") != "Gateway" or key not in ours:
+            continue
+        parents.append(
+            {
+                "parentRef": parent,
+                "controllerName": controller,
+                "conditions": [
+                    condition("Accepted", False, "UnsupportedValue", reason, gen),
+                    condition("ResolvedRefs", True, "ResolvedRefs", "not the problem", gen),
+                ],
+            }
+        )
+    return {"parents": parents}
