@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         "every Gateway at --envoy-address",
     )
     serve.add_argument(
+        "--merge-gateways",
+        action="store_true",
+        help="let Gateways at one address share a port (their listeners merged, each with "
+        "the others' hosts and SNI names); default off: the oldest Gateway holds a port and "
+        "another's listener there is PortUnavailable, so no tenant's Gateway takes another's "
+        "traffic",
+    )
+    serve.add_argument(
         "--ingress-class",
         default=None,
         help="serve only Ingresses of this class (and class-less ones if this "
@@ -278,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports=EnvoyPorts(args.envoy_address, args.envoy_http_port, args.envoy_https_port),
         ingress_class=args.ingress_class,
         gateway=GatewaySettings(
-            args.gateway_controller_name, args.gateway_address_pool, args.envoy_address
+            args.gateway_controller_name,
+            args.gateway_address_pool,
+            args.envoy_address,
+            merge=args.merge_gateways,
         ),
         certs_dir=args.certs_dir,
         rotate=args.rotate,

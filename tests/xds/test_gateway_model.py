@@ -156,6 +156,8 @@ def test_an_object_the_model_cannot_build_is_rejected_alone(
     """A bug of ours (or a shape the schema let through) in one HTTPRoute or one Gateway
     rejects that object, says so in its status and the errors, and builds the rest."""
     from xds_server.model.gateway import build
+    from xds_server.model.gateway.listeners import listeners as real_listeners
+    from xds_server.model.gateway.rules import compile_route as real_compile
 
     cls = _object("GatewayClass", "c", "default",
                   {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
@@ -169,7 +171,6 @@ def test_an_object_the_model_cannot_build_is_rejected_alone(
                                           "hostnames": [f"{name}.example.com"]})
         for name in ("fine", "breaks")
     ]  # fmt: skip
-    real_compile, real_listeners = build.compile_route, build.listeners_of
 
     def compile_route(route: KubeObject, *rest: Any) -> Any:
         if route.name == "breaks":
@@ -199,3 +200,38 @@ def test_an_object_the_model_cannot_build_is_rejected_alone(
     )  # fmt: skip
     gateway = {c["type"]: c["status"] for c in part.status["Gateway/ns/bad"]["conditions"]}
     assert gateway == {"Accepted": "False", "Programmed": "False"}
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["apart", "merged"])
+def test_a_gateway_cannot_take_a_port_another_gateway_serves(merge: bool) -> None:
+    """Two tenants' Gateways without addresses share the Envoy address: the newer one's
+    listener on the older one's port would have served there (its routes beside the other
+    tenant's, its SNI chains joined). Kept apart, it is PortUnavailable and serves nothing;
+    --merge-gateways shares the port as asked."""
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    older = _object("Gateway", "gw-a", "a", {"gatewayClassName": "c", "listeners": [listener]})
+    older.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    newer = _object("Gateway", "gw-b", "b", {"gatewayClassName": "c", "listeners": [listener]})
+    newer.body["metadata"]["creationTimestamp"] = "2026-06-01T00:00:00Z"
+    routes = [
+        _object("HTTPRoute", "r", ns, {"parentRefs": [{"name": f"gw-{ns}"}],
+                                       "hostnames": [f"{ns}.example.com"]})
+        for ns in ("a", "b")
+    ]  # fmt: skip
+    objects = (cls, older, newer, *routes)
+    inputs = GatewayInputs({o.key: o for o in objects}, envoy_address="10.0.0.7", merge=merge)
+    part = build_gateways(inputs, {}, {})
+
+    (port,) = part.ports.values()
+    hosts = {h for chain in port.chains.values() for h in chain.hosts}
+    b_listener = part.status["Gateway/b/gw-b"]["listeners"][0]
+    accepted = next(c for c in b_listener["conditions"] if c["type"] == "Accepted")
+    if merge:
+        assert hosts == {"a.example.com", "b.example.com"}
+        assert accepted["status"] == "True"
+    else:
+        assert hosts == {"a.example.com"}, "gw-b serves nothing on gw-a's port"
+        assert (accepted["status"], accepted["reason"]) == ("False", "PortUnavailable")
+        assert "Gateway a/gw-a serves this address and port" in accepted["message"]

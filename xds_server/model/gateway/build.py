@@ -83,15 +83,17 @@ def build_gateways(
     lookup = refs.Lookup(by_kind.get("ReferenceGrant", []), services, slices, secrets or {}, {})
     listeners: dict[Named, list[Listener]] = {}
     broken: dict[Named, str] = {}
-    for gateway in gateways:
+    owners: dict[tuple[str, int], str] | None = None if inputs.merge else {}
+    for gateway in gateways:  # oldest first: the oldest holds a contested port
         named = (gateway.namespace, gateway.name)
         try:  # first into a part of its own: a crash there leaves nothing half-added
-            listeners_of(gateway, where[named], lookup, GatewayPart(), inputs.reserved)
+            trial = None if owners is None else dict(owners)
+            listeners_of(gateway, where[named], lookup, GatewayPart(), inputs.reserved, trial)
         except Exception as exc:  # a shape nobody foresaw: this Gateway only
             broken[named] = _cannot_be_used(gateway, exc, part)
             found = []
-        else:  # Gateways share ports: made again into the part (listeners are few)
-            found = listeners_of(gateway, where[named], lookup, part, inputs.reserved)
+        else:  # Gateways may share ports: made again into the part (listeners are few)
+            found = listeners_of(gateway, where[named], lookup, part, inputs.reserved, owners)
         listeners[named] = found
     used: CompileMemo = {}
     token = _attachment_inputs(by_kind)

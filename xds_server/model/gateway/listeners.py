@@ -151,15 +151,26 @@ def listeners(
     lookup: refs.Lookup,
     part: GatewayPart,
     reserved: tuple[tuple[str, int], ...] = (),
+    owners: dict[tuple[str, int], str] | None = None,
 ) -> list[Listener]:
-    """The Gateway's listeners, each given its Envoy port and chain when it can be served."""
+    """The Gateway's listeners, each given its Envoy port and chain when it can be served.
+    `owners` (address, port -> the Gateway serving there; None: Gateways may share ports)
+    keeps Gateways apart: one Gateway's listener on a port an older Gateway serves would
+    take that Gateway's traffic (its hosts, its SNI chains), so it is PortUnavailable."""
     items = [x for x in spec_of(gateway).get("listeners") or [] if isinstance(x, dict)]
     found = [_listener(gateway, spec, address, lookup, part) for spec in items]
     _conflicts(found)
+    me = f"{gateway.namespace}/{gateway.name}"
     for listener in found:
         if any(_overlaps(listener, taken) for taken in reserved):
             _refuse(listener, "PortUnavailable", "Envoy serves Ingress on this port")
+        held = [o for k, o in (owners or {}).items() if o != me and _overlaps(listener, k)]
+        if held:
+            why = f"Gateway {held[0]} serves this address and port (Gateways are kept apart"
+            _refuse(listener, "PortUnavailable", why + "; --merge-gateways lets them share)")
         _place(listener, part)
+        if owners is not None and listener.chain is not None:
+            owners.setdefault((listener.address, listener.port), me)
     return found
 
 

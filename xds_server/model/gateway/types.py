@@ -149,6 +149,8 @@ class GatewaySettings:
     reserved: tuple[tuple[str, int], ...] = ()
     """(address, port) Envoy already listens on for Ingress: a Gateway listener there is
     PortUnavailable (Envoy would refuse the second socket, and the update with it)."""
+    merge: bool = False
+    """--merge-gateways: Gateways on one address share ports instead of being kept apart."""
 
 
 @dataclass
@@ -158,6 +160,9 @@ class GatewayInputs:
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     envoy_address: str = "0.0.0.0"
     reserved: tuple[tuple[str, int], ...] = ()
+    merge: bool = False
+    """Gateways on one address may share a port (their listeners merged); by default the
+    oldest holds it and the others' listeners there are PortUnavailable."""
 
 
 def spec_of(obj: KubeObject) -> dict[str, Any]:
