@@ -26,6 +26,7 @@ from envoy_lifecycle.logs import configure
 from xds_server.certs import command as certs_command
 from xds_server.certs.directory import DEFAULT_IDENTITY
 from xds_server.model.gateway import DEFAULT_CONTROLLER
+from xds_server.model.gateway.types import ROUTE_BUDGET
 from xds_server.sources.objects import Limits
 
 LIMIT_FLAGS = (
@@ -54,6 +55,16 @@ def _limits(parser: argparse.ArgumentParser) -> None:
             metavar="SIZE" if is_size else "N",
             help=meaning,
         )
+
+    group.add_argument(
+        "--max-routes-per-object",
+        dest="route_budget",
+        type=positive_int,
+        default=ROUTE_BUDGET,
+        metavar="N",
+        help="Envoy routes one HTTPRoute may become (matches x hostnames x listeners, every "
+        "proxy holds them all); past it the route is not served and its status says why",
+    )
 
 
 def _security(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.gateway_address_pool,
             args.envoy_address,
             merge=args.merge_gateways,
+            route_budget=args.route_budget,
         ),
         certs_dir=args.certs_dir,
         rotate=args.rotate,

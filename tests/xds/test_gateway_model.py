@@ -235,3 +235,35 @@ def test_a_gateway_cannot_take_a_port_another_gateway_serves(merge: bool) -> Non
         assert hosts == {"a.example.com"}, "gw-b serves nothing on gw-a's port"
         assert (accepted["status"], accepted["reason"]) == ("False", "PortUnavailable")
         assert "Gateway a/gw-a serves this address and port" in accepted["message"]
+
+
+def test_a_route_that_would_exhaust_envoy_is_refused_alone() -> None:
+    """Within the API's limits, 32 parentRefs x 16 hostnames x 128 matches is 65,536 Envoy
+    routes in every proxy (Envoy 69 -> 1,285 MiB): over the budget, the route serves nothing
+    and says why; a route beside it is served."""
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listeners = [{"name": f"l{n}", "port": 8000 + n, "protocol": "HTTP"} for n in range(32)]
+    gateway = _object("Gateway", "g", "ns", {"gatewayClassName": "c", "listeners": listeners})
+    matches = [{"path": {"type": "PathPrefix", "value": f"/{n}"}} for n in range(16)]
+    huge = _object("HTTPRoute", "huge", "ns", {
+        "parentRefs": [{"name": "g", "sectionName": f"l{n}"} for n in range(32)],
+        "hostnames": [f"h{n}.example.com" for n in range(16)],
+        "rules": [{"matches": matches} for _ in range(8)],
+    })  # fmt: skip
+    small = _object("HTTPRoute", "small", "ns", {"parentRefs": [{"name": "g"}],
+                                                 "hostnames": ["small.example.com"]})  # fmt: skip
+    inputs = GatewayInputs(
+        {o.key: o for o in (cls, gateway, huge, small)}, envoy_address="10.0.0.7"
+    )
+    part = build_gateways(inputs, {}, {})
+
+    served = {h for port in part.ports.values() for c in port.chains.values() for h in c.hosts}
+    assert served == {"small.example.com"}
+    (error,) = part.errors
+    assert "would become 65536 Envoy routes" in error
+    for parent in part.status["HTTPRoute/ns/huge"]["parents"]:
+        accepted = parent["conditions"][0]
+        assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedValue")
+    listener = part.status["Gateway/ns/g"]["listeners"][0]
+    assert listener["attachedRoutes"] == 1, "the refused route is not counted"

@@ -123,7 +123,8 @@ class ModelState:
         Ingress' so a cluster both use lives while either does."""
         inputs = GatewayInputs(self._gateway_objects, self.gateway.controller,
                                self.gateway.pool, self.gateway.envoy_address,
-                               self.gateway.reserved, self.gateway.merge)  # fmt: skip
+                               self.gateway.reserved, self.gateway.merge,
+                               self.gateway.route_budget)  # fmt: skip
         slices = {named: list(found.values()) for named, found in self._slices.items()}
         secrets = {(key[1], key[2]): obj for key, obj in self._secrets.items()}
         part = build_gateways(inputs, self._services, slices, secrets, self._gateway_memo)

@@ -7,6 +7,7 @@ and status on every replica.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,7 @@ def build_gateways(
         if made is None:
             made = plan(route, hit.compiled, listeners, namespaces, inputs.controller)
             hit.token, hit.plan = token, made
+        made = _within_budget(route, hit.compiled, made, inputs.route_budget, part)
         attach(route, hit.compiled, made, listeners, part)
     if memo is not None:
         memo.clear()
@@ -139,6 +141,25 @@ def _compiled(
     used[id(route.body)] = hit
     part.upstreams.update(hit.upstreams)
     return hit
+
+
+def _within_budget(
+    route: KubeObject, compiled: Compiled, made: Plan, budget: int, part: GatewayPart
+) -> Plan:
+    """The plan, or none when the route would become more Envoy routes than `budget` (every
+    proxy of the fleet holds them all: one object must not be able to exhaust them)."""
+    expansion = len(compiled.routes or []) * sum(len(hosts) for *_, hosts in made.attachments)
+    if expansion <= budget:
+        return made
+    reason = (f"would become {expansion} Envoy routes (matches x hostnames x listeners),"
+              f" more than --max-routes-per-object {budget}")  # fmt: skip
+    part.errors.append(f"{describe(route)}: {reason}")
+    parents = copy.deepcopy((made.status or {}).get("parents") or [])
+    for parent in parents:
+        accepted = parent["conditions"][0]
+        if accepted["status"] == "True":
+            accepted.update(status="False", reason="UnsupportedValue", message=reason)
+    return Plan((), {"parents": parents} if parents else None)
 
 
 def _cannot_be_used(obj: KubeObject, exc: Exception, part: GatewayPart) -> str:

@@ -139,6 +139,12 @@ class GatewayPart:
     errors: list[str] = field(default_factory=list)
 
 
+ROUTE_BUDGET = 4096
+"""Envoy routes one HTTPRoute may become, over all its parents and hostnames: 16 hostnames
+of 64 matches each fit; 32 parentRefs x 16 hostnames x 128 matches (65,536 routes, an Envoy
+grown from 69 to 1,285 MiB by one 25 KiB object) does not."""
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """The serve flags of the Gateway API part."""
@@ -151,6 +157,8 @@ class GatewaySettings:
     PortUnavailable (Envoy would refuse the second socket, and the update with it)."""
     merge: bool = False
     """--merge-gateways: Gateways on one address share ports instead of being kept apart."""
+    route_budget: int = ROUTE_BUDGET
+    """--max-routes-per-object."""
 
 
 @dataclass
@@ -163,6 +171,7 @@ class GatewayInputs:
     merge: bool = False
     """Gateways on one address may share a port (their listeners merged); by default the
     oldest holds it and the others' listeners there are PortUnavailable."""
+    route_budget: int = ROUTE_BUDGET
 
 
 def spec_of(obj: KubeObject) -> dict[str, Any]:
