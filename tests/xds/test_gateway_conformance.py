@@ -27,6 +27,7 @@ from bench.lab.gateway_api import (
     WEB,
     Conformance,
     conditions,
+    described,
     exact,
     gateway,
     grant,
@@ -458,7 +459,8 @@ async def test_httproute_hostname_intersection(conformance: Conformance) -> None
         ("foo.anotherwildcard.io", "/s4", "infra-backend-v1"),
         ("foo.bar.anotherwildcard.io", "/s4", "infra-backend-v1"),
     ):
-        await conformance.expect(gw, host, path, backend=backend)
+        answer = await conformance.expect(gw, host, path, backend=backend)
+        assert described(answer)["host"] == host, "the backend sees Host as sent, port included"
     for host, path in (
         ("non.matching.com", "/s1"),
         ("foo.nonmatchingwildcard.io", "/s1"),

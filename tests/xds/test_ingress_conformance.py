@@ -139,9 +139,10 @@ HOST_SCENARIOS = [
     ("bar.foo.com", "wildcard-foo-com", "bar.foo.com"),
     ("baz.bar.foo.com", None, None),  # a wildcard covers exactly one DNS label
     ("foo.com", None, None),  # ... and never zero
-    # Not in the features, in the spec's words: the port and the case of Host are ignored.
-    ("bar.foo.com:8080", "wildcard-foo-com", None),
-    ("foo.bar.com:8080", "foo-bar-com", None),
+    # Not in the features, in the spec's words: the port and the case of Host are ignored
+    # for matching, and the backend sees the header as sent.
+    ("bar.foo.com:8080", "wildcard-foo-com", "bar.foo.com:8080"),
+    ("foo.bar.com:8080", "foo-bar-com", "foo.bar.com:8080"),
     ("BAR.Foo.COM", "wildcard-foo-com", None),
     ("FOO.BAR.COM", "foo-bar-com", None),
 ]

@@ -98,15 +98,16 @@ def _path_matches(rule_path: str, kind: str, request: str) -> bool:
 def envoy_pick(
     vhosts: list[route_components_pb2.VirtualHost], host: str, request: str
 ) -> str | None:
-    """strip_any_host_port; domain: exact (any case), else the longest `*.suffix` (any
-    depth), else `*`; then the first route whose match (path, prefix, separated prefix,
-    :authority regex) holds; a direct response or no route is 404."""
+    """ignore_port_in_host_matching; domain: exact (any case), else the longest `*.suffix`
+    (any depth), else `*`; then the first route whose match (path, prefix, separated prefix,
+    :authority regex on the Host as sent, port included) holds; a direct response or no
+    route is 404."""
     name = host.split(":")[0].lower()
     chosen = _select(vhosts, name)
     if chosen is None:
         return None
     for route in chosen.routes:
-        if _route_matches(route.match, name, request):
+        if _route_matches(route.match, host, request):
             return route.route.cluster.split("/")[1] if route.HasField("route") else None
     return None
 

@@ -167,7 +167,9 @@ def test_full_route_configurations_are_assembled_exactly_from_the_virtual_hosts(
     for name in ("ingress_http", "ingress_https"):
         keys = sorted(k for k in out[VHOST] if k.startswith(name + "/"))  # exact hosts, then *
         vhosts = [out[VHOST][k] for k in sorted(keys, key=lambda k: k.endswith("/*"))]
-        expected = route_pb2.RouteConfiguration(name=name, virtual_hosts=vhosts)
+        expected = route_pb2.RouteConfiguration(
+            name=name, virtual_hosts=vhosts, ignore_port_in_host_matching=True
+        )
         entry = snapshot.entries(ROUTE)[name]
         assert entry.resource.value == expected.SerializeToString(deterministic=True)
         assert entry.decoded() == expected

@@ -56,9 +56,6 @@ def connection_manager(route_config: str, stat_prefix: str) -> listener_componen
         # HTTP/2 clients move on two seconds after the graceful GOAWAY, not five.
         drain_timeout=duration_pb2.Duration(seconds=H2_DRAIN_TIMEOUT),
         use_remote_address=_bool(True),
-        # Hosts are matched without their port, as Kubernetes matches them (`*.foo.com:*`
-        # would be a literal to Envoy, not a wildcard port).
-        strip_any_host_port=True,
     )
     return listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)

@@ -53,8 +53,9 @@ def planned(host: Host, catch_all: Host | None) -> Planned:
 def virtual_host(
     config: str, host: Host, catch_all: Host | None = None
 ) -> route_components_pb2.VirtualHost:
-    """Ports never reach the domains: the connection manager strips any port from the Host
-    header first (`strip_any_host_port`), so `foo.com:8080` matches `foo.com`."""
+    """Ports never reach the domains: the route configuration ignores any port of the Host
+    header while matching (`ignore_port_in_host_matching`), so `foo.com:8080` matches
+    `foo.com`, and the backend still sees the header as the client sent it."""
     label = _one_label(host.name) if host.wildcard else None
     return route_components_pb2.VirtualHost(
         name=f"{config}/{host.name}",
@@ -66,12 +67,13 @@ def virtual_host(
 
 
 def _one_label(wildcard: str) -> route_components_pb2.HeaderMatcher:
-    """The Host is one DNS label, then the wildcard's suffix (any case: hosts ignore it)."""
+    """The Host is one DNS label, then the wildcard's suffix (any case: hosts ignore it),
+    then perhaps a port (it reaches the routes as sent)."""
     suffix = wildcard[1:].replace(".", "\\.")
     return route_components_pb2.HeaderMatcher(
         name=":authority",
         string_match=string_pb2.StringMatcher(
-            safe_regex=regex_pb2.RegexMatcher(regex=f"(?i)^[^.]+{suffix}$")
+            safe_regex=regex_pb2.RegexMatcher(regex=f"(?i)^[^.:]+{suffix}(:[0-9]+)?$")
         ),
     )
 
@@ -103,9 +105,20 @@ def not_found_host(config: str) -> route_components_pb2.VirtualHost:
     )
 
 
+ROUTE_OPTIONS = {"ignore_port_in_host_matching": True}
+"""Every route configuration's (VHDS or whole): hosts are matched without their port, as
+Kubernetes and the Gateway API match them (`*.foo.com:*` would be a literal to Envoy), and
+the Host header reaches the backend as the client sent it."""
+ROUTE_OPTIONS_BYTES = route_pb2.RouteConfiguration(**ROUTE_OPTIONS).SerializeToString()
+"""The same as serialized fields, appended to a whole route configuration assembled from
+bytes (a protobuf message is the concatenation of its fields)."""
+
+
 def vhds_config(name: str) -> route_pb2.RouteConfiguration:
     """A route configuration whose virtual hosts come over VHDS, one resource each."""
-    return route_pb2.RouteConfiguration(name=name, vhds=route_pb2.Vhds(config_source=ads_source()))
+    return route_pb2.RouteConfiguration(
+        name=name, vhds=route_pb2.Vhds(config_source=ads_source()), **ROUTE_OPTIONS
+    )
 
 
 def referenced_clusters(messages: dict[str, Message]) -> set[str]:

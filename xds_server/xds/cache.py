@@ -20,7 +20,7 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from xds_server.translate.routes import referenced_clusters
+from xds_server.translate.routes import ROUTE_OPTIONS_BYTES, referenced_clusters
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, ROUTE, ROUTE_VHDS, VHOST
 from xds_server.xds.order import PUSH_ORDER
 
@@ -97,8 +97,9 @@ def _field(number: int, data: bytes) -> bytes:
 def route_entry(name: str, vhosts: list[Entry]) -> Entry:
     """The full route configuration for state-of-the-world proxies, assembled from the
     virtual hosts' serialized bytes: exactly what serializing RouteConfiguration(name,
-    virtual_hosts) gives, without building (and copying) a message of 10,000 routes."""
-    data = _field(1, name.encode()) + b"".join(v.as_field for v in vhosts)
+    virtual_hosts, **ROUTE_OPTIONS) gives, without building (and copying) a message of
+    10,000 routes."""
+    data = _field(1, name.encode()) + b"".join(v.as_field for v in vhosts) + ROUTE_OPTIONS_BYTES
     clusters = frozenset(clusters_used(vhosts))
     return Entry(
         name, _version(ROUTE, data), any_pb2.Any(type_url=ROUTE, value=data), None, clusters
