@@ -753,3 +753,92 @@ async def test_httproute_observed_generation_bump(conformance: Conformance) -> N
 
 def _observed(status: dict[str, Any]) -> set[int]:
     return {c["observedGeneration"] for p in status["parents"] for c in p["conditions"]}
+
+
+async def test_httproute_invalid_reference_grant(conformance: Conformance) -> None:
+    """Six ReferenceGrants, each wrong in one way (its namespace, the from group, kind or
+    namespace, the to group, kind or name): none lets the route reach web-backend, so its
+    ResolvedRefs is RefNotPermitted and requests get 500."""
+    host = "invalidgrant.example.com"
+    wrong = {
+        "wrong-from-group": ([("not-the-group-youre-looking-for", "HTTPRoute", INFRA)], None),
+        "wrong-from-kind": ([(GROUP, "Gateway", INFRA)], None),
+        "wrong-from-namespace": ([(GROUP, "HTTPRoute", "not-the-namespace-youre-looking-for")],
+                                 None),
+        "wrong-to-group": (None, [("not-the-group-youre-looking-for", "Service", "web-backend")]),
+        "wrong-to-kind": (None, [("", "Secret", "web-backend")]),
+        "wrong-to-name": (None, [("", "Service", "not-the-service-youre-looking-for")]),
+    }  # fmt: skip
+    grants = [
+        grant(f"reference-grant-{name}", WEB, sources or [(GROUP, "HTTPRoute", INFRA)],
+              targets or [("", "Service", "web-backend")])
+        for name, (sources, targets) in wrong.items()
+    ]  # fmt: skip
+    grants.append(  # right in every way but its namespace: the route's, not the Service's
+        grant("reference-grant-wrong-namespace", INFRA, [(GROUP, "HTTPRoute", INFRA)],
+              [("", "Service", "web-backend")])
+    )  # fmt: skip
+    objects = [
+        route("invalid-reference-grant", [parent("same-namespace")],
+              [rule(to("web-backend", namespace=WEB))], hostnames=[host]),
+        *grants,
+    ]  # fmt: skip
+    async with conformance.applied("invalid-reference-grant", objects):
+        status = await conformance.eventually(
+            f"HTTPRoute/{INFRA}/invalid-reference-grant",
+            lambda s: parent_conditions(s)["ResolvedRefs"][0] == "False",
+        )
+        assert parent_conditions(status)["ResolvedRefs"] == ("False", "RefNotPermitted")
+        assert parent_conditions(status)["Accepted"] == ("True", "Accepted")
+        await conformance.expect("same-namespace", host, "/", status=500)
+
+
+async def test_httproute_multiple_gateways(conformance: Conformance) -> None:
+    """A route on two Gateways is served by each; a route on one only by it. (The routes
+    carry a hostname of their own here: hostless ones would answer every other test's host
+    on same-namespace.)"""
+    host = "multiple.example.com"
+    objects = [
+        gateway("all-namespaces", listener("http", conformance.port, "All")),
+        route("multiple-gateways-shared-route",
+              [parent("same-namespace"), parent("all-namespaces")],
+              [rule(to("infra-backend-v1"), matches=[prefix("/shared")])], hostnames=[host]),
+        route("same-namespace-dedicated-route", [parent("same-namespace")],
+              [rule(to("infra-backend-v2"), matches=[prefix("/")])], hostnames=[host]),
+        route("all-namespaces-dedicated-route", [parent("all-namespaces")],
+              [rule(to("infra-backend-v3"), matches=[prefix("/")])], hostnames=[host]),
+    ]  # fmt: skip
+    async with conformance.applied("multiple-gateways", objects):
+        for name in ("shared", "same-namespace-dedicated", "all-namespaces-dedicated"):
+            route_name = "multiple-gateways-shared-route" if name == "shared" else f"{name}-route"
+            status = await route_status(conformance, route_name)
+            for entry in status["parents"]:
+                accepted = {c["type"]: c["status"] for c in entry["conditions"]}["Accepted"]
+                assert accepted == "True", (route_name, entry["parentRef"])
+        for gw, dedicated in (("same-namespace", "v2"), ("all-namespaces", "v3")):
+            await conformance.expect(gw, host, "/shared", backend="infra-backend-v1")
+            await conformance.expect(gw, host, "/", backend=f"infra-backend-{dedicated}")
+
+
+async def test_httproute_no_backend_refs(conformance: Conformance) -> None:
+    """Rules whose backendRefs are omitted or empty answer 500 (not the next rule); their
+    refs count as resolved."""
+    host = "nobackends.example.com"
+    objects = [
+        route(
+            "omitted-backendrefs",
+            [parent("same-namespace")],
+            [
+                {"matches": [exact("/omitted-no-forward")]},
+                {"matches": [exact("/empty-no-forward")], "backendRefs": []},
+                rule(to("infra-backend-v1"), matches=[prefix("/")]),
+            ],
+            hostnames=[host],
+        )
+    ]
+    async with conformance.applied("omitted-backendrefs", objects):
+        status = await route_status(conformance, "omitted-backendrefs")
+        assert parent_conditions(status)["ResolvedRefs"] == ("True", "ResolvedRefs")
+        await conformance.expect("same-namespace", host, "/forward", backend="infra-backend-v1")
+        for path in ("/omitted-no-forward", "/empty-no-forward"):
+            await conformance.expect("same-namespace", host, path, status=500)

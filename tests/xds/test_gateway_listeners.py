@@ -526,3 +526,16 @@ async def test_gatewayclass_supported_version_condition(conformance: Conformance
             conformance.apply("crds", crd(version))
             status = await conformance.eventually(key, supported(wanted))
         assert conditions(status)["SupportedVersion"] == ("True", "SupportedVersion")
+
+
+async def test_gateway_invalid_parameters_ref(conformance: Conformance) -> None:
+    """A Gateway's infrastructure.parametersRef that names parameters this controller does
+    not have: Accepted False, InvalidParameters (and nothing served)."""
+    name = "gateway-invalid-parameters-ref"
+    body = gateway(name, listener("http", conformance.port))
+    body["spec"]["infrastructure"] = {
+        "parametersRef": {"group": "invalid.io", "kind": "InvalidParameters", "name": "invalid"}
+    }
+    async with conformance.applied(name, [body]):
+        status = await conformance.eventually(f"Gateway/{INFRA}/{name}", lambda s: s["conditions"])
+        assert conditions(status)["Accepted"] == ("False", "InvalidParameters")

@@ -290,6 +290,16 @@ GATEWAY = obj(
             obj({"type": string(max_length=253), "value": string(max_length=253)}),
             max_items=16,
         ),
+        "infrastructure": obj(
+            {
+                "labels": map_of(string(max_length=63)),
+                "annotations": map_of(string(max_length=4096)),
+                "parametersRef": obj(
+                    {"group": GROUP, "kind": KIND, "name": OBJECT_NAME},
+                    required=("group", "kind", "name"),
+                ),
+            }
+        ),
     },
     required=("gatewayClassName", "listeners"),
     then=_unique_listener_names,

@@ -83,15 +83,19 @@ def build_gateways(
     }
     lookup = refs.Lookup(by_kind.get("ReferenceGrant", []), services, slices, secrets or {}, {})
     listeners: dict[Named, list[Listener]] = {}
-    broken: dict[Named, str] = {}
+    broken: dict[Named, tuple[str, str]] = {}
     owners: dict[tuple[str, int], str] | None = None if inputs.merge else {}
     for gateway in gateways:  # oldest first: the oldest holds a contested port
         named = (gateway.namespace, gateway.name)
+        unsupported = _parameters(gateway)
+        if unsupported is not None:
+            broken[named], listeners[named] = ("InvalidParameters", unsupported), []
+            continue
         try:  # first into a part of its own: a crash there leaves nothing half-added
             trial = None if owners is None else dict(owners)
             listeners_of(gateway, where[named], lookup, GatewayPart(), inputs.reserved, trial)
         except Exception as exc:  # a shape nobody foresaw: this Gateway only
-            broken[named] = _cannot_be_used(gateway, exc, part)
+            broken[named] = ("Invalid", _cannot_be_used(gateway, exc, part))
             found = []
         else:  # Gateways may share ports: made again into the part (listeners are few)
             found = listeners_of(gateway, where[named], lookup, part, inputs.reserved, owners)
@@ -113,9 +117,10 @@ def build_gateways(
         named = (gateway.namespace, gateway.name)
         status = gateway_status(gateway, listeners[named], where[named])
         if named in broken:
+            reason, message = broken[named]
             status["conditions"] = [
-                condition(kind, False, "Invalid", broken[named], generation_of(gateway))
-                for kind in ("Accepted", "Programmed")
+                condition("Accepted", False, reason, message, generation_of(gateway)),
+                condition("Programmed", False, "Invalid", message, generation_of(gateway)),
             ]
         part.status[status_key(gateway)] = status
     for port in part.ports.values():
@@ -141,6 +146,17 @@ def _compiled(
     used[id(route.body)] = hit
     part.upstreams.update(hit.upstreams)
     return hit
+
+
+def _parameters(gateway: KubeObject) -> str | None:
+    """Why the Gateway's `infrastructure.parametersRef` cannot be used (no kind of
+    parameters is served here), or None when it names none."""
+    infrastructure = spec_of(gateway).get("infrastructure") or {}
+    ref = infrastructure.get("parametersRef")
+    if not ref:
+        return None
+    return (f"parametersRef {ref.get('group')}/{ref.get('kind')} {ref.get('name')}: no"
+            " parameters are supported by this controller")  # fmt: skip
 
 
 def _within_budget(
