@@ -1,16 +1,19 @@
 """Fuzzing the whole pipeline: manifests -> model -> translate -> Envoy's rules -> snapshot.
 
-Hypothesis writes manifests of every kind we read, built from valid values, hostile values
-(control characters, wildcards in the wrong place, `?` in paths, huge ports) and junk of any
-type at any field. Whatever it writes: no exception escapes, and nothing we would publish
-breaks one of Envoy's rules. A sample of the published snapshots is judged by the real Envoy
-binary (`envoy --mode validate`), so our reading of its rules cannot drift from the binary.
-Deterministic in `make test` (a fixed seed, a bounded number of examples); FUZZ_EXAMPLES
-raises the count for a longer run.
+Hypothesis writes manifests of every kind we route (Ingress, Service, EndpointSlice, the
+Gateway API's Gateway and HTTPRoute), read as a directory or as the API server's items,
+built from valid values, hostile values (control characters, wildcards in the wrong place,
+`?` in paths, huge ports, headers Envoy will not touch, regular expressions RE2 refuses) and
+junk of any type at any field. Whatever it writes: no exception escapes, and nothing we would
+publish breaks one of Envoy's rules. A sample of the published snapshots is judged by the
+real Envoy binary (`envoy --mode validate`), so our reading of its rules cannot drift from
+the binary. Deterministic in `make test` (a fixed seed, a bounded number of examples);
+FUZZ_EXAMPLES raises the count for a longer run.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from typing import Any
@@ -25,7 +28,7 @@ from bench.lab.envoy_validate import envoy_accepts
 from bench.lab.xds import tls_secret
 from xds_server.certs import pki
 from xds_server.pipeline import Pipeline
-from xds_server.sources.objects import TooMuch, parse_documents
+from xds_server.sources.objects import Limits, Loaded, TooMuch, parse_documents, parse_item
 from xds_server.translate.envoy_rules import violations
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.type_urls import VHOST
@@ -154,15 +157,130 @@ BASE = [
     for name in ("a", "b")
 ] + [tls_secret("good", _LEAF.certificate, _LEAF.key), tls_secret("garbage", b"x", b"y")]
 """Always there, so that most Ingresses find their backends (fuzzed ones may shadow them)."""
-manifests = st.lists(st.one_of(ingresses, services, slices), max_size=8)
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+header_names = mostly(["x-a", "X-Tenant"], ["Host", ":path", "a b", "x\n", ""])
+header_values = mostly(["v", "a b"], ["v\n", "\x00", "x\r\ny", "", "v" * 5000])
+listeners = st.lists(
+    maybe(
+        st.fixed_dictionaries(
+            {"name": mostly(["http", "web"], ["HTTP", "a b", ""]),
+             "port": mostly([18081, 18082], [0, 65536, 18080, "abc"]),
+             "protocol": mostly(["HTTP"], ["TCP", "http", "HTTPS"])},
+            optional={"hostname": hosts},
+        )
+    ),
+    min_size=1,
+    max_size=3,
+)  # fmt: skip
+gateways = st.builds(
+    lambda name, spec: {
+        "apiVersion": f"{GATEWAY_GROUP}/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    },
+    st.sampled_from(["gw", "gw2"]),
+    maybe(st.fixed_dictionaries({"gatewayClassName": mostly(["fuzz"], ["other", 5]),
+                                 "listeners": maybe(listeners)})),
+)  # fmt: skip
+path_matches = maybe(
+    st.fixed_dictionaries(
+        {"type": mostly(["PathPrefix", "Exact", "RegularExpression"], ["Regex", 3]),
+         "value": mostly(["/", "/a", "/a/b", "^/v[0-9]+$"], ["/a?b", "(?=x)", "no-slash", "["])}
+    )
+)  # fmt: skip
+route_matches = st.lists(
+    maybe(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "path": path_matches,
+                "headers": maybe(st.lists(maybe(st.fixed_dictionaries(
+                    {"name": header_names, "value": header_values})), max_size=2)),
+                "method": mostly(["GET", "POST"], ["FETCH", "get"]),
+            },
+        )
+    ),
+    max_size=3,
+)  # fmt: skip
+route_filters = st.lists(
+    maybe(
+        st.one_of(
+            st.builds(
+                lambda edits: {"type": "RequestHeaderModifier", "requestHeaderModifier": edits},
+                st.fixed_dictionaries({}, optional={
+                    "set": st.lists(st.fixed_dictionaries({"name": header_names,
+                                                           "value": header_values}), max_size=2),
+                    "remove": st.lists(header_names, max_size=2)}),
+            ),
+            st.builds(
+                lambda redirect: {"type": "RequestRedirect", "requestRedirect": redirect},
+                st.fixed_dictionaries({}, optional={
+                    "hostname": mostly(["b.example"], ["a\r\nb", "*.x"]),
+                    "statusCode": mostly([301, 302], [200, "moved"]),
+                    "port": mostly([8080], [0, 70000])}),
+            ),
+        )
+    ),
+    max_size=2,
+)  # fmt: skip
+route_backends = st.lists(
+    maybe(
+        st.fixed_dictionaries(
+            {"name": mostly(["a", "b"], ["x"]), "port": mostly([80], [0, 81, "http"])},
+            optional={"weight": mostly([1, 0, 50], [-1, 2**32, "heavy"])},
+        )
+    ),
+    max_size=3,
+)  # fmt: skip
+route_rules = st.lists(
+    maybe(st.fixed_dictionaries({}, optional={"matches": route_matches,
+                                              "filters": route_filters,
+                                              "backendRefs": route_backends})),
+    max_size=3,
+)  # fmt: skip
+http_routes = st.builds(
+    lambda name, spec: {
+        "apiVersion": f"{GATEWAY_GROUP}/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    },
+    st.sampled_from(["r1", "r2", "r3"]),
+    maybe(st.fixed_dictionaries(
+        {"parentRefs": maybe(st.lists(st.fixed_dictionaries(
+            {"name": st.sampled_from(["gw", "gw2"])}), min_size=1, max_size=2))},
+        optional={"hostnames": maybe(st.lists(hosts, max_size=3)), "rules": maybe(route_rules)},
+    )),
+)  # fmt: skip
+GATEWAY_CLASS = {
+    "apiVersion": f"{GATEWAY_GROUP}/v1",
+    "kind": "GatewayClass",
+    "metadata": {"name": "fuzz"},
+    "spec": {"controllerName": "envoy-lifecycle.io/gateway-controller"},
+}
+manifests = st.lists(
+    st.one_of(ingresses, services, slices, gateways, http_routes, http_routes), max_size=8
+)
+SOURCES = ("manifests", "api")
+"""A directory of manifests, or the API server's list items (one object at a time)."""
 
 
-def publish(documents: list[dict[str, Any]]) -> Snapshot | None:
-    """The production pipeline, as `xds-server serve` runs it on a directory."""
-    try:
-        loaded = parse_documents(yaml.safe_dump_all(documents + BASE), "fuzz.yaml")
-    except TooMuch:
-        return None
+def publish(documents: list[dict[str, Any]], source: str = "manifests") -> Snapshot | None:
+    """The production pipeline, as `xds-server serve` runs it on a directory of manifests
+    or on what the API server lists (each item checked alone, as the API source does)."""
+    everything = [*documents, *BASE, GATEWAY_CLASS]
+    if source == "api":
+        loaded = Loaded()
+        for item in everything:
+            one = parse_item(copy.deepcopy(item), "api:fuzz", Limits())
+            loaded.objects += one.objects
+            loaded.errors += one.errors
+    else:
+        try:
+            loaded = parse_documents(yaml.safe_dump_all(everything), "fuzz.yaml")
+        except TooMuch:
+            return None
     built = Pipeline(None, EnvoyPorts("127.0.0.1", 18080, 18443)).build(loaded, 1)
     assert not built.problems, built.problems
     return built.snapshot
@@ -174,11 +292,11 @@ def publish(documents: list[dict[str, Any]]) -> Snapshot | None:
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(manifests)
+@given(manifests, st.sampled_from(SOURCES))
 def test_no_input_escapes_the_pipeline_and_nothing_published_breaks_envoys_rules(
-    documents: list[dict[str, Any]],
+    documents: list[dict[str, Any]], source: str
 ) -> None:
-    snapshot = publish(documents)
+    snapshot = publish(documents, source)
     assert snapshot is not None
     for type_url, entries in snapshot.resources.items():
         for name, entry in entries.items():
@@ -191,11 +309,11 @@ def test_no_input_escapes_the_pipeline_and_nothing_published_breaks_envoys_rules
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(manifests)
+@given(manifests, st.sampled_from(SOURCES))
 def test_a_sample_of_what_we_publish_is_accepted_by_the_real_envoy(
-    documents: list[dict[str, Any]],
+    documents: list[dict[str, Any]], source: str
 ) -> None:
-    snapshot = publish(documents)
+    snapshot = publish(documents, source)
     assert snapshot is not None
     accepted, complaint = envoy_accepts(snapshot)
     assert accepted, complaint
@@ -231,3 +349,25 @@ def test_the_real_envoy_refuses_what_our_rules_refuse() -> None:
     accepted, complaint = envoy_accepts(broken)
     assert not accepted
     assert "PathSeparatedPrefix" in complaint
+
+
+@pytest.mark.parametrize("regex", ["^/v[0-9]+$", "(?=x)", "(a)\\1", "x{1000}", "x{90}"])
+def test_our_rules_and_the_real_envoy_agree_on_regular_expressions(regex: str) -> None:
+    """RE2 reads them as Envoy does: a lookaround, a backreference or a program over Envoy's
+    size limit is refused by both, an ordinary one accepted by both."""
+    documents: list[dict[str, Any]] = [
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
+         "spec": {"rules": [{"http": {"paths": [{"path": "/ok", "pathType": "Prefix",
+                  "backend": {"service": {"name": "a", "port": {"number": 80}}}}]}}]}},
+    ]  # fmt: skip
+    snapshot = publish(documents)
+    assert snapshot is not None
+    vhost = snapshot.entries(VHOST)["ingress_http/*"].decoded()
+    assert isinstance(vhost, route_components_pb2.VirtualHost)
+    vhost.routes[0].match.safe_regex.regex = regex
+    changed = {
+        type_url: {n: (vhost if n == "ingress_http/*" else e.decoded()) for n, e in entries.items()}
+        for type_url, entries in snapshot.resources.items()
+    }
+    accepted, complaint = envoy_accepts(Snapshot.build(changed, 2))
+    assert (violations(vhost) == []) == accepted, (violations(vhost), complaint)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import re2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2, duration_pb2, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -147,7 +148,28 @@ def _unremovable_headers(message: Any, where: str, found: Violations) -> None:
                 found.append(f"{at}: :-prefixed or host headers may not be removed")
 
 
+REGEX_PROGRAM_MAX = 100
+"""Envoy refuses a regular expression whose RE2 program is larger (its runtime default of
+`re2.max_program_size.error_level`)."""
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def _re2_regex(message: Any, where: str, found: Violations) -> None:
+    """What Envoy's RE2 refuses (lookarounds, backreferences, a program too large), read by
+    RE2 itself: Python's engine accepts `(?=x)`, and Envoy would NACK it."""
+    try:
+        size = re2.compile(message.regex, options=_RE2_OPTIONS).programsize
+    except re2.error as exc:
+        found.append(f"{_at(where, 'regex')}: RE2 cannot read {message.regex[:60]!r} ({exc})")
+        return
+    if size > REGEX_PROGRAM_MAX:
+        found.append(f"{_at(where, 'regex')}: RE2 program size {size} is over Envoy's"
+                     f" {REGEX_PROGRAM_MAX}")  # fmt: skip
+
+
 BEYOND_ANNOTATIONS: dict[str, FieldCheck] = {
+    "envoy.type.matcher.v3.RegexMatcher": _re2_regex,
     "envoy.config.core.v3.HeaderValueOption": _unmodifiable_header,
     "envoy.config.route.v3.Route": _unremovable_headers,
     "envoy.config.route.v3.VirtualHost": _unremovable_headers,
