@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from xds_server import collector
 from xds_server.model.gateway import GatewaySettings
-from xds_server.model.gateway.attach import refused_status
+from xds_server.model.gateway.attach import REFUSED_STATUS
 from xds_server.model.gateway.types import status_key
 from xds_server.model.state import Key, ModelState
 from xds_server.model.types import Model, describe
@@ -148,13 +148,13 @@ class Pipeline:
         route left out for what Envoy would refuse says so in its own status."""
         model = self.state.model
         gateway = model.gateway
-        refused = [(o, why) for o, why in self._refused.values() if o.kind == "HTTPRoute"]
+        refused = [(o, why) for o, why in self._refused.values() if o.kind in REFUSED_STATUS]
         if gateway is not None and refused:
             status = dict(gateway.status)
             ours = {key for key in status if key.startswith("Gateway/")}
             controller = self.state.gateway.controller
-            for route, why in refused:
-                status[status_key(route)] = refused_status(route, why, controller, ours)
+            for obj, why in refused:
+                status[status_key(obj)] = REFUSED_STATUS[obj.kind](obj, why, controller, ours)
             gateway = replace(gateway, status=status)
         return replace(
             model,

@@ -267,3 +267,22 @@ def test_a_route_that_would_exhaust_envoy_is_refused_alone() -> None:
         assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedValue")
     listener = part.status["Gateway/ns/g"]["listeners"][0]
     assert listener["attachedRoutes"] == 1, "the refused route is not counted"
+
+
+def test_what_envoy_refuses_in_a_gateway_listener_is_traced_to_its_gateway() -> None:
+    """Each filter chain knows the Gateways that made it: a violation in chain i blames
+    them; one that names no chain blames every Gateway of the port."""
+    from xds_server.model.types import Model
+    from xds_server.translate.refusals import _origins
+    from xds_server.translate.type_urls import LISTENER
+
+    cls = _object("GatewayClass", "c", "default",
+                  {"controllerName": "envoy-lifecycle.io/gateway-controller"})  # fmt: skip
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    gateway = _object("Gateway", "g", "ns", {"gatewayClassName": "c", "listeners": [listener]})
+    inputs = GatewayInputs({o.key: o for o in (cls, gateway)}, envoy_address="10.0.0.7")
+    part = build_gateways(inputs, {}, {})
+    model = Model(gateway=part)
+    (port,) = part.ports.values()
+    for violation in ("filter_chains[0].filters[0]: bad", "address: bad"):
+        assert _origins(LISTENER, port.name, violation, model) == ["test: Gateway ns/g"]

@@ -90,7 +90,7 @@ def listener(port: Port) -> listener_pb2.Listener:
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address=port.address, port_value=port.port)
         ),
-        filter_chains=[_chain(port, chain) for chain in _chain_order(port)],
+        filter_chains=[_chain(port, chain) for chain in chain_order(port)],
     )
     if port.tls:
         made.listener_filters.append(
@@ -102,7 +102,8 @@ def listener(port: Port) -> listener_pb2.Listener:
     return made
 
 
-def _chain_order(port: Port) -> list[Chain]:
+def chain_order(port: Port) -> list[Chain]:
+    """A port's filter chains in the listener's order (named SNI first, the default last)."""
     return sorted(port.chains.values(), key=lambda c: (c.sni is None, c.sni or ""))
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from xds_server.model.gateway.types import GatewayPart
 from xds_server.model.types import Model
 from xds_server.translate.envoy_rules import Checked
+from xds_server.translate.gateway import chain_order
 from xds_server.translate.listeners import HTTP, HTTPS
 from xds_server.translate.routes import planned
 from xds_server.translate.type_urls import LISTENER, SECRET, VHOST
@@ -80,6 +82,8 @@ def _gateway_origins(type_url: str, name: str, violation: str, model: Model) -> 
         return None
     if type_url == SECRET and name in part.secrets:
         return [part.secrets[name].origin]
+    if type_url == LISTENER:
+        return _gateway_listener_origins(name, violation, part)
     if type_url != VHOST:
         return None
     config, _, host = name.partition("/")
@@ -92,3 +96,16 @@ def _gateway_origins(type_url: str, name: str, violation: str, model: Model) -> 
                     return [routes[int(route[1])].origin]
                 return list(dict.fromkeys(r.origin for r in routes))
     return None
+
+
+def _gateway_listener_origins(name: str, violation: str, part: GatewayPart) -> list[str] | None:
+    """The Gateways of the filter chain that broke the rule (of every chain of the port when
+    the violation names none); None: not a Gateway API listener."""
+    port = next((p for p in part.ports.values() if p.name == name), None)
+    if port is None:
+        return None
+    chains = chain_order(port)
+    chain = _CHAIN.match(violation)
+    if chain and int(chain[1]) < len(chains):
+        return list(chains[int(chain[1])].origins)
+    return list(dict.fromkeys(o for c in chains for o in c.origins))

@@ -230,3 +230,20 @@ def refused_status(route: KubeObject, reason: str, controller: str, ours: set[st
             }
         )
     return {"parents": parents}
+
+
+def _refused_gateway(gateway: KubeObject, reason: str, _controller: str, _ours: set[str]) -> Status:
+    gen = generation_of(gateway)
+    return {
+        "conditions": [
+            condition("Accepted", False, "Invalid", reason, gen),
+            condition("Programmed", False, "Invalid", reason, gen),
+        ]
+    }
+
+
+REFUSED_STATUS: dict[str, Callable[[KubeObject, str, str, set[str]], Status]] = {
+    "HTTPRoute": refused_status,
+    "Gateway": _refused_gateway,
+}
+"""The status of an object left out for what Envoy would refuse in it, by kind."""

@@ -23,6 +23,7 @@ from xds_server.model.gateway.types import (
     spec_of,
     status_key,
 )
+from xds_server.model.types import describe
 from xds_server.sources.objects import KubeObject
 
 SERVED_PROTOCOLS = ("HTTP", "HTTPS")
@@ -289,6 +290,9 @@ def _place(listener: Listener, part: GatewayPart) -> None:
         _refuse(listener, "PortUnavailable", "another Gateway serves another protocol here")
         return
     listener.chain = port.chain(listener.hostname, listener.certificates)
+    origin = describe(listener.gateway)
+    if origin not in listener.chain.origins:
+        listener.chain.origins.append(origin)
 
 
 def _gateway_accepted(listeners: list[Listener], generation: int) -> Status:

@@ -104,6 +104,9 @@ class Chain:
     certificates: tuple[str, ...] = ()
     """SDS secret names (HTTPS); empty for HTTP."""
     hosts: dict[str, list[GatewayRoute]] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+    """The Gateways whose listeners made it (as rejections name them): what Envoy would
+    refuse in the chain is theirs."""
 
 
 @dataclass
