@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -172,13 +173,21 @@ listeners = st.lists(
     min_size=1,
     max_size=3,
 )  # fmt: skip
+
+
+def gateway_api(kind: str) -> Any:
+    """An object of a Gateway API kind, from its name and spec."""
+
+    def made(name: str, spec: Any) -> dict[str, Any]:
+        metadata = {"name": name, "namespace": "default"}
+        return {"apiVersion": f"{GATEWAY_GROUP}/v1", "kind": kind, "metadata": metadata,
+                "spec": spec}  # fmt: skip
+
+    return made
+
+
 gateways = st.builds(
-    lambda name, spec: {
-        "apiVersion": f"{GATEWAY_GROUP}/v1",
-        "kind": "Gateway",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": spec,
-    },
+    gateway_api("Gateway"),
     st.sampled_from(["gw", "gw2"]),
     maybe(st.fixed_dictionaries({"gatewayClassName": mostly(["fuzz"], ["other", 5]),
                                  "listeners": maybe(listeners)})),
@@ -240,12 +249,7 @@ route_rules = st.lists(
     max_size=3,
 )  # fmt: skip
 http_routes = st.builds(
-    lambda name, spec: {
-        "apiVersion": f"{GATEWAY_GROUP}/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": spec,
-    },
+    gateway_api("HTTPRoute"),
     st.sampled_from(["r1", "r2", "r3"]),
     maybe(st.fixed_dictionaries(
         {"parentRefs": maybe(st.lists(st.fixed_dictionaries(
@@ -319,33 +323,38 @@ def test_a_sample_of_what_we_publish_is_accepted_by_the_real_envoy(
     assert accepted, complaint
 
 
+ONE_ROUTE: list[dict[str, Any]] = [
+    {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
+     "spec": {"rules": [{"http": {"paths": [{"path": "/ok", "pathType": "Prefix",
+              "backend": {"service": {"name": "a", "port": {"number": 80}}}}]}}]}},
+]  # fmt: skip
+"""One Ingress route to service a (the BASE has it): the catch-all virtual host's first."""
+
+
+def with_first_route(edit: Callable[[route_components_pb2.Route], None]) -> tuple[Any, Snapshot]:
+    """ONE_ROUTE published, its route edited: the edited virtual host and the snapshot."""
+    snapshot = publish(ONE_ROUTE)
+    assert snapshot is not None
+    assert envoy_accepts(snapshot)[0]
+    vhost = snapshot.entries(VHOST)["ingress_http/*"].decoded()
+    assert isinstance(vhost, route_components_pb2.VirtualHost)
+    edit(vhost.routes[0])
+    changed = {
+        type_url: {n: (vhost if n == "ingress_http/*" else e.decoded()) for n, e in entries.items()}
+        for type_url, entries in snapshot.resources.items()
+    }
+    return vhost, Snapshot.build(changed, 2)
+
+
 def test_the_real_envoy_refuses_what_our_rules_refuse() -> None:
     """The other direction, on a case our model lets through only if its own check is gone:
     the rules we read from the protos and the binary agree that this prefix is refused."""
-    documents: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
-         "spec": {"ports": [{"name": "http", "port": 80}]}},
-        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
-         "spec": {"rules": [{"http": {"paths": [{"path": "/ok", "pathType": "Prefix",
-                  "backend": {"service": {"name": "a", "port": {"number": 80}}}}]}}]}},
-    ]  # fmt: skip
-    snapshot = publish(documents)
-    assert snapshot is not None
-    assert envoy_accepts(snapshot)[0]
-    bad = snapshot.entries(VHOST)["ingress_http/*"].decoded()
-    assert isinstance(bad, route_components_pb2.VirtualHost)
-    bad.routes[0].match.path_separated_prefix = "/ok?x"
+
+    def prefix(route: route_components_pb2.Route) -> None:
+        route.match.path_separated_prefix = "/ok?x"
+
+    bad, broken = with_first_route(prefix)
     assert violations(bad) != []
-    broken = Snapshot.build(
-        {
-            type_url: {
-                name: (bad if name == "ingress_http/*" else entry.decoded())
-                for name, entry in entries.items()
-            }
-            for type_url, entries in snapshot.resources.items()
-        },
-        2,
-    )
     accepted, complaint = envoy_accepts(broken)
     assert not accepted
     assert "PathSeparatedPrefix" in complaint
@@ -355,19 +364,10 @@ def test_the_real_envoy_refuses_what_our_rules_refuse() -> None:
 def test_our_rules_and_the_real_envoy_agree_on_regular_expressions(regex: str) -> None:
     """RE2 reads them as Envoy does: a lookaround, a backreference or a program over Envoy's
     size limit is refused by both, an ordinary one accepted by both."""
-    documents: list[dict[str, Any]] = [
-        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
-         "spec": {"rules": [{"http": {"paths": [{"path": "/ok", "pathType": "Prefix",
-                  "backend": {"service": {"name": "a", "port": {"number": 80}}}}]}}]}},
-    ]  # fmt: skip
-    snapshot = publish(documents)
-    assert snapshot is not None
-    vhost = snapshot.entries(VHOST)["ingress_http/*"].decoded()
-    assert isinstance(vhost, route_components_pb2.VirtualHost)
-    vhost.routes[0].match.safe_regex.regex = regex
-    changed = {
-        type_url: {n: (vhost if n == "ingress_http/*" else e.decoded()) for n, e in entries.items()}
-        for type_url, entries in snapshot.resources.items()
-    }
-    accepted, complaint = envoy_accepts(Snapshot.build(changed, 2))
+
+    def matching(route: route_components_pb2.Route) -> None:
+        route.match.safe_regex.regex = regex
+
+    vhost, changed = with_first_route(matching)
+    accepted, complaint = envoy_accepts(changed)
     assert (violations(vhost) == []) == accepted, (violations(vhost), complaint)
