@@ -53,21 +53,15 @@ async def requests_in_window(api: FakeKubeApi) -> dict[str, int]:
     return {kind: asked(api, kind) - count for kind, count in before.items()}
 
 
-async def test_watches_that_end_at_once_are_asked_again_with_a_backoff(
-    api: FakeKubeApi, loads: AsyncGenerator[Loaded, None]
+@pytest.mark.parametrize("misbehaviour", ["watches_end_at_once", "always_gone"])
+async def test_watches_that_end_at_once_or_410_are_asked_again_with_a_backoff(
+    misbehaviour: str, api: FakeKubeApi, loads: AsyncGenerator[Loaded, None]
 ) -> None:
-    api.watches_end_at_once = True
+    setattr(api, misbehaviour, True)
     counts = await requests_in_window(api)
     assert max(counts.values()) <= BOUND, counts
-
-
-async def test_a_410_on_every_watch_lists_again_with_a_backoff(
-    api: FakeKubeApi, loads: AsyncGenerator[Loaded, None]
-) -> None:
-    api.always_gone = True
-    counts = await requests_in_window(api)
-    assert max(counts.values()) <= BOUND, counts
-    assert api.lists("Ingress") >= 2, "a 410 lists again"
+    if misbehaviour == "always_gone":
+        assert api.lists("Ingress") >= 2, "a 410 lists again"
 
 
 async def test_retry_after_is_honoured(
