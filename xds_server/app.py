@@ -325,6 +325,11 @@ class ControlPlane:
             log.error("snapshot not published, the last good one stays: %s", problem)
         if built.problems:
             self.metrics.publish_failures.inc()
+        news = built.endpoints
+        self.metrics.fallback_activations.inc(len(news.fallbacks_started))
+        self.metrics.in_fallback.set(news.in_fallback)
+        for cluster in news.fallbacks_started:
+            log.warning("no ready endpoint left in %s: its terminating ones serve", cluster)
         snapshot = built.snapshot
         if snapshot is None or not self.store.publish(snapshot):
             return False
@@ -334,7 +339,8 @@ class ControlPlane:
         self._serial = snapshot.serial
         self.metrics.snapshots.inc()
         self.metrics.ready.set(1)
-        asyncio.get_running_loop().create_task(self._observe_convergence(snapshot, seen))
+        converged = self._observe_convergence(snapshot, seen, news.triggered)
+        asyncio.get_running_loop().create_task(converged)
         return True
 
     def _report_rejections(self, errors: list[str]) -> None:
@@ -347,14 +353,20 @@ class ControlPlane:
         self.rejections = current
         self.metrics.rejected_now.set(len(current))
 
-    async def _observe_convergence(self, snapshot: Snapshot, seen: float) -> None:
-        """Change seen -> every connected proxy has ACKed it (or a newer snapshot came)."""
+    async def _observe_convergence(
+        self, snapshot: Snapshot, seen: float, triggered: list[float]
+    ) -> None:
+        """Change seen -> every connected proxy has ACKed it (or a newer snapshot came);
+        and from each endpoint change's trigger time (wall clock, the API server's) too."""
         answered = self.servicer.answered
         deadline = seen + CONVERGENCE_WAIT
         while self.store.current is snapshot:
             answered.clear()
             if all(stream.converged(snapshot) for stream in self.servicer.streams):
                 self.metrics.convergence.observe(time.monotonic() - seen)
+                now = time.time()
+                for stamp in triggered:
+                    self.metrics.endpoint_programming.observe(max(0.0, now - stamp))
                 return
             try:  # checked again only when a proxy has answered, not on a timer
                 await asyncio.wait_for(answered.wait(), deadline - time.monotonic())

@@ -71,6 +71,25 @@ class XdsMetrics:
             buckets=CONVERGENCE_BUCKETS,
             registry=self.registry,
         )
+        self.endpoint_programming = Histogram(
+            "xds_endpoint_programming_seconds",
+            "From the pod change behind an EndpointSlice update (its"
+            " endpoints.kubernetes.io/last-change-trigger-time) to every connected proxy having"
+            " ACKed the endpoints it caused: how long a terminating pod may still get requests.",
+            buckets=CONVERGENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.fallback_activations = Counter(
+            "xds_endpoint_fallback_activations",
+            "Times a Service port ran out of ready endpoints and its terminating, still serving"
+            " ones took requests (KEP-1669's fallback).",
+            registry=self.registry,
+        )
+        self.in_fallback = Gauge(
+            "xds_endpoint_fallback_clusters",
+            "Service ports served by terminating endpoints now (no ready one left).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "xds_ready", "1 once the first snapshot is built.", registry=self.registry
         )

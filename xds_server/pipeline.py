@@ -11,7 +11,10 @@ It stays out while it is unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
 
 from xds_server import collector
 from xds_server.model.gateway import GatewaySettings
@@ -24,6 +27,7 @@ from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.translate.refusals import refusals
 from xds_server.translate.resources import Changes, Translator
+from xds_server.translate.type_urls import ENDPOINT
 from xds_server.xds.cache import InconsistentSnapshot, Snapshot
 
 REFUSAL_ROUNDS = 3
@@ -39,6 +43,18 @@ class Built:
     """None: nothing may be published for this change (see `problems`)."""
     problems: list[str] = field(default_factory=list)
     """Why nothing is published: a refusal no object explains, or an inconsistent snapshot."""
+    endpoints: EndpointNews = field(default_factory=lambda: EndpointNews())
+
+
+@dataclass
+class EndpointNews:
+    """What this change did to endpoints, for the metrics once proxies have it."""
+
+    triggered: list[float] = field(default_factory=list)
+    """The last-change-trigger-time of each endpoint assignment changed (Unix time)."""
+    fallbacks_started: list[str] = field(default_factory=list)
+    """Clusters whose ready endpoints ran out: the terminating ones serve (KEP-1669)."""
+    in_fallback: int = 0
 
 
 class Pipeline:
@@ -53,6 +69,7 @@ class Pipeline:
         self._input: dict[Key, KubeObject] = {}
         """The objects the model holds now."""
         self._refused: dict[Key, tuple[KubeObject, str]] = {}
+        self._in_fallback: set[str] = set()
         """Objects Envoy would refuse, with why: left out while they are unchanged."""
         self._unexplained: dict[tuple[str, str], list[str]] = {}
         """Resources Envoy would refuse for no object's sake (a flag, or our own bug)."""
@@ -94,6 +111,7 @@ class Pipeline:
             changes = self._refuse(found.blamed)
         self.checked.forget_unused()
         self._last = loaded
+        news = self._endpoint_news(translated.get(ENDPOINT, {}))
         self._snapshot = self._snapshot.derive(translated, serial)
         model = self._model()
         problems = [reason for reasons in self._unexplained.values() for reason in reasons]
@@ -104,7 +122,22 @@ class Pipeline:
             self._snapshot.check()
         except InconsistentSnapshot as exc:
             return Built(model, None, [str(exc)])
-        return Built(model, self._snapshot)
+        return Built(model, self._snapshot, endpoints=news)
+
+    def _endpoint_news(self, assignments: Mapping[str, Message | None]) -> EndpointNews:
+        news = EndpointNews()
+        for name in assignments:
+            backend = self.state.model.clusters.get(name)
+            if backend is not None and backend.triggered is not None:
+                news.triggered.append(backend.triggered)
+            if backend is not None and backend.fallback:
+                if name not in self._in_fallback:
+                    news.fallbacks_started.append(name)
+                self._in_fallback.add(name)
+            else:
+                self._in_fallback.discard(name)
+        news.in_fallback = len(self._in_fallback)
+        return news
 
     def _changes(self, objects: dict[Key, KubeObject]) -> dict[Key, KubeObject | None]:
         """What differs between the objects the model holds and those it should hold: a

@@ -100,7 +100,8 @@ def envoy_pick(
 ) -> str | None:
     """ignore_port_in_host_matching; domain: exact (any case), else the longest `*.suffix`
     (any depth), else `*`; then the first route whose match (path, prefix, separated prefix,
-    :authority regex on the Host as sent, port included) holds; a direct response or no
+    :authority regex on the Host as sent, port included; the :method of a route split for
+    its retries) holds; a direct response or no
     route is 404."""
     name = host.split(":")[0].lower()
     chosen = _select(vhosts, name)
@@ -126,8 +127,9 @@ def _select(
 
 def _route_matches(match: route_components_pb2.RouteMatch, host: str, request: str) -> bool:
     for header in match.headers:
-        assert header.name == ":authority"
-        if re.search(header.string_match.safe_regex.regex, host) is None:
+        assert header.name in (":authority", ":method")
+        sent = host if header.name == ":authority" else "GET"  # the requests here are GETs
+        if re.fullmatch(header.string_match.safe_regex.regex, sent) is None:
             return False
     kind = match.WhichOneof("path_specifier")
     value: str = getattr(match, str(kind))

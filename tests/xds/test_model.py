@@ -88,8 +88,8 @@ def test_ready_endpoints_only_at_the_named_slice_port() -> None:
         ),
         None,
     )
-    (endpoints,) = model.clusters.values()
-    assert [(e.address, e.port) for e in endpoints] == [("10.0.2.1", 7000)]
+    (backend,) = model.clusters.values()
+    assert [(e.address, e.port) for e in backend.endpoints] == [("10.0.2.1", 7000)]
 
 
 @pytest.mark.parametrize(
@@ -301,5 +301,5 @@ metadata: {name: i}
 spec: {defaultBackend: {service: {name: s, port: {number: 80}}}}
 """
     built = build(parse_documents(text, "k.yaml").objects, None)
-    (endpoints,) = built.clusters.values()
-    assert [e.address for e in endpoints] == ["10.0.0.2"]
+    (backend,) = built.clusters.values()
+    assert [e.address for e in backend.endpoints] == ["10.0.0.2"]

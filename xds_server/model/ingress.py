@@ -10,8 +10,9 @@ Ingress semantics as Kubernetes defines them (networking.k8s.io/v1):
 * Precedence: the longest path wins, and `Exact` beats `Prefix` at equal length; exact hosts
   beat wildcards; `spec.defaultBackend` takes what no rule matches.
 * Backends: a Service in the Ingress' namespace, its port by number (`port.number`, the
-  Service's `port`) or by name; endpoints are the *ready* addresses of the EndpointSlices
-  labelled `kubernetes.io/service-name`, at the slice port of the same name.
+  Service's `port`) or by name; endpoints are read from the EndpointSlices labelled
+  `kubernetes.io/service-name`, at the slice port of the same name, by their conditions
+  (model/backends.py).
 * Classes: `spec.ingressClassName`, else the `kubernetes.io/ingress.class` annotation, else
   the IngressClass marked `ingressclass.kubernetes.io/is-default-class: "true"`.
 * TLS: each `spec.tls` entry's hosts are served with its `kubernetes.io/tls` Secret.
@@ -33,7 +34,7 @@ from xds_server.model.backends import Resolved, resolve_backend
 from xds_server.model.types import (
     EXACT,
     PREFIX,
-    Endpoint,
+    Backend,
     Model,
     Rejected,
     Route,
@@ -56,7 +57,7 @@ class IngressPart:
 
     by_host: dict[str, list[Route]]
     """Its routes per host (`*`: rules without a host), each list in precedence order."""
-    upstreams: dict[str, list[Endpoint]]
+    upstreams: dict[str, Backend]
     tls: list[TlsBinding]
     default: Route | None = None
     """Its defaultBackend: for its own hosts' unmatched paths, and for unmatched hosts."""
@@ -158,14 +159,14 @@ def ingress_part(
     if not isinstance(spec, dict):
         raise Rejected("has no spec")
     staged: list[tuple[str, Route]] = []
-    upstreams: dict[str, list[Endpoint]] = {}
+    upstreams: dict[str, Backend] = {}
     origin = describe(ingress)
 
     def resolve(backend: Any, where: str) -> Upstream:
-        upstream, endpoints = resolve_backend(
+        upstream, backend = resolve_backend(
             ingress.namespace, backend, services, slices, where, resolved
         )
-        upstreams[upstream.cluster] = endpoints
+        upstreams[upstream.cluster] = backend
         return upstream
 
     for index, rule in enumerate(spec.get("rules") or []):

@@ -30,7 +30,7 @@ from xds_server.model.ingress import (
     services_named,
 )
 from xds_server.model.secrets import Checked, add_secrets
-from xds_server.model.types import Endpoint, Host, Model, Rejected, Route, describe
+from xds_server.model.types import Backend, Host, Model, Rejected, Route, describe
 from xds_server.sources.objects import KubeObject
 
 log = logging.getLogger("xds_server.model")
@@ -62,7 +62,7 @@ class ModelState:
         self.ingress_class = ingress_class
         self.gateway = gateway or GatewaySettings()
         self._gateway_objects: dict[Key, KubeObject] = {}
-        self._gateway_clusters: dict[str, list[Endpoint]] = {}
+        self._gateway_clusters: dict[str, Backend] = {}
         self._gateway_memo: CompileMemo = {}
         self.model = Model()
         self._ingresses: dict[Named, KubeObject] = {}
@@ -134,11 +134,11 @@ class ModelState:
             if not self._cluster_users[cluster]:
                 del self._cluster_users[cluster], self.model.clusters[cluster]
             dirty.clusters.add(cluster)
-        for cluster, endpoints in after.items():
+        for cluster, backend in after.items():
             if cluster not in before:
                 self._cluster_users[cluster] = self._cluster_users.get(cluster, 0) + 1
-            if self.model.clusters.get(cluster) != endpoints:
-                self.model.clusters[cluster] = endpoints
+            if self.model.clusters.get(cluster) != backend:
+                self.model.clusters[cluster] = backend
                 dirty.clusters.add(cluster)
         self._gateway_clusters = dict(after)
         self.model.gateway = part
@@ -245,10 +245,10 @@ class ModelState:
         if part.tls:
             bisect.insort(self._with_tls, aged)
             dirty.tls = True
-        for cluster, endpoints in part.upstreams.items():
+        for cluster, backend in part.upstreams.items():
             self._cluster_users[cluster] = self._cluster_users.get(cluster, 0) + 1
-            if self.model.clusters.get(cluster) != endpoints:
-                self.model.clusters[cluster] = endpoints
+            if self.model.clusters.get(cluster) != backend:
+                self.model.clusters[cluster] = backend
                 dirty.clusters.add(cluster)
         self.model.served.add(named)
 

@@ -19,6 +19,52 @@ EXACT, PREFIX = "Exact", "Prefix"
 class Endpoint:
     address: str
     port: int
+    draining: bool = False
+    """Serving but terminating: Envoy sends it no new request (in-flight ones finish)."""
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+"""RFC 9110's safe methods: the ones a request may be sent twice without asking."""
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How a route retries. Whatever is set here, a request is retried on a reset only when
+    its method is in `reset_methods`: a reset can come after the app processed it."""
+
+    attempts: int = 2
+    reset_methods: tuple[str, ...] = SAFE_METHODS
+    codes: tuple[int, ...] = ()
+    """Response codes retried (the route owner asked for them: any method)."""
+    backoff_ms: int | None = None
+    """The first wait between attempts; None: Envoy's 25 ms."""
+
+
+@dataclass(frozen=True)
+class BackendPolicy:
+    """What a Service says about its own lifecycle (annotations, docs/xds.md)."""
+
+    retry: RetrySettings = RetrySettings()
+    idle_timeout_ms: int = 4000
+    """Upstream connections idle longer are closed by Envoy: before the backend's own
+    keep-alive timeout (Node, uvicorn, gunicorn: 5 s), so the backend never closes one
+    just as Envoy writes a request on it."""
+    slow_start_ms: int = 0
+    """New endpoints get their share of traffic over this window (0: at once)."""
+    http2: bool = False
+    """The Service port's appProtocol is `kubernetes.io/h2c`: HTTP/2 without TLS."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A cluster's content: its endpoints and how to treat them."""
+
+    endpoints: tuple[Endpoint, ...]
+    policy: BackendPolicy = BackendPolicy()
+    fallback: bool = False
+    """No endpoint is ready: the serving, terminating ones are used (KEP-1669)."""
+    triggered: float | None = field(default=None, compare=False)
+    """The newest `endpoints.kubernetes.io/last-change-trigger-time` of its slices."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +74,7 @@ class Upstream:
     namespace: str
     service: str
     port: str  # the Service port's name, or its number as text
+    policy: BackendPolicy = BackendPolicy()
 
     @property
     def cluster(self) -> str:
@@ -79,7 +126,7 @@ class TlsSecret:
 @dataclass
 class Model:
     hosts: dict[str, Host] = field(default_factory=dict)
-    clusters: dict[str, list[Endpoint]] = field(default_factory=dict)
+    clusters: dict[str, Backend] = field(default_factory=dict)
     tls: list[TlsBinding] = field(default_factory=list)
     secrets: dict[str, TlsSecret] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)

@@ -201,6 +201,13 @@ RULE = obj(
         "filters": list_of(FILTER, max_items=16),
         "backendRefs": list_of(BACKEND_REF, max_items=16),
         "timeouts": obj({"request": DURATION, "backendRequest": DURATION}),
+        "retry": obj(
+            {
+                "attempts": integer(1, 2**31 - 1),
+                "backoff": DURATION,
+                "codes": list_of(integer(400, 599)),
+            }
+        ),
     }
 )
 PARENT_REF = obj(

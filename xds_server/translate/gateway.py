@@ -30,8 +30,10 @@ from xds_server.model.gateway.types import (
     Redirect,
     WeightedBackend,
 )
+from xds_server.model.types import RetrySettings
 from xds_server.translate.common import ads_source, pack
 from xds_server.translate.listeners import connection_manager, tls_secret
+from xds_server.translate.retries import with_retries
 from xds_server.translate.routes import INVALID_BACKEND, not_found_host, vhds_config
 from xds_server.translate.type_urls import LISTENER, ROUTE_VHDS, SECRET, VHOST
 
@@ -133,8 +135,17 @@ def virtual_host(
 ) -> route_components_pb2.VirtualHost:
     """A host's routes in precedence order; what none matches gets Envoy's 404."""
     return route_components_pb2.VirtualHost(
-        name=f"{chain.name}/{host}", domains=[host], routes=[_route(r) for r in routes]
+        name=f"{chain.name}/{host}",
+        domains=[host],
+        routes=[
+            made for r in routes for made in with_retries(_route(r), retry_of(r), r.match.method)
+        ],
     )
+
+
+def retry_of(route: GatewayRoute) -> RetrySettings | None:
+    """How a route retries (None: it sends nothing upstream)."""
+    return None if route.redirect is not None or route.fails else route.retry
 
 
 def _route(route: GatewayRoute) -> route_components_pb2.Route:

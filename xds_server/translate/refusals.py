@@ -4,6 +4,7 @@ A resource that breaks one of Envoy's rules would be NACKed by every proxy, and 
 whatever else came in the same response. Each violation is traced back to the object it
 comes from (a route to its Ingress, a filter chain to the Ingress that asked for its TLS
 binding, a secret to its Secret) so that object alone can be rejected and the rest served.
+Routes are counted as Envoy gets them (a route split for its retries is two, retries.py).
 A violation no object explains (a flag, or our own bug) stops the snapshot instead.
 """
 
@@ -19,8 +20,10 @@ from xds_server.model.gateway.types import GatewayPart
 from xds_server.model.types import Model
 from xds_server.translate.envoy_rules import Checked
 from xds_server.translate.gateway import chain_order
+from xds_server.translate.gateway import retry_of as gateway_retry_of
 from xds_server.translate.listeners import HTTP, HTTPS
-from xds_server.translate.routes import planned
+from xds_server.translate.retries import variants
+from xds_server.translate.routes import planned, retry_of
 from xds_server.translate.type_urls import LISTENER, SECRET, VHOST
 
 _ROUTE = re.compile(r"^routes\[(\d+)\]")
@@ -60,7 +63,8 @@ def _origins(type_url: str, name: str, violation: str, model: Model) -> list[str
     config, _, host_name = name.partition("/")
     host = model.hosts.get(host_name) if config in (HTTP, HTTPS) else None
     if type_url == VHOST and host is not None:
-        routes = [r for r, _ in planned(host, model.hosts.get("*") if host.wildcard else None)]
+        planned_routes = planned(host, model.hosts.get("*") if host.wildcard else None)
+        routes = [r for r, _ in planned_routes for _ in variants(retry_of(r), None)]
         route = _ROUTE.match(violation)
         if route and routes[int(route[1])] is not None:
             return [routes[int(route[1])].origin]  # type: ignore[union-attr]
@@ -90,7 +94,11 @@ def _gateway_origins(type_url: str, name: str, violation: str, model: Model) -> 
     for port in part.ports.values():
         for chain in port.chains.values():
             if chain.name == config and host in chain.hosts:
-                routes = chain.hosts[host]
+                routes = [
+                    r
+                    for r in chain.hosts[host]
+                    for _ in variants(gateway_retry_of(r), r.match.method)
+                ]
                 route = _ROUTE.match(violation)
                 if route and int(route[1]) < len(routes):
                     return [routes[int(route[1])].origin]

@@ -108,14 +108,15 @@ class Translator:
                 self._set(changes, VHOST, name, None)
 
     def _cluster(self, model: Model, name: str, changes: Changes) -> None:
-        endpoints = model.clusters.get(name)
-        if endpoints is None:
+        backend = model.clusters.get(name)
+        if backend is None:
             self._set(changes, CLUSTER, name, None)
             self._set(changes, ENDPOINT, name, None)
             return
-        if name not in self.current[CLUSTER]:
-            self._set(changes, CLUSTER, name, cluster(name))
-        self._set(changes, ENDPOINT, name, load_assignment(name, endpoints))
+        made = cluster(name, backend.policy)
+        if self.current[CLUSTER].get(name) != made:  # a changed cluster is a new pool in Envoy
+            self._set(changes, CLUSTER, name, made)
+        self._set(changes, ENDPOINT, name, load_assignment(name, backend))
 
     def _tls(self, model: Model, changes: Changes) -> None:
         self._set(

@@ -12,8 +12,9 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
-from xds_server.model.types import EXACT, Host, Route
+from xds_server.model.types import EXACT, Host, RetrySettings, Route
 from xds_server.translate.common import ads_source
+from xds_server.translate.retries import with_retries
 
 
 def route_match(route: Route) -> route_components_pb2.RouteMatch:
@@ -61,9 +62,18 @@ def virtual_host(
         name=f"{config}/{host.name}",
         domains=[host.name],
         routes=[
-            _route(route, label if checked else None) for route, checked in planned(host, catch_all)
+            made
+            for route, checked in planned(host, catch_all)
+            for made in with_retries(
+                _route(route, label if checked else None), retry_of(route), None
+            )
         ],
     )
+
+
+def retry_of(route: Route | None) -> RetrySettings | None:
+    """How a planned route retries (None: it answers 404 itself)."""
+    return None if route is None else route.upstream.policy.retry
 
 
 def _one_label(wildcard: str) -> route_components_pb2.HeaderMatcher:

@@ -29,7 +29,7 @@ from xds_server.model.gateway.types import (
     status_key,
 )
 from xds_server.model.ingress import age_order
-from xds_server.model.types import Endpoint, describe
+from xds_server.model.types import Backend, describe
 from xds_server.sources.objects import KubeObject
 
 
@@ -41,7 +41,7 @@ class Memo:
 
     body: dict[str, Any]
     compiled: Compiled
-    upstreams: dict[str, list[Endpoint]]
+    upstreams: dict[str, Backend]
     token: tuple[int, ...] = ()
     plan: Plan | None = None
 

@@ -82,12 +82,12 @@ def backend(
         return None, ("BackendNotFound", f"{where}: a Service backend needs a port")
     wanted = {"service": {"name": name, "port": {"number": int(ref["port"])}}}
     try:
-        upstream, endpoints = resolve_backend(
+        upstream, backend = resolve_backend(
             namespace, wanted, lookup.services, lookup.slices, where, lookup.resolved
         )
     except Rejected as exc:
         return None, ("BackendNotFound", str(exc))
-    part.upstreams[upstream.cluster] = endpoints
+    part.upstreams[upstream.cluster] = backend
     return upstream.cluster, None
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from xds_server.model.backend_policy import MAX_RETRIES
 from xds_server.model.gateway import refs
 from xds_server.model.gateway.types import (
     EXACT,
@@ -27,7 +28,7 @@ from xds_server.model.gateway.types import (
     WeightedBackend,
 )
 from xds_server.model.ingress import age_order
-from xds_server.model.types import Rejected, describe
+from xds_server.model.types import Rejected, RetrySettings, describe
 from xds_server.sources.objects import KubeObject
 
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_|~`]+$")
@@ -105,6 +106,7 @@ def _rule(
         backends.append(WeightedBackend(cluster, int(ref.get("weight", 1)), edits))
     filters = _filters(route, rule.get("filters") or [], where, lookup, part, problems)
     timeout = _timeout(rule.get("timeouts"), where)
+    retry = _retry(rule.get("retry"), backends, part, where)
     age, origin = age_order(route), describe(route)
     made = []
     for number, match in enumerate(rule.get("matches") or [{}]):
@@ -122,6 +124,7 @@ def _rule(
                 timeout,
                 _rank(parsed, (age, index, number)),
                 origin,
+                retry,
             )
         )
     return made
@@ -196,9 +199,31 @@ def _regex(value: str, where: str) -> None:
         raise Rejected(f"{where}: {value!r} is not a regular expression ({exc})") from None
 
 
+def _retry(
+    spec: Any, backends: list[WeightedBackend], part: GatewayPart, where: str
+) -> RetrySettings:
+    """How the rule retries: as its Services say (when all its backends agree; ours
+    otherwise), then as its `retry` field says: `attempts` (at most MAX_RETRIES), `backoff`,
+    and `codes` retried for any method (the route owner asked). A reset is still retried
+    only for the methods the settings allow: the spec's "SHOULD retry on connection errors"
+    is kept for the errors where the request never reached the app."""
+    policies = {part.upstreams[b.cluster].policy.retry for b in backends if b.cluster is not None}
+    retry = policies.pop() if len(policies) == 1 else RetrySettings()
+    if not isinstance(spec, dict):
+        return retry
+    if spec.get("attempts") is not None:
+        retry = replace(retry, attempts=min(int(spec["attempts"]), MAX_RETRIES))
+    if spec.get("backoff") is not None:
+        retry = replace(
+            retry, backoff_ms=duration_ms(str(spec["backoff"]), f"{where}.retry.backoff")
+        )
+    codes = tuple(sorted({int(c) for c in spec.get("codes") or []}))
+    return replace(retry, codes=codes)
+
+
 def _timeout(spec: Any, where: str) -> int | None:
-    """The rule's timeout in ms: the shorter of `request` and `backendRequest` (there are no
-    retries, so a backend request is the request); "0s" turns it off."""
+    """The rule's timeout in ms: the shorter of `request` and `backendRequest` (one bound for
+    the request and its retries, never longer than either asks); "0s" turns it off."""
     if not isinstance(spec, dict):
         return None
     found = [

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xds_server.model.types import Endpoint, TlsSecret
+from xds_server.model.types import Backend, RetrySettings, TlsSecret
 from xds_server.sources.objects import KubeObject
 
 GROUP = "gateway.networking.k8s.io"
@@ -83,6 +83,7 @@ class GatewayRoute:
     """The rule's request timeout (the shorter of request and backendRequest); None: none."""
     rank: tuple[Any, ...]
     origin: str
+    retry: RetrySettings = field(default_factory=RetrySettings)
 
     @property
     def fails(self) -> bool:
@@ -134,7 +135,7 @@ class Port:
 @dataclass
 class GatewayPart:
     ports: dict[tuple[str, int], Port] = field(default_factory=dict)
-    upstreams: dict[str, list[Endpoint]] = field(default_factory=dict)
+    upstreams: dict[str, Backend] = field(default_factory=dict)
     secrets: dict[str, TlsSecret] = field(default_factory=dict)
     """SDS secrets by name (`gateway/<namespace>/<name>`)."""
     status: dict[str, Status] = field(default_factory=dict)

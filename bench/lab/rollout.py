@@ -1,0 +1,291 @@
+"""Backend rollouts as Kubernetes does them, with real processes: pods are rollout_app
+processes on their own loopback address (127.0.0.x, one port, as pods on a node), their
+EndpointSlice written as the EndpointSlice controller would, and the kubelet's side of a
+deletion (preStop, SIGTERM, the grace period, SIGKILL) kept.
+
+A deletion starts the pod's termination and, `lag` seconds later (0 to 1 s in a cluster:
+nothing waits for the other), its endpoint turning `ready: false, serving, terminating`;
+the endpoint leaves the slice once the pod exited.
+
+Clients send keep-alive GETs and POSTs with unique ids through Envoy the whole time; the
+result says what failed and which POST ids the apps executed, how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.lab.wait import until
+
+GRACE_S = 4.0
+"""The pods' terminationGracePeriodSeconds."""
+PRE_STOP_SLEEP_S = 2.0
+TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
+ROLLOUTS = ("surge", "single", "scale-down", "delete")
+"""surge: 3 replicas rolled one by one (a new pod ready, then an old one deleted); single:
+the same with 1 replica; scale-down: one of 3 deleted, none replaces it; delete (or an
+eviction): one of 3 deleted while its replacement starts. And `lone-delete`: the pod of a
+single replica deleted, its replacement ready only once the old one is terminating (only
+KEP-1669's fallback keeps the Service answering meanwhile)."""
+BEHAVIOURS = ("graceful", "exit", "ignore", "unready", "prestop-sleep")
+
+Apply = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+@dataclass
+class BackendPod:
+    name: str
+    ip: str
+    proc: subprocess.Popen[bytes]
+    record: Path
+    serving: bool = True
+    terminating: bool = False
+
+
+@dataclass
+class Outcome:
+    sent: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    failed_posts: set[str] = field(default_factory=set)
+    executed: Counter[str] = field(default_factory=Counter)
+    """POST id -> how many times an app executed it."""
+
+    @property
+    def executed_twice(self) -> list[str]:
+        return [i for i, n in self.executed.items() if n > 1]
+
+    @property
+    def failed_unseen(self) -> set[str]:
+        """Failed POSTs no app executed: lost before the app had them."""
+        return self.failed_posts - set(self.executed)
+
+    def line(self) -> str:
+        return (
+            f"GET {self.failed['GET']}/{self.sent['GET']} failed, "
+            f"POST {self.failed['POST']}/{self.sent['POST']} failed "
+            f"({len(self.failed_unseen)} never reached an app), "
+            f"{len(self.executed_twice)} POSTs executed twice; {dict(self.errors)}"
+        )
+
+
+class Rollout:
+    """Backend pods of Service `backend` (port `port`) and their EndpointSlice."""
+
+    def __init__(
+        self, workdir: Path, apply: Apply, port: int, behaviour: str, seed: int = 0
+    ) -> None:
+        self.workdir, self.apply, self.port, self.behaviour = workdir, apply, port, behaviour
+        self.pods: dict[str, BackendPod] = {}
+        self.gone: list[BackendPod] = []
+        self._numbers = itertools.count(2)
+        self._lock = asyncio.Lock()
+        self._rng = random.Random(seed)
+        self._terminations: list[asyncio.Task[None]] = []
+        self.lags: list[float] = []
+
+    # --- pods -----------------------------------------------------------------------
+
+    async def start_pod(self) -> BackendPod:
+        number = next(self._numbers)
+        name, ip = f"backend-{number}", f"127.0.0.{number}"
+        record = self.workdir / f"{name}.posts"
+        on_sigterm = "graceful" if self.behaviour == "prestop-sleep" else self.behaviour
+        argv = [
+            sys.executable, "-m", "bench.lab.rollout_app", "--host", ip,
+            "--port", str(self.port), "--name", name, "--record", str(record),
+            "--on-sigterm", on_sigterm,
+        ]  # fmt: skip
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        pod = BackendPod(name, ip, proc, record)
+        await until(lambda: self._answers(pod), 20, f"{name} listening")
+        self.pods[name] = pod
+        await self.publish()  # ready: the kubelet's readiness probe passed
+        return pod
+
+    async def _answers(self, pod: BackendPod) -> bool:
+        assert pod.proc.poll() is None, f"{pod.name} exited"
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=1) as client:
+                return (await client.get(f"http://{pod.ip}:{self.port}/")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def delete(self, pod: BackendPod) -> None:
+        """Start deleting a pod (its endpoint update and its termination run on their own)."""
+        self._terminations.append(asyncio.create_task(self._terminate(pod)))
+
+    async def _terminate(self, pod: BackendPod) -> None:
+        lag = self._rng.uniform(0, 1)
+        self.lags.append(lag)
+        endpoint = asyncio.create_task(self._mark_terminating(pod, lag))
+        if self.behaviour == "prestop-sleep":
+            await asyncio.sleep(PRE_STOP_SLEEP_S)
+        pod.proc.terminate()
+        try:
+            await asyncio.to_thread(pod.proc.wait, GRACE_S)
+        except subprocess.TimeoutExpired:
+            pod.proc.kill()  # the grace period is over
+            await asyncio.to_thread(pod.proc.wait)
+        await endpoint
+        self.pods.pop(pod.name, None)
+        self.gone.append(pod)
+        await self.publish()
+
+    async def _mark_terminating(self, pod: BackendPod, lag: float) -> None:
+        await asyncio.sleep(lag)
+        pod.terminating = True
+        await self.publish()
+        if self.behaviour == "unready":  # the readiness probe fails on its next period
+            await asyncio.sleep(0.5)
+            pod.serving = False
+            await self.publish()
+
+    async def settle(self) -> None:
+        """Wait for every deletion started to finish."""
+        await asyncio.gather(*self._terminations)
+        self._terminations.clear()
+
+    def kill_all(self) -> None:
+        for pod in [*self.pods.values(), *self.gone]:
+            if pod.proc.poll() is None:
+                pod.proc.kill()
+                pod.proc.wait()
+
+    # --- the EndpointSlice --------------------------------------------------------------
+
+    def endpoint_slice(self) -> dict[str, Any]:
+        endpoints = [
+            {
+                "addresses": [pod.ip],
+                "conditions": {
+                    "ready": not pod.terminating,
+                    "serving": pod.serving,
+                    "terminating": pod.terminating,
+                },
+                "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
+            }
+            for pod in sorted(self.pods.values(), key=lambda p: p.name)
+        ]
+        stamp = datetime.now(UTC).isoformat()
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "backend-abc12",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "backend"},
+                "annotations": {TRIGGER_TIME: stamp},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": self.port, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }
+
+    async def publish(self) -> None:
+        async with self._lock:
+            done = self.apply(self.endpoint_slice())
+            if done is not None:
+                await done
+
+    # --- the rollouts ---------------------------------------------------------------
+
+    async def run(self, kind: str) -> None:
+        """One rollout of `kind` (ROLLOUTS), from the replicas it starts with."""
+        if kind == "surge" or kind == "single":
+            for old in list(self.pods.values()):
+                await self.start_pod()
+                await asyncio.sleep(0.3)  # a Deployment moves on once the new pod is ready
+                self.delete(old)
+        elif kind == "scale-down":
+            self.delete(next(iter(self.pods.values())))
+        elif kind == "delete":
+            self.delete(next(iter(self.pods.values())))
+            await self.start_pod()
+        elif kind == "lone-delete":
+            (old,) = self.pods.values()
+            self.delete(old)
+            await until(lambda: old.terminating, 10, "the old pod terminating")
+            await asyncio.sleep(0.3)
+            await self.start_pod()
+        else:
+            raise ValueError(kind)
+        await self.settle()
+
+
+def replicas(kind: str) -> int:
+    return 1 if kind in ("single", "lone-delete") else 3
+
+
+async def load(url: str, stop: asyncio.Event, outcome: Outcome, worker: int) -> None:
+    """Keep-alive GETs and POSTs with unique ids, in turn, until `stop`."""
+    ids = itertools.count()
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        while not stop.is_set():
+            for method in ("GET", "POST"):
+                request_id = f"{worker}-{next(ids)}"
+                outcome.sent[method] += 1
+                try:
+                    if method == "GET":
+                        response = await client.get(url + "/")
+                    else:
+                        response = await client.post(
+                            url + "/order", content=b"{}", headers={"x-id": request_id}
+                        )
+                    failure = None if response.status_code == 200 else str(response.status_code)
+                    if failure:
+                        failure += " " + response.text.strip()
+                except httpx.HTTPError as exc:
+                    failure = type(exc).__name__
+                if failure is not None:
+                    outcome.failed[method] += 1
+                    outcome.errors[f"{method} {failure}"] += 1
+                    if method == "POST":
+                        outcome.failed_posts.add(request_id)
+            await asyncio.sleep(0.005)
+
+
+def executed(pods: list[BackendPod]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for pod in pods:
+        if pod.record.exists():
+            found.update(line for line in pod.record.read_text().splitlines() if line)
+    return found
+
+
+async def measure(rollout: Rollout, url: str, kind: str, clients: int = 4) -> Outcome:
+    """Start the replicas, load them through `url`, roll them out once, stop the load."""
+    for _ in range(replicas(kind)):
+        await rollout.start_pod()
+    await until(lambda: _served(url), 20, "the backends served through Envoy")
+    outcome = Outcome()
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(load(url, stop, outcome, n)) for n in range(clients)]
+    await asyncio.sleep(1.0)
+    await rollout.run(kind)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*workers)
+    outcome.executed = executed([*rollout.pods.values(), *rollout.gone])
+    return outcome
+
+
+async def _served(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+            return (await client.get(url + "/")).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,89 @@
+"""A backend pod's app for rollout tests: answers GETs with its name, records every POST id
+it executes (one line each, flushed before the answer), streams on /stream, and treats
+SIGTERM as real apps do (`--on-sigterm`):
+
+* graceful: aiohttp's own shutdown: stop accepting, finish what is in flight, close idle
+  keep-alive connections (what most frameworks do);
+* exit: exit at once, whatever is in flight;
+* ignore: carry on until SIGKILL;
+* unready: keep serving `--linger` seconds (its readiness probe fails meanwhile), then as
+  graceful.
+
+Idle keep-alive connections are closed after 5 s, as Node, uvicorn and gunicorn do.
+Run: python -m bench.lab.rollout_app --host 127.0.0.5 --port 8080 --record FILE ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from typing import IO
+
+from aiohttp import web
+
+KEEPALIVE_S = 5.0
+BEHAVIOURS = ("graceful", "exit", "ignore", "unready")
+
+
+def make_app(name: str, record: IO[str]) -> web.Application:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=name)
+
+    async def order(request: web.Request) -> web.Response:
+        await request.read()
+        record.write(request.headers.get("x-id", "?") + "\n")
+        record.flush()
+        return web.Response(text=name)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(int(request.query.get("chunks", "10"))):
+            await response.write(b"x" * 64)
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    app.router.add_post("/order", order)
+    app.router.add_get("/stream", stream)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    with open(args.record, "a", encoding="utf-8") as record:  # noqa: ASYNC230 - once, at start
+        runner = web.AppRunner(
+            make_app(args.name, record), keepalive_timeout=KEEPALIVE_S, access_log=None
+        )
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.port, shutdown_timeout=30).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if args.on_sigterm == "exit":
+            loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))
+        elif args.on_sigterm == "ignore":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif args.on_sigterm == "unready":
+            loop.add_signal_handler(signal.SIGTERM, lambda: loop.call_later(args.linger, stop.set))
+        else:
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()  # stop accepting, finish in flight, close idle connections
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--record", required=True)
+    parser.add_argument("--on-sigterm", choices=BEHAVIOURS, default="graceful")
+    parser.add_argument("--linger", type=float, default=2.0)
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Every app deploy behind Envoy, with real processes: backend pods (bench/lab/rollout_app.py
+on 127.0.0.x) rolled out as a Deployment does, their EndpointSlice lagging SIGTERM by 0 to
+1 s, under keep-alive GETs and POSTs with unique ids through a real Envoy fed by
+`xds-server serve` (from manifests, and from the FAKE API server in `--kubernetes` mode).
+
+What must hold, whatever the app does on SIGTERM:
+* apps that keep serving a moment after SIGTERM (ignore it until SIGKILL, fail readiness
+  first, a preStop sleep): no request fails, of any method;
+* apps that stop at SIGTERM (graceful close, exit at once): no GET or other safe request
+  fails (a request that never reached the app is retried on another pod, a reset safe
+  request too); a POST fails only as the race no retry may fix (DESIGN.md §8: the app
+  closed or dropped the connection Envoy had just written it on, Envoy's 503 says
+  "connection termination"), never by a refused connection, a missing endpoint, a
+  draining pod picked or a retry budget spent;
+* no POST id is ever executed twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.lab.envoy import free_port
+from bench.lab.rollout import BEHAVIOURS, ROLLOUTS, Outcome, Rollout, measure
+from bench.lab.xds import XdsEnvoy, XdsServer, ingress, rule, service, write_manifests
+from tests.harness.fake_kube_api import FakeKubeApi
+
+pytestmark = pytest.mark.timeout(120)
+
+KEEPS_SERVING = ("ignore", "unready", "prestop-sleep")
+THE_RACE = (
+    "POST 503 upstream connect error or disconnect/reset before headers."
+    " reset reason: connection termination"
+)
+
+
+def app_objects() -> list[dict[str, Any]]:
+    return [
+        service("backend", [("http", 80)]),
+        ingress("shop", [rule(None, ("/", "Prefix", "backend", 80))]),
+    ]
+
+
+async def roll(
+    tmp_path: Path, behaviour: str, kind: str, kubernetes: bool = False
+) -> tuple[Outcome, dict[str, float]]:
+    """The rollout's outcome and the xds-server's metrics after it."""
+    port = free_port()
+    api: FakeKubeApi | None = None
+    if kubernetes:
+        api = await FakeKubeApi().start()
+        for obj in app_objects():
+            api.apply(obj)
+        server = XdsServer(tmp_path, None, "--kubeconfig", str(api.kubeconfig(tmp_path)))
+
+        def apply(obj: dict[str, Any]) -> None:
+            assert api is not None
+            api.apply(obj)
+    else:
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        write_manifests(manifests, "app", app_objects())
+        server = XdsServer(tmp_path, manifests)
+
+        def apply(obj: dict[str, Any]) -> None:
+            write_manifests(manifests, "slice", [obj])
+
+    rollout = Rollout(tmp_path, apply, port, behaviour, seed=sum(map(ord, behaviour + kind)))
+    envoy: XdsEnvoy | None = None
+    try:
+        await server.start()
+        envoy = await XdsEnvoy(tmp_path, server, "front").start()
+        outcome = await measure(rollout, envoy.url("").rstrip("/"), kind)
+        return outcome, samples(await server.metrics())
+    finally:
+        rollout.kill_all()
+        if envoy is not None:
+            envoy.stop()
+        server.stop()
+        if api is not None:
+            await api.stop()
+
+
+def check(outcome: Outcome, behaviour: str) -> None:
+    print(behaviour, outcome.line())
+    assert outcome.sent["POST"] > 50, outcome.line()
+    assert not outcome.executed_twice, outcome.line()
+    assert outcome.failed["GET"] == 0, outcome.line()
+    if behaviour in KEEPS_SERVING:
+        assert not outcome.failed, outcome.line()
+    else:
+        assert set(outcome.errors) <= {THE_RACE}, outcome.line()
+
+
+def samples(text: str) -> dict[str, float]:
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+MATRIX = [
+    (behaviour, kind)
+    for behaviour in BEHAVIOURS
+    for kind in (ROLLOUTS if behaviour not in KEEPS_SERVING else ("surge", "delete"))
+]
+"""Every rollout for the apps that stop at SIGTERM (where the races are); two for the apps
+that keep serving (with them, the rollouts differ only in which pods go)."""
+
+
+@pytest.mark.parametrize(("behaviour", "kind"), MATRIX)
+async def test_a_rollout_fails_no_request_the_app_did_not_lose(
+    tmp_path: Path, behaviour: str, kind: str
+) -> None:
+    outcome, metrics = await roll(tmp_path, behaviour, kind)
+    check(outcome, behaviour)
+    assert metrics["xds_endpoint_programming_seconds_count"] >= 1
+
+
+@pytest.mark.parametrize("behaviour", ["graceful", "exit", "prestop-sleep"])
+async def test_the_same_from_the_kubernetes_api(tmp_path: Path, behaviour: str) -> None:
+    outcome, metrics = await roll(tmp_path, behaviour, "surge", kubernetes=True)
+    check(outcome, behaviour)
+    assert metrics["xds_endpoint_programming_seconds_count"] >= 1
+
+
+@pytest.mark.parametrize("behaviour", ["prestop-sleep", "ignore"])
+async def test_a_lone_pod_being_replaced_serves_until_its_successor_is_ready(
+    tmp_path: Path, behaviour: str
+) -> None:
+    """KEP-1669: no ready endpoint left, the terminating one that still serves is used."""
+    outcome, metrics = await roll(tmp_path, behaviour, "lone-delete")
+    check(outcome, behaviour)
+    assert metrics["xds_endpoint_fallback_activations_total"] >= 1
