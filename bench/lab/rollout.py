@@ -7,8 +7,9 @@ A deletion starts the pod's termination and, `lag` seconds later (0 to 1 s in a 
 nothing waits for the other), its endpoint turning `ready: false, serving, terminating`;
 the endpoint leaves the slice once the pod exited.
 
-Clients send keep-alive GETs and POSTs with unique ids through Envoy the whole time; the
-result says what failed and which POST ids the apps executed, how often.
+Clients send keep-alive GETs and POSTs with unique ids, long streaming GETs and WebSocket
+sessions through Envoy the whole time; the result says what failed and which POST ids the
+apps executed, how often.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from bench.lab.wait import until
@@ -75,6 +77,8 @@ class Outcome:
     def line(self) -> str:
         return (
             f"GET {self.failed['GET']}/{self.sent['GET']} failed, "
+            f"STREAM {self.failed['STREAM']}/{self.sent['STREAM']}, "
+            f"WS handshakes {self.failed['WS']}/{self.sent['WS']}, "
             f"POST {self.failed['POST']}/{self.sent['POST']} failed "
             f"({len(self.failed_unseen)} never reached an app), "
             f"{len(self.executed_twice)} POSTs executed twice; {dict(self.errors)}"
@@ -258,6 +262,57 @@ async def load(url: str, stop: asyncio.Event, outcome: Outcome, worker: int) -> 
             await asyncio.sleep(0.005)
 
 
+STREAM_CHUNKS = 15
+"""A long response: 15 chunks of 64 bytes, one every 0.1 s."""
+
+
+async def stream_load(url: str, stop: asyncio.Event, outcome: Outcome) -> None:
+    """Long streaming GETs, one after another: each must arrive whole."""
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        while not stop.is_set():
+            outcome.sent["STREAM"] += 1
+            try:
+                async with client.stream("GET", f"{url}/stream?chunks={STREAM_CHUNKS}") as response:
+                    body = await response.aread()
+                if response.status_code != 200:
+                    failure: str | None = f"{response.status_code} {body.decode().strip()}"
+                elif len(body) != STREAM_CHUNKS * 64:
+                    failure = "cut short"
+                else:
+                    failure = None
+            except httpx.HTTPError as exc:
+                failure = "cut: " + type(exc).__name__
+            if failure is not None:
+                outcome.failed["STREAM"] += 1
+                outcome.errors[f"STREAM {failure}"] += 1
+
+
+WS_MESSAGES = 10
+
+
+async def websocket_load(url: str, stop: asyncio.Event, outcome: Outcome) -> None:
+    """WebSocket sessions of 10 echoed messages, 0.05 s apart, one after another. A session
+    the app ends (1001, going away) is the app's choice: the client opens another."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            outcome.sent["WS"] += 1
+            try:
+                socket = await session.ws_connect(url.replace("http://", "ws://") + "/ws")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome.failed["WS"] += 1
+                outcome.errors[f"WS handshake {exc}"[:120]] += 1
+                await asyncio.sleep(0.05)
+                continue
+            async with socket:
+                for number in range(WS_MESSAGES):
+                    await socket.send_str(str(number))
+                    message = await socket.receive()
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        outcome.errors[f"WS ended by the app: {socket.close_code}"] += 1
+                        break
+                    await asyncio.sleep(0.05)
+
+
 def executed(pods: list[BackendPod]) -> Counter[str]:
     found: Counter[str] = Counter()
     for pod in pods:
@@ -274,6 +329,8 @@ async def measure(rollout: Rollout, url: str, kind: str, clients: int = 4) -> Ou
     outcome = Outcome()
     stop = asyncio.Event()
     workers = [asyncio.create_task(load(url, stop, outcome, n)) for n in range(clients)]
+    workers.append(asyncio.create_task(stream_load(url, stop, outcome)))
+    workers.append(asyncio.create_task(websocket_load(url, stop, outcome)))
     await asyncio.sleep(1.0)
     await rollout.run(kind)
     await asyncio.sleep(0.5)

@@ -1,6 +1,7 @@
 """A backend pod's app for rollout tests: answers GETs with its name, records every POST id
 it executes (one line each, flushed before the answer), streams on /stream, and treats
-SIGTERM as real apps do (`--on-sigterm`):
+SIGTERM as real apps do (`--on-sigterm`); /ws echoes WebSocket messages and is closed with
+1001 (going away) at shutdown:
 
 * graceful: aiohttp's own shutdown: stop accepting, finish what is in flight, close idle
   keep-alive connections (what most frameworks do);
@@ -21,7 +22,7 @@ import os
 import signal
 from typing import IO
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 KEEPALIVE_S = 5.0
 BEHAVIOURS = ("graceful", "exit", "ignore", "unready")
@@ -46,7 +47,26 @@ def make_app(name: str, record: IO[str]) -> web.Application:
         await response.write_eof()
         return response
 
+    sockets: set[web.WebSocketResponse] = set()
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        sockets.add(socket)
+        try:
+            async for message in socket:
+                await socket.send_str(message.data)
+        finally:
+            sockets.discard(socket)
+        return socket
+
+    async def going_away(app: web.Application) -> None:
+        for socket in list(sockets):  # what a well-behaved app does at shutdown
+            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+
     app = web.Application()
+    app.on_shutdown.append(going_away)
+    app.router.add_get("/ws", echo)
     app.router.add_get("/", hello)
     app.router.add_post("/order", order)
     app.router.add_get("/stream", stream)

@@ -1,18 +1,21 @@
 """Every app deploy behind Envoy, with real processes: backend pods (bench/lab/rollout_app.py
 on 127.0.0.x) rolled out as a Deployment does, their EndpointSlice lagging SIGTERM by 0 to
-1 s, under keep-alive GETs and POSTs with unique ids through a real Envoy fed by
+1 s, under keep-alive GETs, POSTs with unique ids, long streams and WebSocket sessions through
+a real Envoy fed by
 `xds-server serve` (from manifests, and from the FAKE API server in `--kubernetes` mode).
 
 What must hold, whatever the app does on SIGTERM:
 * apps that keep serving a moment after SIGTERM (ignore it until SIGKILL, fail readiness
-  first, a preStop sleep): no request fails, of any method;
+  first, a preStop sleep): no request fails, of any method, no stream or WebSocket
+  session is cut;
 * apps that stop at SIGTERM (graceful close, exit at once): no GET or other safe request
   fails (a request that never reached the app is retried on another pod, a reset safe
   request too); a POST fails only as the race no retry may fix (DESIGN.md §8: the app
   closed or dropped the connection Envoy had just written it on, Envoy's 503 says
   "connection termination"), never by a refused connection, a missing endpoint, a
-  draining pod picked or a retry budget spent;
-* no POST id is ever executed twice.
+  draining pod picked or a retry budget spent; a graceful app finishes its streams and
+  ends its WebSocket sessions itself (1001), one that exits cuts what it had;
+* no WebSocket handshake fails, ever; no POST id is ever executed twice.
 """
 
 from __future__ import annotations
@@ -86,12 +89,19 @@ async def roll(
 def check(outcome: Outcome, behaviour: str) -> None:
     print(behaviour, outcome.line())
     assert outcome.sent["POST"] > 50, outcome.line()
+    assert outcome.sent["STREAM"] > 0, outcome.line()
+    assert outcome.sent["WS"] > 0, outcome.line()
     assert not outcome.executed_twice, outcome.line()
     assert outcome.failed["GET"] == 0, outcome.line()
+    assert outcome.failed["WS"] == 0, outcome.line()
     if behaviour in KEEPS_SERVING:
-        assert not outcome.failed, outcome.line()
-    else:
-        assert set(outcome.errors) <= {THE_RACE}, outcome.line()
+        assert not outcome.errors, outcome.line()
+        return
+    allowed = {THE_RACE, "WS ended by the app: 1001"}
+    if behaviour == "exit":  # what it had when it died: cut mid-response, mid-session
+        allowed |= {"STREAM cut: RemoteProtocolError", "STREAM cut short"}
+        allowed |= {"WS ended by the app: 1006"}
+    assert set(outcome.errors) <= allowed, outcome.line()
 
 
 def samples(text: str) -> dict[str, float]:

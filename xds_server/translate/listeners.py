@@ -56,6 +56,8 @@ def connection_manager(route_config: str, stat_prefix: str) -> listener_componen
         # HTTP/2 clients move on two seconds after the graceful GOAWAY, not five.
         drain_timeout=duration_pb2.Duration(seconds=H2_DRAIN_TIMEOUT),
         use_remote_address=_bool(True),
+        # WebSockets work as on any Ingress controller users come from (ingress-nginx).
+        upgrade_configs=[hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
     )
     return listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
