@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ROUTES ?= ingress
+SCENARIO ?= all
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -56,6 +57,7 @@ pytest: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/drain.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/backend_rollout.py
 
 bench-xds: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/xds.py
@@ -86,7 +88,7 @@ readme: setup
 	$(PY) -m bench.lab.helm_chart
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png --routes $(ROUTES)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png --routes $(ROUTES) --scenario $(SCENARIO)
 
 # Needs docker and kind: creates a cluster from deploy/kind, builds and loads the image, applies
 # the overlay and runs the shared scenarios through the port mapping. Skips (with the reason)

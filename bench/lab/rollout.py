@@ -29,7 +29,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench.lab.envoy import free_port
 from bench.lab.wait import until
+from bench.lab.xds import XdsEnvoy, XdsServer, ingress, rule, service, write_manifests
 
 GRACE_S = 4.0
 """The pods' terminationGracePeriodSeconds."""
@@ -346,3 +348,46 @@ async def _served(url: str) -> bool:
             return (await client.get(url + "/")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def app_objects() -> list[dict[str, Any]]:
+    """Service `backend` and an Ingress sending everything to it (its slice: the rollout's)."""
+    return [
+        service("backend", [("http", 80)]),
+        ingress("shop", [rule(None, ("/", "Prefix", "backend", 80))]),
+    ]
+
+
+def from_manifests(workdir: Path, policy: str | None = None) -> tuple[XdsServer, Apply]:
+    """An xds-server over a manifests directory (with an anchor's policy: anchor_policy.py),
+    and how the rollout writes its EndpointSlice there."""
+    manifests = workdir / "manifests"
+    manifests.mkdir()
+    write_manifests(manifests, "app", app_objects())
+    server = XdsServer(workdir, manifests)
+    if policy is not None:
+        server.args[:3] = [sys.executable, "-m", "bench.lab.anchor_policy", policy]
+
+    def apply(obj: dict[str, Any]) -> None:
+        write_manifests(manifests, "slice", [obj])
+
+    return server, apply
+
+
+async def through_envoy(
+    workdir: Path, server: XdsServer, apply: Apply, behaviour: str, kind: str
+) -> tuple[Outcome, str]:
+    """One rollout through a real Envoy fed by `server`: its outcome, the server's metrics."""
+    seed = sum(map(ord, behaviour + kind))
+    rollout = Rollout(workdir, apply, free_port(), behaviour, seed)
+    envoy: XdsEnvoy | None = None
+    try:
+        await server.start()
+        envoy = await XdsEnvoy(workdir, server, "front").start()
+        outcome = await measure(rollout, envoy.url("").rstrip("/"), kind)
+        return outcome, await server.metrics()
+    finally:
+        rollout.kill_all()
+        if envoy is not None:
+            envoy.stop()
+        server.stop()

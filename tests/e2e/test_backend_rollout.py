@@ -21,13 +21,18 @@ What must hold, whatever the app does on SIGTERM:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bench.lab.envoy import free_port
-from bench.lab.rollout import BEHAVIOURS, ROLLOUTS, Outcome, Rollout, measure
-from bench.lab.xds import XdsEnvoy, XdsServer, ingress, rule, service, write_manifests
+from bench.lab.rollout import (
+    BEHAVIOURS,
+    ROLLOUTS,
+    Outcome,
+    app_objects,
+    from_manifests,
+    through_envoy,
+)
+from bench.lab.xds import XdsServer
 from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,51 +44,23 @@ THE_RACE = (
 )
 
 
-def app_objects() -> list[dict[str, Any]]:
-    return [
-        service("backend", [("http", 80)]),
-        ingress("shop", [rule(None, ("/", "Prefix", "backend", 80))]),
-    ]
-
-
 async def roll(
     tmp_path: Path, behaviour: str, kind: str, kubernetes: bool = False
 ) -> tuple[Outcome, dict[str, float]]:
     """The rollout's outcome and the xds-server's metrics after it."""
-    port = free_port()
-    api: FakeKubeApi | None = None
-    if kubernetes:
-        api = await FakeKubeApi().start()
+    if not kubernetes:
+        server, apply = from_manifests(tmp_path)
+        outcome, metrics = await through_envoy(tmp_path, server, apply, behaviour, kind)
+        return outcome, samples(metrics)
+    api = await FakeKubeApi().start()
+    try:
         for obj in app_objects():
             api.apply(obj)
         server = XdsServer(tmp_path, None, "--kubeconfig", str(api.kubeconfig(tmp_path)))
-
-        def apply(obj: dict[str, Any]) -> None:
-            assert api is not None
-            api.apply(obj)
-    else:
-        manifests = tmp_path / "manifests"
-        manifests.mkdir()
-        write_manifests(manifests, "app", app_objects())
-        server = XdsServer(tmp_path, manifests)
-
-        def apply(obj: dict[str, Any]) -> None:
-            write_manifests(manifests, "slice", [obj])
-
-    rollout = Rollout(tmp_path, apply, port, behaviour, seed=sum(map(ord, behaviour + kind)))
-    envoy: XdsEnvoy | None = None
-    try:
-        await server.start()
-        envoy = await XdsEnvoy(tmp_path, server, "front").start()
-        outcome = await measure(rollout, envoy.url("").rstrip("/"), kind)
-        return outcome, samples(await server.metrics())
+        outcome, metrics = await through_envoy(tmp_path, server, api.apply, behaviour, kind)
+        return outcome, samples(metrics)
     finally:
-        rollout.kill_all()
-        if envoy is not None:
-            envoy.stop()
-        server.stop()
-        if api is not None:
-            await api.stop()
+        await api.stop()
 
 
 def check(outcome: Outcome, behaviour: str) -> None:
