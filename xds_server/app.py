@@ -29,8 +29,10 @@ from xds_server.certs.rotation import Rotator, inspect
 from xds_server.certs.secret_volume import SecretVolume
 from xds_server.certs.server_tls import IdentityCheck, ServerTls
 from xds_server.cluster.duties import ClusterDuties, DutiesConfig, secret_rotator
+from xds_server.drained import Waiters, wait_drained
 from xds_server.metrics import XdsMetrics
 from xds_server.model.gateway import GatewaySettings
+from xds_server.model.types import Model
 from xds_server.pipeline import Pipeline
 from xds_server.sources.api import KubernetesSource
 from xds_server.sources.backoff import Backoff
@@ -113,6 +115,9 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._serial = 0
+        self._drain_waiters = Waiters()
+        self.served_model: Model | None = None
+        """The model of the snapshot served now."""
         self.pipeline = Pipeline(config.ingress_class, config.ports, config.gateway)
         self.object_status: dict[str, dict[str, object]] = {}
         """The Gateway API objects' status, as of the last change (GET /status)."""
@@ -337,6 +342,7 @@ class ControlPlane:
             gc.collect()  # once, before the first freeze: start from a clean heap
         collector.settle()
         self._serial = snapshot.serial
+        self.served_model = built.model
         self.metrics.snapshots.inc()
         self.metrics.ready.set(1)
         converged = self._observe_convergence(snapshot, seen, news.triggered)
@@ -379,7 +385,9 @@ class ControlPlane:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
-        self._runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS)
+        app.router.add_get("/drained", self._drained)
+        # A preStop whose pod is gone stops waiting: its handler is cancelled.
+        self._runner = web.AppRunner(app, **HTTP_SERVER_OPTIONS, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
         try:
@@ -420,6 +428,15 @@ class ControlPlane:
                 "rejected": list(self.rejections),
                 **self.object_status,
             }
+        )
+
+    async def _drained(self, request: web.Request) -> web.Response:
+        """The exact preStop of an app behind Envoy (drained.py)."""
+        return await wait_drained(
+            request,
+            lambda: self.served_model,
+            lambda: (stream.converged(self.store.current) for stream in self.servicer.streams),
+            self._drain_waiters,
         )
 
     async def _metrics(self, _: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ import itertools
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ the same with 1 replica; scale-down: one of 3 deleted, none replaces it; delete 
 eviction): one of 3 deleted while its replacement starts. And `lone-delete`: the pod of a
 single replica deleted, its replacement ready only once the old one is terminating (only
 KEP-1669's fallback keeps the Service answering meanwhile)."""
-BEHAVIOURS = ("graceful", "exit", "ignore", "unready", "prestop-sleep")
+BEHAVIOURS = ("graceful", "exit", "ignore", "unready", "prestop-sleep", "prestop-drained")
+"""What the app does on SIGTERM (rollout_app.py), or a graceful app behind a preStop: a blind
+2 s sleep, or xds-server's `GET /drained?ip=` (returns once no Envoy sends it new requests)."""
+PRE_STOP_HOOKS = ("prestop-sleep", "prestop-drained")
 
 Apply = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -66,6 +70,8 @@ class Outcome:
     failed_posts: set[str] = field(default_factory=set)
     executed: Counter[str] = field(default_factory=Counter)
     """POST id -> how many times an app executed it."""
+    hook_waits: list[float] = field(default_factory=list)
+    """How long each deleted pod's preStop took (0 without one)."""
 
     @property
     def executed_twice(self) -> list[str]:
@@ -83,7 +89,8 @@ class Outcome:
             f"WS handshakes {self.failed['WS']}/{self.sent['WS']}, "
             f"POST {self.failed['POST']}/{self.sent['POST']} failed "
             f"({len(self.failed_unseen)} never reached an app), "
-            f"{len(self.executed_twice)} POSTs executed twice; {dict(self.errors)}"
+            f"{len(self.executed_twice)} POSTs executed twice; {dict(self.errors)}; "
+            f"preStop {', '.join(f'{w:.2f}' for w in self.hook_waits)} s"
         )
 
 
@@ -91,9 +98,18 @@ class Rollout:
     """Backend pods of Service `backend` (port `port`) and their EndpointSlice."""
 
     def __init__(
-        self, workdir: Path, apply: Apply, port: int, behaviour: str, seed: int = 0
+        self,
+        workdir: Path,
+        apply: Apply,
+        port: int,
+        behaviour: str,
+        seed: int = 0,
+        drained_url: str = "",
     ) -> None:
         self.workdir, self.apply, self.port, self.behaviour = workdir, apply, port, behaviour
+        self.drained_url = drained_url
+        """xds-server's /drained, for the `prestop-drained` hook."""
+        self.hook_waits: list[float] = []
         self.pods: dict[str, BackendPod] = {}
         self.gone: list[BackendPod] = []
         self._numbers = itertools.count(2)
@@ -108,7 +124,7 @@ class Rollout:
         number = next(self._numbers)
         name, ip = f"backend-{number}", f"127.0.0.{number}"
         record = self.workdir / f"{name}.posts"
-        on_sigterm = "graceful" if self.behaviour == "prestop-sleep" else self.behaviour
+        on_sigterm = "graceful" if self.behaviour in PRE_STOP_HOOKS else self.behaviour
         argv = [
             sys.executable, "-m", "bench.lab.rollout_app", "--host", ip,
             "--port", str(self.port), "--name", name, "--record", str(record),
@@ -138,8 +154,12 @@ class Rollout:
         lag = self._rng.uniform(0, 1)
         self.lags.append(lag)
         endpoint = asyncio.create_task(self._mark_terminating(pod, lag))
+        began = time.monotonic()
         if self.behaviour == "prestop-sleep":
             await asyncio.sleep(PRE_STOP_SLEEP_S)
+        elif self.behaviour == "prestop-drained":
+            await self._drained_hook(pod)
+        self.hook_waits.append(time.monotonic() - began)
         pod.proc.terminate()
         try:
             await asyncio.to_thread(pod.proc.wait, GRACE_S)
@@ -150,6 +170,14 @@ class Rollout:
         self.pods.pop(pod.name, None)
         self.gone.append(pod)
         await self.publish()
+
+    async def _drained_hook(self, pod: BackendPod) -> None:
+        """The preStop an app's pod would run: an httpGet-like call, bounded by the grace."""
+        async with httpx.AsyncClient(trust_env=False, timeout=GRACE_S + 1) as client:
+            response = await client.get(
+                self.drained_url, params={"ip": pod.ip, "timeout": str(GRACE_S - 1)}
+            )
+        assert response.status_code in (200, 504), response.text
 
     async def _mark_terminating(self, pod: BackendPod, lag: float) -> None:
         await asyncio.sleep(lag)
@@ -339,6 +367,7 @@ async def measure(rollout: Rollout, url: str, kind: str, clients: int = 4) -> Ou
     stop.set()
     await asyncio.gather(*workers)
     outcome.executed = executed([*rollout.pods.values(), *rollout.gone])
+    outcome.hook_waits = rollout.hook_waits
     return outcome
 
 
@@ -379,7 +408,8 @@ async def through_envoy(
 ) -> tuple[Outcome, str]:
     """One rollout through a real Envoy fed by `server`: its outcome, the server's metrics."""
     seed = sum(map(ord, behaviour + kind))
-    rollout = Rollout(workdir, apply, free_port(), behaviour, seed)
+    drained = f"http://127.0.0.1:{server.http_port}/drained"
+    rollout = Rollout(workdir, apply, free_port(), behaviour, seed, drained)
     envoy: XdsEnvoy | None = None
     try:
         await server.start()

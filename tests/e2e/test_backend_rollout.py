@@ -6,7 +6,8 @@ a real Envoy fed by
 
 What must hold, whatever the app does on SIGTERM:
 * apps that keep serving a moment after SIGTERM (ignore it until SIGKILL, fail readiness
-  first, a preStop sleep): no request fails, of any method, no stream or WebSocket
+  first, a preStop sleep) and graceful apps whose preStop waits on xds-server's
+  `/drained`: no request fails, of any method, no stream or WebSocket
   session is cut;
 * apps that stop at SIGTERM (graceful close, exit at once): no GET or other safe request
   fails (a request that never reached the app is retried on another pod, a reset safe
@@ -37,7 +38,7 @@ from tests.harness.fake_kube_api import FakeKubeApi
 
 pytestmark = pytest.mark.timeout(120)
 
-KEEPS_SERVING = ("ignore", "unready", "prestop-sleep")
+KEEPS_SERVING = ("ignore", "unready", "prestop-sleep", "prestop-drained")
 THE_RACE = (
     "POST 503 upstream connect error or disconnect/reset before headers."
     " reset reason: connection termination"
@@ -114,7 +115,7 @@ async def test_the_same_from_the_kubernetes_api(tmp_path: Path, behaviour: str) 
     assert metrics["xds_endpoint_programming_seconds_count"] >= 1
 
 
-@pytest.mark.parametrize("behaviour", ["prestop-sleep", "ignore"])
+@pytest.mark.parametrize("behaviour", ["prestop-sleep", "ignore", "prestop-drained"])
 async def test_a_lone_pod_being_replaced_serves_until_its_successor_is_ready(
     tmp_path: Path, behaviour: str
 ) -> None:
