@@ -27,7 +27,8 @@ $(POLICY_VENV)/bin/checkov:
 	$(POLICY_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 
 # Debian packages the tests use: HAProxy (the external load balancer of the rolling restart),
-# and kubectl for `kubectl kustomize` (Debian's kubernetes-client only where none is installed).
+# kubectl for `kubectl kustomize` (Debian's kubernetes-client only where none is installed),
+# and Prometheus with promtool (the alerts' checks and a real scrape, tests/e2e/test_prometheus.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := haproxy
 
@@ -44,6 +45,7 @@ setup: $(STAMP) debian $(POLICY_VENV)/bin/checkov $(HELM)
 debian:
 	@command -v haproxy >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y $(DEBIAN_PACKAGES); }
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y kubernetes-client; }
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y prometheus; }
 
 lint: setup
 	$(VENV)/bin/ruff check envoy_lifecycle shutdown_manager xds_server tests bench
@@ -84,6 +86,7 @@ bench-certs: setup
 
 readme: setup
 	$(PY) -m envoy_lifecycle.reference docs/reference.md
+	$(PY) -m envoy_lifecycle.monitoring .
 	$(PY) -m bench.lab.kind_backend
 	$(PY) -m bench.lab.helm_chart
 

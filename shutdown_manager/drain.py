@@ -199,6 +199,7 @@ class DrainEngine:
                 f"drain started: deadline {policy.drain_timeout:g}s, "
                 f"minimum {policy.min_drain_duration:g}s, "
                 f"release at <= {policy.exit_at_connections} connections",
+                fields={"deadline_s": policy.drain_timeout},
             )
         )
         if not await self._trigger():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from shutdown_manager.drain import DrainEvent, Outcome, Phase
@@ -53,6 +55,17 @@ class DrainMetrics:
             ["verdict"],
             registry=self.registry,
         )
+        self.deadline = Gauge(
+            "shutdown_manager_drain_deadline_seconds",
+            "The deadline of the drain running or last run (0 before any).",
+            registry=self.registry,
+        )
+        self.started = Gauge(
+            "shutdown_manager_drain_started_timestamp_seconds",
+            "When the drain running or last run started, Unix time (0 before any): with the"
+            " deadline, how late a drain is.",
+            registry=self.registry,
+        )
         for outcome in Outcome:
             self.outcomes.labels(outcome.value)
         for verdict in ("deleting", "not_deleting", "error"):
@@ -68,6 +81,8 @@ class DrainMetrics:
             self.connections.set(event.connections)
         if event.kind == "started":
             self.set_phase(Phase.DRAINING)
+            self.started.set(time.time())
+            self.deadline.set(float(event.fields.get("deadline_s", 0)))
         elif event.kind == "finished" and event.outcome is not None:
             self.set_phase(Phase.DONE)
             self.duration.observe(event.elapsed)

@@ -256,6 +256,8 @@ class ControlPlane:
         for finding in findings:
             if finding.expires is not None:
                 self.metrics.cert_expiry.labels(finding.store).set(finding.expires.timestamp())
+            if finding.issued is not None:
+                self.metrics.cert_issued.labels(finding.store).set(finding.issued.timestamp())
             self.metrics.cert_problem.labels(finding.store).set(int(finding.level != "ok"))
             self._report(finding.store, finding.level, finding.message)
 
@@ -440,4 +442,7 @@ class ControlPlane:
         )
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        current = self.store.current
+        behind = sum(1 for stream in self.servicer.streams if not stream.converged(current))
+        self.metrics.proxies_behind.set(behind)
         return web.Response(body=self.metrics.render(), content_type="text/plain")

@@ -11,6 +11,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from xds_server.xds.order import PUSH_ORDER
+
 CONVERGENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -90,6 +92,10 @@ class XdsMetrics:
             "Service ports served by terminating endpoints now (no ready one left).",
             registry=self.registry,
         )
+        for type_url in PUSH_ORDER:  # every type from the start: a panel shows 0, not nothing
+            kind = type_url.rsplit(".", 1)[-1]
+            for counter in (self.pushes, self.resources, self.nacks):
+                counter.labels(kind)
         self.ready = Gauge(
             "xds_ready", "1 once the first snapshot is built.", registry=self.registry
         )
@@ -98,6 +104,17 @@ class XdsMetrics:
             "xds_certificate_expiry_timestamp_seconds",
             "When each stored certificate expires (alert on time() > this, or close to it).",
             ["store"],
+            registry=self.registry,
+        )
+        self.cert_issued = Gauge(
+            "xds_certificate_issued_timestamp_seconds",
+            "When each stored certificate became valid (notBefore): with the expiry, its life.",
+            ["store"],
+            registry=self.registry,
+        )
+        self.proxies_behind = Gauge(
+            "xds_proxies_behind",
+            "Connected proxies that have not ACKed the snapshot served now (as of the scrape).",
             registry=self.registry,
         )
         self.cert_problem = Gauge(

@@ -151,6 +151,8 @@ class Finding:
     expires: datetime.datetime | None = None
     serial: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    issued: datetime.datetime | None = None
+    """The certificate's notBefore: with `expires`, how much of its life is left."""
 
 
 class Store(Protocol):

@@ -244,9 +244,11 @@ def _judge(store: str, cert: x509.Certificate, now: datetime.datetime, extra: st
         message = f"certificate {serial} is not valid before {cert.not_valid_before_utc}"
         return Finding(store, "error", message + extra, expires, serial)
     message = f"certificate {serial} expires {expires:%Y-%m-%dT%H:%M:%SZ} ({_span(left)} left)"
+    issued = cert.not_valid_before_utc
     if now >= renew_time(cert):
-        return Finding(store, "attention", message + ", due for renewal" + extra, expires, serial)
-    return Finding(store, "ok", message + extra, expires, serial)
+        message += ", due for renewal"
+        return Finding(store, "attention", message + extra, expires, serial, issued=issued)
+    return Finding(store, "ok", message + extra, expires, serial, issued=issued)
 
 
 def _span(delta: datetime.timedelta) -> str:
