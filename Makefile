@@ -91,7 +91,7 @@ readme: setup
 	$(PY) -m bench.lab.helm_chart
 
 demo: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png --routes $(ROUTES) --scenario $(SCENARIO)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/demo.py --timeline demo-timeline.png --dashboard demo-dashboard.png --routes $(ROUTES) --scenario $(SCENARIO)
 
 # Needs docker and kind: creates a cluster from deploy/kind, builds and loads the image, applies
 # the overlay and runs the shared scenarios through the port mapping. Skips (with the reason)

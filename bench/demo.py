@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -45,12 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.lab.backend import Backend
 from bench.lab.certs import init_certs, loaded_client_serial, stored_serial
 from bench.lab.clients import Tally, TcpConnection, http_client, streaming_request
+from bench.lab.dashboard_png import render as dashboard_png_render
 from bench.lab.envoy import probe_connections
 from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.h2client import h2_load
 from bench.lab.pod import TerminationReport
+from bench.lab.prometheus import Prometheus, Target
+from bench.lab.prometheus import binary as prometheus_binary
 from bench.lab.rollout import from_manifests, through_envoy
-from bench.lab.xds import ROUTES, Routes, serve_one_backend
+from bench.lab.xds import ROUTES, Routes, XdsServer, serve_one_backend
+from envoy_lifecycle.monitoring.alerts import rules_file
 from xds_server.certs.directory import CertDirectory
 from xds_server.certs.rotation import Rotator
 
@@ -174,7 +179,13 @@ def status_line(pod: EnvoyPod, started: float | None, timeline: Timeline) -> Tex
     )
 
 
-async def story(work: Path, timeline_png: Path | None, wiring: Wiring, routes: Routes) -> int:
+async def story(
+    work: Path,
+    timeline_png: Path | None,
+    wiring: Wiring,
+    routes: Routes,
+    dashboard_png: Path | None = None,
+) -> int:
     backend = await Backend().start()
     certs = init_certs(work / "certs")
     xds = await serve_one_backend(work / "xds", backend.port, certs_dir=certs.root, routes=routes)
@@ -182,6 +193,7 @@ async def story(work: Path, timeline_png: Path | None, wiring: Wiring, routes: R
         work, backend.port, min_drain=MIN_DRAIN, drain_timeout=GRACE - 3, grace_period=GRACE,
         xds=xds, wiring=wiring,
     )  # fmt: skip
+    prometheus: Prometheus | None = None
     try:
         await pod.start()
         console.print(
@@ -189,11 +201,44 @@ async def story(work: Path, timeline_png: Path | None, wiring: Wiring, routes: R
             f"{wiring} sidecar; its routes come from xds-server (delta ADS over mTLS) reading "
             f"a directory of manifests ({ROUTE_SOURCES[routes]})"
         )
-        return await run(pod, timeline_png, certs)
+        prometheus = await watch(work, pod, xds) if dashboard_png is not None else None
+        began = time.time()
+        failed = await run(pod, timeline_png, certs)
+        if prometheus is not None and dashboard_png is not None:
+            await asyncio.sleep(2)  # the last scrapes
+            await dashboard_png_render(prometheus, began, time.time(), dashboard_png)
+            firing = await prometheus.firing()
+            console.print(f"Alerts firing: {', '.join(firing) or 'none'}")
+            console.print(f"Dashboard panels from the scraped series written to {dashboard_png}")
+        return failed
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         pod.pod.kill()
         xds.stop()
         await backend.stop()
+
+
+async def watch(work: Path, pod: EnvoyPod, xds: XdsServer) -> Prometheus | None:
+    """A real Prometheus scraping the sidecar, Envoy and xds-server with our alerts loaded,
+    as the monitoring component would (docs/operations.md); None without the binary."""
+    if prometheus_binary() is None:
+        console.print("Prometheus not installed (`make setup` installs it): no dashboard")
+        return None
+    labels = {"namespace": "demo", "pod": "envoy-0"}
+    rules = work / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rules_file(), sort_keys=False))
+    prometheus = await Prometheus(
+        work / "prometheus",
+        [
+            Target("sidecar", f"127.0.0.1:{pod.sidecar_port}", "/metrics", labels),
+            Target("envoy", f"127.0.0.1:{pod.envoy.ports['probe']}", "/stats/prometheus", labels),
+            Target("xds", f"127.0.0.1:{xds.http_port}", "/metrics", {**labels, "pod": "xds-0"}),
+        ],
+        rules,
+    ).start()
+    console.print(f"[bold]Prometheus[/] scraping the pod and xds-server: {prometheus.url}")
+    return prometheus
 
 
 async def rotate_certificates(pod: EnvoyPod, certs: CertDirectory) -> None:
@@ -354,6 +399,11 @@ def main() -> int:
         help="route by an Ingress, or by a Gateway and an HTTPRoute (default: ingress)",
     )  # fmt: skip
     parser.add_argument(
+        "--dashboard", type=Path,
+        help="scrape the pod with a real Prometheus and draw the key dashboard panels in this"
+        " PNG (default: no Prometheus)",
+    )  # fmt: skip
+    parser.add_argument(
         "--scenario", choices=SCENARIOS, default="all",
         help="the Envoy pod's drain, the backends' rollout, or both in turn (default: all)",
     )  # fmt: skip
@@ -361,7 +411,8 @@ def main() -> int:
     code = 0
     if args.scenario in ("all", "pod"):
         with tempfile.TemporaryDirectory(prefix="demo-", dir="/tmp") as tmp:
-            code |= asyncio.run(story(Path(tmp), args.timeline, args.wiring, args.routes))
+            run_story = story(Path(tmp), args.timeline, args.wiring, args.routes, args.dashboard)
+            code |= asyncio.run(run_story)
     if args.scenario in ("all", "backends"):
         with tempfile.TemporaryDirectory(prefix="demo-", dir="/tmp") as tmp:
             code |= asyncio.run(backend_story(Path(tmp)))

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -133,3 +134,27 @@ def test_the_component_renders_with_an_overlay(tmp_path: Path) -> None:
         for e in o["spec"]["podMetricsEndpoints"]
     }  # fmt: skip
     assert monitored <= ports, "a PodMonitor names a port the Envoy pod does not have"
+
+
+def test_the_chart_adds_each_monitoring_object_only_when_asked() -> None:
+    from envoy_lifecycle.monitoring.__main__ import dashboards_configmap, pod_monitors
+    from envoy_lifecycle.monitoring.alerts import prometheus_rule
+    from tests.test_deploy import CHART, helm
+
+    def render(*flags: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [helm(), "template", "envoy-lifecycle", str(CHART), *flags],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [o for o in yaml.safe_load_all(done.stdout) if o]
+
+    kinds = {"PodMonitor", "PrometheusRule"}
+    assert not [o for o in render() if o["kind"] in kinds or "grafana_dashboard" in str(o)]
+    on = render(
+        *("--set", "monitoring.podMonitors=true", "--set", "monitoring.prometheusRule=true"),
+        *("--set", "monitoring.dashboards=true"),
+    )
+    wanted = [*pod_monitors(), prometheus_rule(), dashboards_configmap()]
+    for made in wanted:  # Helm's own {{ }} escaped: the alerts' templates arrive intact
+        assert made in on, made["metadata"]["name"]

@@ -27,6 +27,9 @@ from typing import Any
 
 import yaml
 
+from envoy_lifecycle.monitoring.__main__ import NAMESPACE, dashboards_configmap, pod_monitors
+from envoy_lifecycle.monitoring.alerts import prometheus_rule
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "envoy-lifecycle"
@@ -205,6 +208,7 @@ def render() -> dict[str, str]:
         condition = f'and (eq .Values.envoy.kind "{kind}") (eq .Values.envoy.sidecar "{sidecar}")'
         blocks.append("{{- if " + condition + " }}\n" + dump(own, cutter) + "{{- end }}\n")
     files["templates/envoy.yaml"] = HEADER + "---\n".join(blocks)
+    files["templates/monitoring.yaml"] = HEADER + monitoring_template()
     files["values.yaml"] = _values(cutter.values)
     files["Chart.yaml"] = CHART_YAML
     files["values.schema.json"] = json.dumps(SCHEMA, indent=2) + "\n"
@@ -220,6 +224,7 @@ def _values(found: dict[str, Any]) -> str:
         "xdsServer": found["xdsServer"],
         "certificates": found["certificates"],
         "networkPolicies": {"enabled": True},
+        "monitoring": dict.fromkeys(MONITORING, False),
         "images": found["images"],
     }
     notes = {
@@ -234,6 +239,9 @@ def _values(found: dict[str, Any]) -> str:
         "certificates": "mTLS between Envoy and the xds-server: the leader renews leaves and "
         "rotates the CA in the Secrets, waiting propagationDelaySeconds for the kubelet.",
         "networkPolicies": "Ingress and egress NetworkPolicies for every pod.",
+        "monitoring": "For the Prometheus operator and Grafana (docs/operations.md): PodMonitors"
+        " for the sidecar, Envoy and xds-server, the alerts as a PrometheusRule, the dashboards"
+        " as a ConfigMap for Grafana's dashboard sidecar.",
         "images": "Pinned images (built by `make images`).",
     }
     parts = [HEADER.rstrip(), "# Every default is the overlays' value (deploy/envoy-daemonset)."]
@@ -252,6 +260,23 @@ type: application
 version: 0.1.0
 appVersion: "0.1.0"
 """
+
+
+def _rule() -> list[dict[str, Any]]:
+    return [prometheus_rule(NAMESPACE)]
+
+
+def _dashboards() -> list[dict[str, Any]]:
+    return [dashboards_configmap()]
+
+
+MONITORING: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "podMonitors": pod_monitors,
+    "prometheusRule": _rule,
+    "dashboards": _dashboards,
+}
+"""Each monitoring value and the objects it adds (envoy_lifecycle/monitoring), all off."""
+
 
 DAY = 86400
 """The longest drain (and wait) the chart takes: more is a typo (2^32 overflows Envoy's
@@ -290,6 +315,7 @@ SCHEMA = {
             "rotate": {"type": "boolean"},
             "propagationDelaySeconds": _seconds(0)}),
         "networkPolicies": _strict({"enabled": {"type": "boolean"}}),
+        "monitoring": _strict({name: {"type": "boolean"} for name in MONITORING}),
         "images": _strict({"project": {"type": "string"}, "envoy": {"type": "string"}}),
     }, required=["envoy", "drain", "xdsServer", "certificates", "images"]),
 }  # fmt: skip
@@ -303,6 +329,17 @@ CROSS_CHECKS = (
     "{{- end }}\n"
 )
 """What the schema cannot say (one value against another), said by the templates."""
+
+
+def monitoring_template() -> str:
+    """The objects, each set behind its value; their own `{{ }}` (alert templates, legends)
+    escaped from Helm's."""
+    blocks = []
+    for name, made in MONITORING.items():
+        text = yaml.safe_dump_all(made(), sort_keys=False, width=100)
+        escaped = re.sub(r"\{\{|\}\}", lambda m: '{{ "' + m[0] + '" }}', text)
+        blocks.append(f"{{{{- if .Values.monitoring.{name} }}}}\n---\n{escaped}{{{{- end }}}}\n")
+    return "".join(blocks)
 
 
 def main() -> int:

@@ -54,6 +54,21 @@ def pod_monitors() -> list[dict[str, Any]]:
     ]
 
 
+def dashboards_configmap() -> dict[str, Any]:
+    """The dashboards as Grafana's dashboard sidecar loads them (the Helm chart's; the
+    kustomize component generates the same from the files)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "envoy-lifecycle-dashboards",
+            "namespace": NAMESPACE,
+            "labels": {"grafana_dashboard": "1"},
+        },
+        "data": {f"{d.uid}.json": json.dumps(grafana(d), indent=2) + "\n" for d in DASHBOARDS},
+    }
+
+
 def kustomization() -> dict[str, Any]:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
