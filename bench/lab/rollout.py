@@ -34,8 +34,10 @@ from bench.lab.envoy import free_port
 from bench.lab.wait import until
 from bench.lab.xds import XdsEnvoy, XdsServer, ingress, rule, service, write_manifests
 
-GRACE_S = 4.0
-"""The pods' terminationGracePeriodSeconds."""
+GRACE_S = 30.0
+"""The pods' terminationGracePeriodSeconds (Kubernetes' default)."""
+STUBBORN_GRACE_S = 4.0
+"""The same for an app that ignores SIGTERM (it is SIGKILLed at the end: kept short)."""
 PRE_STOP_SLEEP_S = 2.0
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 ROLLOUTS = ("surge", "single", "scale-down", "delete")
@@ -120,7 +122,22 @@ class Rollout:
 
     # --- pods -----------------------------------------------------------------------
 
-    async def start_pod(self) -> BackendPod:
+    @property
+    def grace_s(self) -> float:
+        return STUBBORN_GRACE_S if self.behaviour == "ignore" else GRACE_S
+
+    async def start_pod(self, ready: bool = True) -> BackendPod:
+        """A new pod, listening; in the slice at once (`ready`) or by `make_ready` later."""
+        pod = await self._start_process()
+        if ready:
+            await self.make_ready(pod)
+        return pod
+
+    async def make_ready(self, pod: BackendPod) -> None:
+        self.pods[pod.name] = pod
+        await self.publish()  # ready: the kubelet's readiness probe passed
+
+    async def _start_process(self) -> BackendPod:
         number = next(self._numbers)
         name, ip = f"backend-{number}", f"127.0.0.{number}"
         record = self.workdir / f"{name}.posts"
@@ -134,8 +151,6 @@ class Rollout:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         pod = BackendPod(name, ip, proc, record)
         await until(lambda: self._answers(pod), 20, f"{name} listening")
-        self.pods[name] = pod
-        await self.publish()  # ready: the kubelet's readiness probe passed
         return pod
 
     async def _answers(self, pod: BackendPod) -> bool:
@@ -162,7 +177,7 @@ class Rollout:
         self.hook_waits.append(time.monotonic() - began)
         pod.proc.terminate()
         try:
-            await asyncio.to_thread(pod.proc.wait, GRACE_S)
+            await asyncio.to_thread(pod.proc.wait, self.grace_s)
         except subprocess.TimeoutExpired:
             pod.proc.kill()  # the grace period is over
             await asyncio.to_thread(pod.proc.wait)
@@ -173,9 +188,9 @@ class Rollout:
 
     async def _drained_hook(self, pod: BackendPod) -> None:
         """The preStop an app's pod would run: an httpGet-like call, bounded by the grace."""
-        async with httpx.AsyncClient(trust_env=False, timeout=GRACE_S + 1) as client:
+        async with httpx.AsyncClient(trust_env=False, timeout=self.grace_s + 1) as client:
             response = await client.get(
-                self.drained_url, params={"ip": pod.ip, "timeout": str(GRACE_S - 1)}
+                self.drained_url, params={"ip": pod.ip, "timeout": str(self.grace_s - 1)}
             )
         assert response.status_code in (200, 504), response.text
 
@@ -251,10 +266,11 @@ class Rollout:
             await self.start_pod()
         elif kind == "lone-delete":
             (old,) = self.pods.values()
+            successor = await self.start_pod(ready=False)  # its readiness probe not passed yet
             self.delete(old)
             await until(lambda: old.terminating, 10, "the old pod terminating")
             await asyncio.sleep(0.3)
-            await self.start_pod()
+            await self.make_ready(successor)
         else:
             raise ValueError(kind)
         await self.settle()
