@@ -51,7 +51,7 @@ from bench.lab.envoy import probe_connections
 from bench.lab.envoy_pod import WIRINGS, EnvoyPod, Wiring, envoy_pod
 from bench.lab.h2client import h2_load
 from bench.lab.pod import TerminationReport
-from bench.lab.prometheus import Prometheus, Target
+from bench.lab.prometheus import Prometheus, pod_targets
 from bench.lab.prometheus import binary as prometheus_binary
 from bench.lab.rollout import from_manifests, through_envoy
 from bench.lab.xds import ROUTES, Routes, XdsServer, serve_one_backend
@@ -225,18 +225,10 @@ async def watch(work: Path, pod: EnvoyPod, xds: XdsServer) -> Prometheus | None:
     if prometheus_binary() is None:
         console.print("Prometheus not installed (`make setup` installs it): no dashboard")
         return None
-    labels = {"namespace": "demo", "pod": "envoy-0"}
     rules = work / "rules.yaml"
     rules.write_text(yaml.safe_dump(rules_file(), sort_keys=False))
-    prometheus = await Prometheus(
-        work / "prometheus",
-        [
-            Target("sidecar", f"127.0.0.1:{pod.sidecar_port}", "/metrics", labels),
-            Target("envoy", f"127.0.0.1:{pod.envoy.ports['probe']}", "/stats/prometheus", labels),
-            Target("xds", f"127.0.0.1:{xds.http_port}", "/metrics", {**labels, "pod": "xds-0"}),
-        ],
-        rules,
-    ).start()
+    targets = pod_targets(pod.sidecar_port, pod.envoy.ports["probe"], xds.http_port, "envoy-0")
+    prometheus = await Prometheus(work / "prometheus", targets, rules).start()
     console.print(f"[bold]Prometheus[/] scraping the pod and xds-server: {prometheus.url}")
     return prometheus
 

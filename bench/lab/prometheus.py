@@ -28,6 +28,17 @@ class Target:
     """What a PodMonitor adds: the pod's namespace and name (the alerts join on them)."""
 
 
+def pod_targets(sidecar_port: int, probe_port: int, xds_port: int, pod: str) -> list[Target]:
+    """An Envoy pod (its sidecar, Envoy's stats through the probe listener) and xds-server,
+    labelled as the PodMonitors label them (namespace `shop`)."""
+    labels = {"namespace": "shop", "pod": pod}
+    return [
+        Target("sidecar", f"127.0.0.1:{sidecar_port}", "/metrics", labels),
+        Target("envoy", f"127.0.0.1:{probe_port}", "/stats/prometheus", labels),
+        Target("xds", f"127.0.0.1:{xds_port}", "/metrics", {**labels, "pod": "xds-0"}),
+    ]
+
+
 def binary() -> str | None:
     return shutil.which("prometheus")
 

@@ -17,7 +17,7 @@ from bench.lab.certs import init_certs
 from bench.lab.clients import TcpConnection
 from bench.lab.envoy import Envoy
 from bench.lab.envoy_pod import envoy_pod
-from bench.lab.prometheus import Prometheus, Target, binary, now
+from bench.lab.prometheus import Prometheus, Target, binary, now, pod_targets
 from bench.lab.sidecar import SidecarProcess, run_hook
 from bench.lab.wait import until
 from bench.lab.xds import serve_one_backend
@@ -49,20 +49,8 @@ async def test_every_panel_and_alert_reads_live_series_and_a_healthy_run_fires_n
     prometheus: Prometheus | None = None
     try:
         await pod.start()
-        prometheus = await Prometheus(
-            tmp_path / "prometheus",
-            [
-                Target("sidecar", f"127.0.0.1:{pod.sidecar_port}", "/metrics", POD),
-                Target("envoy", f"127.0.0.1:{pod.envoy.ports['probe']}", "/stats/prometheus", POD),
-                Target(
-                    "xds",
-                    f"127.0.0.1:{xds.http_port}",
-                    "/metrics",
-                    {"namespace": "shop", "pod": "xds-0"},
-                ),
-            ],
-            rules(tmp_path),
-        ).start()
+        targets = pod_targets(pod.sidecar_port, pod.envoy.ports["probe"], xds.http_port, "envoy-0")
+        prometheus = await Prometheus(tmp_path / "prometheus", targets, rules(tmp_path)).start()
         began = now()
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             for _ in range(20):
