@@ -107,11 +107,14 @@ class Rollout:
         behaviour: str,
         seed: int = 0,
         drained_url: str = "",
+        h2c: bool = False,
     ) -> None:
         self.workdir, self.apply, self.port, self.behaviour = workdir, apply, port, behaviour
         self.drained_url = drained_url
         """xds-server's /drained, for the `prestop-drained` hook."""
         self.hook_waits: list[float] = []
+        self.h2c = h2c
+        """The pods speak h2c too (the Service port says `kubernetes.io/h2c`)."""
         self.pods: dict[str, BackendPod] = {}
         self.gone: list[BackendPod] = []
         self._numbers = itertools.count(2)
@@ -145,7 +148,7 @@ class Rollout:
         argv = [
             sys.executable, "-m", "bench.lab.rollout_app", "--host", ip,
             "--port", str(self.port), "--name", name, "--record", str(record),
-            "--on-sigterm", on_sigterm,
+            "--on-sigterm", on_sigterm, *(["--h2c"] if self.h2c else []),
         ]  # fmt: skip
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -368,15 +371,17 @@ def executed(pods: list[BackendPod]) -> Counter[str]:
 
 
 async def measure(rollout: Rollout, url: str, kind: str, clients: int = 4) -> Outcome:
-    """Start the replicas, load them through `url`, roll them out once, stop the load."""
+    """Start the replicas, load them through `url`, roll them out once, stop the load (long
+    streams and WebSockets only to HTTP/1 pods: the h2c app answers GETs and POSTs)."""
     for _ in range(replicas(kind)):
         await rollout.start_pod()
     await until(lambda: _served(url), 20, "the backends served through Envoy")
     outcome = Outcome()
     stop = asyncio.Event()
     workers = [asyncio.create_task(load(url, stop, outcome, n)) for n in range(clients)]
-    workers.append(asyncio.create_task(stream_load(url, stop, outcome)))
-    workers.append(asyncio.create_task(websocket_load(url, stop, outcome)))
+    if not rollout.h2c:
+        workers.append(asyncio.create_task(stream_load(url, stop, outcome)))
+        workers.append(asyncio.create_task(websocket_load(url, stop, outcome)))
     await asyncio.sleep(1.0)
     await rollout.run(kind)
     await asyncio.sleep(0.5)
@@ -395,20 +400,23 @@ async def _served(url: str) -> bool:
         return False
 
 
-def app_objects() -> list[dict[str, Any]]:
-    """Service `backend` and an Ingress sending everything to it (its slice: the rollout's)."""
-    return [
-        service("backend", [("http", 80)]),
-        ingress("shop", [rule(None, ("/", "Prefix", "backend", 80))]),
-    ]
+def app_objects(h2c: bool = False) -> list[dict[str, Any]]:
+    """Service `backend` and an Ingress sending everything to it (its slice: the rollout's);
+    with `h2c`, its port's appProtocol says Envoy speaks HTTP/2 to it."""
+    backend = service("backend", [("http", 80)])
+    if h2c:
+        backend["spec"]["ports"][0]["appProtocol"] = "kubernetes.io/h2c"
+    return [backend, ingress("shop", [rule(None, ("/", "Prefix", "backend", 80))])]
 
 
-def from_manifests(workdir: Path, policy: str | None = None) -> tuple[XdsServer, Apply]:
+def from_manifests(
+    workdir: Path, policy: str | None = None, h2c: bool = False
+) -> tuple[XdsServer, Apply]:
     """An xds-server over a manifests directory (with an anchor's policy: anchor_policy.py),
     and how the rollout writes its EndpointSlice there."""
     manifests = workdir / "manifests"
     manifests.mkdir()
-    write_manifests(manifests, "app", app_objects())
+    write_manifests(manifests, "app", app_objects(h2c))
     server = XdsServer(workdir, manifests)
     if policy is not None:
         server.args[:3] = [sys.executable, "-m", "bench.lab.anchor_policy", policy]
@@ -420,12 +428,17 @@ def from_manifests(workdir: Path, policy: str | None = None) -> tuple[XdsServer,
 
 
 async def through_envoy(
-    workdir: Path, server: XdsServer, apply: Apply, behaviour: str, kind: str
+    workdir: Path,
+    server: XdsServer,
+    apply: Apply,
+    behaviour: str,
+    kind: str,
+    h2c: bool = False,
 ) -> tuple[Outcome, str]:
     """One rollout through a real Envoy fed by `server`: its outcome, the server's metrics."""
     seed = sum(map(ord, behaviour + kind))
     drained = f"http://127.0.0.1:{server.http_port}/drained"
-    rollout = Rollout(workdir, apply, free_port(), behaviour, seed, drained)
+    rollout = Rollout(workdir, apply, free_port(), behaviour, seed, drained, h2c)
     envoy: XdsEnvoy | None = None
     try:
         await server.start()

@@ -10,7 +10,9 @@ SIGTERM as real apps do (`--on-sigterm`); /ws echoes WebSocket messages and is c
 * unready: keep serving `--linger` seconds (its readiness probe fails meanwhile), then as
   graceful.
 
-Idle keep-alive connections are closed after 5 s, as Node, uvicorn and gunicorn do.
+Idle keep-alive connections are closed after 5 s, as Node, uvicorn and gunicorn do. With
+`--h2c` the app is served by hypercorn, HTTP/2 without TLS beside HTTP/1.1 (GETs and POSTs;
+its graceful shutdown sends GOAWAY).
 Run: python -m bench.lab.rollout_app --host 127.0.0.5 --port 8080 --record FILE ...
 """
 
@@ -20,7 +22,7 @@ import argparse
 import asyncio
 import os
 import signal
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import WSCloseCode, web
 
@@ -73,25 +75,73 @@ def make_app(name: str, record: IO[str]) -> web.Application:
     return app
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, record: IO[str]) -> None:
+    runner = web.AppRunner(
+        make_app(args.name, record), keepalive_timeout=KEEPALIVE_S, access_log=None
+    )
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port, shutdown_timeout=30).start()
+    stop = asyncio.Event()
+    _on_sigterm(args, stop)
+    await stop.wait()
+    await runner.cleanup()  # stop accepting, finish in flight, close idle connections
+
+
+def h2c_app(name: str, record: IO[str]) -> Any:
+    """The same answers as an ASGI app, for hypercorn: HTTP/2 without TLS (h2c, as Envoy
+    speaks it to a `kubernetes.io/h2c` port) beside HTTP/1.1."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        if scope["path"] == "/order":
+            headers = dict(scope["headers"])
+            record.write(headers.get(b"x-id", b"?").decode() + "\n")
+            record.flush()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": name.encode()})
+
+    return app
+
+
+async def serve_h2c(args: argparse.Namespace, record: IO[str]) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"{args.host}:{args.port}"]
+    config.keep_alive_timeout = KEEPALIVE_S
+    config.graceful_timeout = 30
+    config.accesslog = None
+    stop = asyncio.Event()
+    _on_sigterm(args, stop)
+    await hypercorn_serve(h2c_app(args.name, record), config, shutdown_trigger=stop.wait)
+
+
+def _on_sigterm(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    if args.on_sigterm == "exit":
+        loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))
+    elif args.on_sigterm == "ignore":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif args.on_sigterm == "unready":
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.call_later(args.linger, stop.set))
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+
+async def run(args: argparse.Namespace) -> None:
     with open(args.record, "a", encoding="utf-8") as record:  # noqa: ASYNC230 - once, at start
-        runner = web.AppRunner(
-            make_app(args.name, record), keepalive_timeout=KEEPALIVE_S, access_log=None
-        )
-        await runner.setup()
-        await web.TCPSite(runner, args.host, args.port, shutdown_timeout=30).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        if args.on_sigterm == "exit":
-            loop.add_signal_handler(signal.SIGTERM, lambda: os._exit(0))
-        elif args.on_sigterm == "ignore":
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        elif args.on_sigterm == "unready":
-            loop.add_signal_handler(signal.SIGTERM, lambda: loop.call_later(args.linger, stop.set))
+        if args.h2c:
+            await serve_h2c(args, record)
         else:
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await runner.cleanup()  # stop accepting, finish in flight, close idle connections
+            await serve(args, record)
 
 
 def main() -> None:
@@ -102,7 +152,8 @@ def main() -> None:
     parser.add_argument("--record", required=True)
     parser.add_argument("--on-sigterm", choices=BEHAVIOURS, default="graceful")
     parser.add_argument("--linger", type=float, default=2.0)
-    asyncio.run(serve(parser.parse_args()))
+    parser.add_argument("--h2c", action="store_true", help="serve h2c too (hypercorn)")
+    asyncio.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":

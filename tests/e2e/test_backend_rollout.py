@@ -128,3 +128,18 @@ async def test_a_lone_pod_being_replaced_serves_until_its_successor_is_ready(
     outcome, metrics = await roll(tmp_path, behaviour, "lone-delete")
     check(outcome, behaviour)
     assert metrics["xds_endpoint_fallback_activations_total"] >= 1
+
+
+@pytest.mark.parametrize("behaviour", ["graceful", "exit"])
+async def test_an_h2c_backend_rolls_out_the_same(tmp_path: Path, behaviour: str) -> None:
+    """Envoy speaks HTTP/2 to the pods (appProtocol kubernetes.io/h2c; hypercorn, whose
+    graceful shutdown sends GOAWAY): streams refused by it are retried for every method."""
+    server, apply = from_manifests(tmp_path, h2c=True)
+    outcome, metrics = await through_envoy(tmp_path, server, apply, behaviour, "surge", h2c=True)
+    print(behaviour, outcome.line())
+    assert outcome.sent["POST"] > 50, outcome.line()
+    assert not outcome.executed_twice, outcome.line()
+    assert outcome.failed["GET"] == 0, outcome.line()
+    if behaviour == "graceful":
+        assert not outcome.failed, outcome.line()
+    assert samples(metrics)["xds_endpoint_programming_seconds_count"] >= 1
