@@ -70,6 +70,8 @@ class Pipeline:
         """The objects the model holds now."""
         self._refused: dict[Key, tuple[KubeObject, str]] = {}
         self._in_fallback: set[str] = set()
+        self._triggers: dict[str, float] = {}
+        """Each cluster's last-change-trigger-time already observed."""
         """Objects Envoy would refuse, with why: left out while they are unchanged."""
         self._unexplained: dict[tuple[str, str], list[str]] = {}
         """Resources Envoy would refuse for no object's sake (a flag, or our own bug)."""
@@ -128,8 +130,13 @@ class Pipeline:
         news = EndpointNews()
         for name in assignments:
             backend = self.state.model.clusters.get(name)
-            if backend is not None and backend.triggered is not None:
-                news.triggered.append(backend.triggered)
+            stamp = backend.triggered if backend is not None else None
+            if stamp is not None and self._triggers.get(name) != stamp:
+                news.triggered.append(stamp)  # once: not again when the Service alone changes
+            if stamp is None:
+                self._triggers.pop(name, None)
+            else:
+                self._triggers[name] = stamp
             if backend is not None and backend.fallback:
                 if name not in self._in_fallback:
                     news.fallbacks_started.append(name)

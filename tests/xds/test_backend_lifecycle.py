@@ -270,3 +270,18 @@ def test_an_httproute_retry_sets_attempts_backoff_and_codes_for_every_method() -
 def test_a_route_matching_one_method_stays_one_route(method: str, resets: bool) -> None:
     (only,) = gateway_routes({"matches": [{"method": method}]})
     assert ("reset" in only.route.retry_policy.retry_on.split(",")) is resets
+
+
+def test_an_endpoint_change_is_timed_once_not_again_when_only_the_service_changes() -> None:
+    from xds_server.pipeline import Pipeline
+    from xds_server.sources.objects import Loaded
+
+    pipeline = Pipeline(None, PORTS)
+    svc = service("shop", [("http", 80)])
+    route = ingress("shop", [rule(None, ("/", "Prefix", "shop", 80))])
+    first = pipeline.build(Loaded(objects(svc, pods_slice(("10.0.0.1", {})), route)), 1)
+    assert len(first.endpoints.triggered) == 1
+    svc["metadata"]["annotations"] = {"envoy-lifecycle.io/slow-start-window": "10s"}
+    second = pipeline.build(Loaded(objects(svc, pods_slice(("10.0.0.1", {})), route)), 2)
+    assert second.snapshot is not None
+    assert second.endpoints.triggered == []
