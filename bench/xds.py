@@ -406,8 +406,8 @@ def _drain_acks(stream: SotwStream | DeltaStream, snapshot: Snapshot) -> int:
     subscription Envoy sends for it (delta: the new names; SotW: the whole list)."""
     sent = 0
     while not stream.out.empty():
-        response = stream.out.get_nowait()
-        sent += response.ByteSize()
+        response = stream.decode(stream.out.get_nowait())
+        sent += response.ByteSize()  # what the bytes on the wire decode to
         clusters = list(stream.types[CLUSTER].sent_entries) if response.type_url == CLUSTER else []
         if isinstance(stream, SotwStream):
             names = list(stream.types[response.type_url].names)

@@ -8,6 +8,7 @@ gives streams a bounded grace to finish so proxies move to another replica, and 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import gc
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from envoy_lifecycle.http import HTTP_SERVER_OPTIONS
 from xds_server import collector
@@ -41,7 +41,7 @@ from xds_server.sources.objects import Limits, Loaded
 from xds_server.sources.watch import DirectoryWatcher
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.xds.cache import Snapshot, SnapshotStore
-from xds_server.xds.server import AggregatedDiscovery
+from xds_server.xds.server import STUCK_AFTER, AggregatedDiscovery
 
 STOP_GRACE = 5.0
 """Seconds streams get to finish on SIGTERM before they are cut (proxies reconnect elsewhere)."""
@@ -86,6 +86,8 @@ class ServeConfig:
     rotate: bool = False
     client_identity: str = DEFAULT_IDENTITY
     propagation_delay: float = 2.0
+    stuck_stream_timeout: float = STUCK_AFTER
+    """Seconds a proxy may leave a response unanswered before its stream is dropped."""
     kubeconfig: Path | None = None
     """With `manifests` None: a kubeconfig file, or None for the pod's service account."""
     limits: Limits = field(default_factory=Limits)
@@ -103,7 +105,9 @@ class ControlPlane:
         self.config = config
         self.metrics = XdsMetrics()
         self.store = SnapshotStore()
-        self.servicer = AggregatedDiscovery(self.store, self.metrics)
+        self.servicer = AggregatedDiscovery(
+            self.store, self.metrics, stuck_after=config.stuck_stream_timeout
+        )
         self.source: DirectorySource | KubernetesSource = (
             DirectorySource(config.manifests, config.limits)
             if config.manifests is not None
@@ -144,7 +148,7 @@ class ControlPlane:
         if isinstance(self.source, KubernetesSource):
             self.duties = self._cluster_duties(self.source)
         server = grpc.aio.server(options=GRPC_OPTIONS)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
         address = f"{self.config.grpc_host}:{self.config.grpc_port}"
         try:
             if self.config.certs_dir is None:
@@ -172,7 +176,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
-        tasks = [asyncio.create_task(self._feed())]
+        tasks = [asyncio.create_task(self._feed()), asyncio.create_task(self.servicer.drop_stuck())]
         if self.config.certs_dir is not None:
             tasks.append(asyncio.create_task(self._certificates(self.config.certs_dir)))
         if self.duties is not None:
@@ -368,9 +372,18 @@ class ControlPlane:
         and from each endpoint change's trigger time (wall clock, the API server's) too."""
         answered = self.servicer.answered
         deadline = seen + CONVERGENCE_WAIT
+        streams = self.servicer.streams
+        pending = collections.deque(streams)
         while self.store.current is snapshot:
             answered.clear()
-            if all(stream.converged(snapshot) for stream in self.servicer.streams):
+            # Streams are pushed, and converge, about in the order they connected: drop the
+            # converged (or gone) from the front and stop at the first behind, so a wake costs
+            # about O(1), not O(proxies); the whole set is checked once the queue is empty.
+            while pending and (pending[0] not in streams or pending[0].converged(snapshot)):
+                pending.popleft()
+            if not pending:
+                pending.extend(s for s in streams if not s.converged(snapshot))
+            if not pending:
                 self.metrics.convergence.observe(time.monotonic() - seen)
                 now = time.time()
                 for stamp in triggered:

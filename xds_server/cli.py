@@ -233,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="with --rotate: wait between CA rotation steps (90s or more with Secrets)",
     )
+    serve.add_argument(
+        "--stuck-stream-timeout",
+        type=duration,
+        default="60s",
+        metavar="DURATION",
+        help="drop an ADS stream whose proxy leaves a response unanswered this long",
+    )
     _limits(serve)
     add_logging_flags(serve)
     boot = commands.add_parser(
@@ -307,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rotate=args.rotate,
         client_identity=args.client_identity,
         propagation_delay=args.propagation_delay,
+        stuck_stream_timeout=args.stuck_stream_timeout,
         kubeconfig=args.kubeconfig,
         limits=Limits(**{attribute: getattr(args, attribute) for _, attribute, _ in LIMIT_FLAGS}),
         duties=DutiesConfig(

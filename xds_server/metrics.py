@@ -112,6 +112,11 @@ class XdsMetrics:
             ["store"],
             registry=self.registry,
         )
+        self.streams_dropped = Counter(
+            "xds_streams_dropped",
+            "ADS streams dropped because the proxy left a response unanswered too long.",
+            registry=self.registry,
+        )
         self.proxies_behind = Gauge(
             "xds_proxies_behind",
             "Connected proxies that have not ACKed the snapshot served now (as of the scrape).",

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
@@ -24,8 +25,13 @@ class SyntheticProxy:
         node: str,
         stuck: bool = False,
         route_configs: list[str] | None = None,
+        digest: bool = True,
     ) -> None:
         self.address = address
+        self.digest = digest
+        """False: its routes' state is the server's `system_version_info` of the last virtual
+        hosts it got, not a digest of each (a thousand clients cannot hash 10,000 hosts each
+        on the server's two cores)."""
         self.route_configs = route_configs or ["ingress_http", "ingress_https"]
         """The route configurations its listeners name (Envoy asks for those alone)."""
         self.node = node
@@ -81,6 +87,9 @@ class SyntheticProxy:
             self._subscribe(ROUTE, self.route_configs)
         elif response.type_url == ROUTE and names:
             self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
+        elif response.type_url == VHOST and not self.digest:
+            self.routes_version = response.system_version_info
+            self.arrivals.append((time.monotonic(), self.routes_version))
         elif response.type_url == VHOST:
             for resource in response.resources:
                 self._forget(resource.name)
@@ -108,6 +117,89 @@ class SyntheticProxy:
                 return True
             await asyncio.sleep(0.005)
         return False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None:
+            await self._channel.close(None)
+
+
+class SotwProxy:
+    """A synthetic state-of-the-world ADS client: wildcard clusters and listeners, then the
+    endpoints and route configurations they name, ACKing everything as Envoy does. Its routes'
+    state is the RDS `version_info` (the server's hash of what it sent): reading that costs
+    nothing per route, so a thousand of them fit beside the server on two cores."""
+
+    def __init__(self, address: str, node: str, route_configs: list[str] | None = None) -> None:
+        self.address = address
+        self.node = node
+        self.route_configs = route_configs or ["ingress_http", "ingress_https"]
+        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        self.routes_version = ""
+        self.arrivals: list[tuple[float, str]] = []
+        self.bytes = 0
+        self.responses = 0
+        self._names: dict[str, list[str]] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> SotwProxy:
+        self._channel = grpc.aio.insecure_channel(
+            self.address, options=[("grpc.max_receive_message_length", 64 * 2**20)]
+        )
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+        node = base_pb2.Node(id=self.node, cluster="synthetic")
+        for type_url in (CLUSTER, LISTENER):
+            self.queue.put_nowait(discovery_pb2.DiscoveryRequest(node=node, type_url=type_url))
+        call = stub.StreamAggregatedResources(self._requests())
+        self._task = asyncio.create_task(self._read(call))
+        return self
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while True:
+            yield await self.queue.get()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for response in call:
+                self._handle(response)
+
+    def _handle(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        self.responses += 1
+        self.bytes += response.ByteSize()
+        self._ack(response.type_url, response.version_info, response.nonce)
+        if response.type_url == CLUSTER:
+            self._ask(ENDPOINT, [self._name_of(r.value) for r in response.resources])
+        elif response.type_url == LISTENER and ROUTE not in self._names:
+            self._ask(ROUTE, self.route_configs)
+        elif response.type_url == ROUTE and response.resources:
+            self.routes_version = response.version_info
+            self.arrivals.append((time.monotonic(), self.routes_version))
+
+    @staticmethod
+    def _name_of(cluster: bytes) -> str:
+        return str(cluster_pb2.Cluster.FromString(cluster).name)
+
+    def _ask(self, type_url: str, names: list[str]) -> None:
+        if self._names.get(type_url) == names:
+            return
+        self._names[type_url] = names
+        self.queue.put_nowait(
+            discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
+        )
+
+    def _ack(self, type_url: str, version: str, nonce: str) -> None:
+        self.queue.put_nowait(
+            discovery_pb2.DiscoveryRequest(
+                type_url=type_url,
+                version_info=version,
+                response_nonce=nonce,
+                resource_names=self._names.get(type_url, []),
+            )
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

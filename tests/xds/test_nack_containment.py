@@ -45,7 +45,7 @@ def proxy(stream: DeltaStream, now: Snapshot, refuses: Refuses) -> list[str]:
     for _ in range(200):
         if stream.out.empty():
             return nacked
-        response = stream.out.get_nowait()
+        response = stream.decode(stream.out.get_nowait())
         names = [r.name for r in response.resources]
         request = discovery_pb2.DeltaDiscoveryRequest(
             type_url=response.type_url, response_nonce=response.nonce
@@ -119,7 +119,7 @@ def sotw_proxy(stream: SotwStream, now: Snapshot, refuses: Refuses) -> list[str]
     for _ in range(200):
         if stream.out.empty():
             return nacked
-        response = stream.out.get_nowait()
+        response = stream.decode(stream.out.get_nowait())
         request = discovery_pb2.DiscoveryRequest(
             type_url=response.type_url,
             response_nonce=response.nonce,

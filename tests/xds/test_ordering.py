@@ -29,7 +29,7 @@ def snapshot(backend: str, serial: int) -> Snapshot:
 def sent(stream: DeltaStream) -> list[discovery_pb2.DeltaDiscoveryResponse]:
     out = []
     while not stream.out.empty():
-        out.append(stream.out.get_nowait())
+        out.append(stream.decode(stream.out.get_nowait()))
     return out
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import any_pb2
@@ -24,6 +25,10 @@ from xds_server.translate.routes import ROUTE_OPTIONS_BYTES, referenced_clusters
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, ROUTE, ROUTE_VHDS, VHOST
 from xds_server.xds.order import PUSH_ORDER
 
+T = TypeVar("T")
+MEMO_LIMIT = 4096
+"""Shared results kept per snapshot: the states a fleet's streams are in are few (most
+proxies are where the last snapshot left them); past this the memo starts over."""
 SNAPSHOT_KEYS = (*PUSH_ORDER, ROUTE_VHDS)
 COMPARED = tuple(key for key in SNAPSHOT_KEYS if key != ROUTE)
 """Full route configurations are derived from the virtual hosts: comparing those is enough."""
@@ -48,6 +53,20 @@ class Entry:
     def as_field(self) -> bytes:
         """The resource as a repeated field 2 (RouteConfiguration.virtual_hosts)."""
         return _field(2, self.resource.value)
+
+    @functools.cached_property
+    def as_any(self) -> bytes:
+        """The resource as an Any in DiscoveryResponse.resources (field 2): serialized once
+        per version, then copied into every state-of-the-world response that holds it."""
+        resource = self.resource
+        return _field(2, _field(1, resource.type_url.encode()) + _field(2, resource.value))
+
+    @functools.cached_property
+    def as_resource(self) -> bytes:
+        """The resource as a Resource in DeltaDiscoveryResponse.resources (field 2): version
+        (1), the Any (2), name (3)."""
+        inner = _field(1, self.version.encode()) + self.as_any + _field(3, self.name.encode())
+        return _field(2, inner)
 
     def decoded(self) -> Message:
         """The message (parsed from the bytes for a route configuration assembled from them)."""
@@ -92,6 +111,35 @@ def _varint(value: int) -> bytes:
 def _field(number: int, data: bytes) -> bytes:
     """A length-delimited protobuf field: tag, length, bytes."""
     return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _text(number: int, text: str) -> bytes:
+    """A string field, left out when empty (as proto3 serializes it)."""
+    return _field(number, text.encode()) if text else b""
+
+
+def sotw_body(version: str, entries: Iterable[Entry], type_url: str) -> bytes:
+    """A DiscoveryResponse without its nonce, assembled from the resources' own bytes: built
+    once per snapshot and set of resources, shared by every stream that sends it. A message
+    is the concatenation of its fields, so each stream appends its nonce (`nonce_field`)."""
+    return _text(1, version) + b"".join(e.as_any for e in entries) + _text(4, type_url)
+
+
+def delta_body(
+    system_version: str, changed: Iterable[Entry], removed: Iterable[str], type_url: str
+) -> bytes:
+    """A DeltaDiscoveryResponse without its nonce (see `sotw_body`)."""
+    return (
+        _text(1, system_version)
+        + b"".join(e.as_resource for e in changed)
+        + _text(4, type_url)
+        + b"".join(_field(6, name.encode()) for name in removed)
+    )
+
+
+def nonce_field(nonce: str) -> bytes:
+    """Field 5 of both response messages: appended to a shared body, per stream."""
+    return _text(5, nonce)
 
 
 def route_entry(name: str, vhosts: list[Entry]) -> Entry:
@@ -151,6 +199,25 @@ class Snapshot:
     _uses: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     """Cluster -> how many virtual hosts send traffic to it."""
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[tuple[int, ...], tuple[tuple[object, ...], Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def memo(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """`compute()` once per snapshot for every stream that asks with the same objects
+        (compared by identity: mappings a snapshot or a stream never changes once made), so
+        a thousand proxies in the same state cost one computation and one serialization.
+        Scoped to this snapshot: it goes away with it."""
+        ident = tuple(map(id, key))
+        hit = self._memo.get(ident)
+        if hit is not None and all(a is b for a, b in zip(hit[0], key, strict=True)):
+            found: T = hit[1]
+            return found
+        value = compute()
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[ident] = (key, value)
+        return value
 
     @classmethod
     def build(cls, resources: Mapping[str, Mapping[str, Message]], serial: int) -> Snapshot:
@@ -261,3 +328,17 @@ class SnapshotStore:
         while self.current.serial == serial:
             await self._changed.wait()
         return self.current
+
+
+_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def interned(names: frozenset[str]) -> frozenset[str]:
+    """One object per distinct set of subscribed names, so streams subscribed alike share
+    `Snapshot.memo` results (it compares by identity)."""
+    found = _NAME_SETS.get(names)
+    if found is None:
+        if len(_NAME_SETS) >= MEMO_LIMIT:
+            _NAME_SETS.clear()
+        found = _NAME_SETS[names] = names
+    return found

@@ -10,6 +10,10 @@ business; the gRPC side is server.py):
   never re-sent, until the input changes.
 * SotW: stale nonces get no answer; listeners and clusters carry the full set. Delta: only
   what changed plus `removed_resources`; subscription changes are honoured whatever nonce.
+* Shared, not per proxy: what a proxy has is a mapping the snapshot made (`TypeState.at`),
+  not a copy, so proxies in the same state ask `Snapshot.memo` the same question and a
+  thousand of them cost one diff and one serialized body; each stream appends its nonce.
+  A stream leaves the shared path only to find which resource it NACKed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +36,11 @@ from xds_server.xds.cache import (
     Snapshot,
     SnapshotStore,
     clusters_used,
+    delta_body,
+    interned,
+    nonce_field,
     route_entry,
+    sotw_body,
     type_version,
 )
 from xds_server.xds.order import PUSH_ORDER
@@ -41,6 +50,24 @@ log = logging.getLogger("xds_server.ads")
 NACK_REASON_CHARS = 4000
 """Longest NACK reason logged: enough for a listener's full error, bounded per line."""
 _nonces = itertools.count(1)
+EMPTY: Mapping[str, Entry] = {}
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What a delta proxy that has `old` lacks to have `new`: computed once per pair."""
+
+    changed: list[Entry]
+    removed: list[str]
+
+    @classmethod
+    def between(cls, old: Mapping[str, Entry], new: Mapping[str, Entry]) -> Diff:
+        changed = [e for n, e in new.items() if _version_of(old.get(n)) != e.version]
+        return cls(changed, [n for n in old if n not in new])
+
+    @property
+    def empty(self) -> bool:
+        return not self.changed and not self.removed
 
 
 @dataclass
@@ -49,12 +76,21 @@ class TypeState:
 
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
+    at: Mapping[str, Entry] | None = None
+    """What the proxy has, when it is exactly a mapping a snapshot made (never changed in
+    place, shared with every proxy in the same state); None: in `acked`/`acked_entries`
+    (delta, after a NACK or a partial resume)."""
+    pending: Mapping[str, Entry] | None = None
+    """Delta: what the proxy will have once it ACKs the response in flight (shared path)."""
+    pending_diff: Diff | None = None
+    sent_version: str = ""  # SotW: the type version in flight
+    _names_key: frozenset[str] | None = None
     open_request: bool = False
     nonce: str = ""
     sent: dict[str, str] = field(default_factory=dict)  # name -> version sent (pending ACK)
     acked: dict[str, str] = field(default_factory=dict)  # name -> version the proxy has
     acked_entries: dict[str, Entry] = field(default_factory=dict)
-    sent_entries: dict[str, Entry] = field(default_factory=dict)
+    sent_entries: Mapping[str, Entry] = field(default_factory=dict)
     parked: set[tuple[str, str]] = field(default_factory=set)  # NACKed (name, version)
     probes: list[list[tuple[str, str]]] = field(default_factory=list)
     """Groups of (name, version) from a NACKed response, tried apart to find which one the
@@ -71,10 +107,36 @@ class TypeState:
     subscribed_seen: bool = False
     clean: bool = False  # the last push found nothing to send and nothing is awaiting an ACK
 
+    def names_key(self) -> frozenset[str]:
+        """The subscribed names as one object shared by every stream subscribed alike."""
+        if self._names_key is None:
+            self._names_key = interned(frozenset(self.names))
+        return self._names_key
+
+    def has(self) -> Mapping[str, Entry]:
+        """The resources the proxy has, as entries (where their content is known)."""
+        return self.at if self.at is not None else self.acked_entries
+
+    def has_names(self) -> set[str] | Mapping[str, Entry]:
+        return self.at if self.at is not None else set(self.acked) | set(self.acked_entries)
+
+    def unshare(self) -> None:
+        """Leave the shared path: keep what the proxy has in this stream's own dicts."""
+        if self.at is not None:
+            self.acked = {name: entry.version for name, entry in self.at.items()}
+            self.acked_entries = dict(self.at)
+            self.at = None
+        if self.pending_diff is not None:
+            self.sent = {e.name: e.version for e in self.pending_diff.changed}
+            self.sent |= dict.fromkeys(self.pending_diff.removed, "")
+            self.sent_entries = {e.name: e for e in self.pending_diff.changed}
+            self.pending = self.pending_diff = None
+
 
 class Stream:
     """Shared bookkeeping of one proxy's stream (both flavours)."""
 
+    response_type: Any = discovery_pb2.DiscoveryResponse
     route_key = ROUTE
     """Where its route configurations come from in a snapshot: full ones (SotW), or ones
     whose virtual hosts come over VHDS (delta)."""
@@ -83,46 +145,82 @@ class Stream:
         self.store = store
         self.metrics = metrics
         self.node = "?"
-        self.types: dict[str, TypeState] = {t: TypeState() for t in PUSH_ORDER}
-        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.types: dict[str, TypeState] = {t: TypeState(at=EMPTY) for t in PUSH_ORDER}
+        self.out: asyncio.Queue[bytes] = asyncio.Queue()
+        """Serialized responses: at most one per type (the next waits for its ACK)."""
+        self.waiting_since: float | None = None
+        """When a response went out that the proxy has not answered yet (None: none)."""
         self.pushed_serial = -1
         """The snapshot the last push looked at: `clean` flags speak of that one."""
 
-    def retained_clusters(self) -> set[str]:
+    def decode(self, data: bytes) -> Any:
+        """A response as the proxy reads it (tests and benchmarks look inside)."""
+        return self.response_type.FromString(data)
+
+    def send(self, body: bytes, nonce: str) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+        self.out.put_nowait(body + nonce_field(nonce))
+
+    def answered(self) -> None:
+        """The proxy sent a request: it reads and answers."""
+        self.waiting_since = None
+
+    def retained_clusters(self, snapshot: Snapshot) -> set[str]:
         """Clusters the proxy's ACKed routes (and virtual hosts) still send traffic to."""
-        acked = [
-            *self.types[ROUTE].acked_entries.values(),
-            *self.types[VHOST].acked_entries.values(),
-        ]
-        return clusters_used(acked)
+        routes, vhosts = self.types[ROUTE].at, self.types[VHOST].at
+        if routes is not None and vhosts is not None:
+            return snapshot.memo(
+                ("retained", routes, vhosts),
+                lambda: clusters_used([*routes.values(), *vhosts.values()]),
+            )
+        return clusters_used([*self.types[ROUTE].has().values(), *self.types[VHOST].has().values()])
 
     def source(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
         return snapshot.entries(self.route_key if type_url == ROUTE else type_url)
 
-    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+    def wanted(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
+        """What the proxy should have of a type: the snapshot's own mapping, or one shared by
+        every stream subscribed to the same names; a copy of its own only while it keeps
+        clusters its ACKed routes still use."""
         state = self.types[type_url]
-        entries = dict(self.source(type_url, snapshot))
-        if type_url in (CLUSTER, ENDPOINT):
-            for name in self.retained_clusters() - set(entries):
-                kept = self.types[type_url].acked_entries.get(name)
-                if kept is not None:
-                    entries[name] = kept
+        source = self.source(type_url, snapshot)
+        kept = self._kept(type_url, source, snapshot)
+        if kept:
+            entries = {**source, **kept}
+            return entries if state.wildcard else _only(entries, state.names)
         if state.wildcard:
-            return entries
-        return {name: entry for name, entry in entries.items() if name in state.names}
+            return source
+        names = state.names_key()
+        return snapshot.memo(("wanted", source, names), lambda: _only(source, names))
 
-    def ready_for(self, type_url: str, entries: dict[str, Entry]) -> bool:
+    def _kept(
+        self, type_url: str, source: Mapping[str, Entry], snapshot: Snapshot
+    ) -> dict[str, Entry]:
+        if type_url not in (CLUSTER, ENDPOINT):
+            return {}
+        has = self.types[type_url].has()
+        return {
+            name: has[name]
+            for name in self.retained_clusters(snapshot)
+            if name not in source and name in has
+        }
+
+    def ready_for(self, type_url: str, entries: Mapping[str, Entry], snapshot: Snapshot) -> bool:
         """Routes wait until the proxy has ACKed every cluster they use, and its endpoints:
         a cluster still warming is unknown to Envoy's router, which would answer 503."""
         if type_url not in (ROUTE, VHOST):
             return True
-        used = clusters_used(entries.values())
-        warm = self._has_names(CLUSTER) & self._has_names(ENDPOINT)
-        return used <= warm
+        clusters, endpoints = self.types[CLUSTER].at, self.types[ENDPOINT].at
+        if clusters is not None and endpoints is not None:
+            return snapshot.memo(
+                ("ready", entries, clusters, endpoints),
+                lambda: _warm(entries, clusters, endpoints, snapshot),
+            )
+        return _warm(entries, self._has_names(CLUSTER), self._has_names(ENDPOINT), snapshot)
 
-    def _has_names(self, type_url: str) -> set[str]:
-        state = self.types[type_url]
-        return set(state.acked) | set(state.acked_entries)
+    def _has_names(self, type_url: str) -> set[str] | Mapping[str, Entry]:
+        return self.types[type_url].has_names()
 
     def converged(self, snapshot: Snapshot) -> bool:
         """The proxy has ACKed everything it subscribed to, as of `snapshot`. Decided by
@@ -149,7 +247,8 @@ class Stream:
     def _count(self, type_url: str, resources: int) -> None:
         kind = type_url.rsplit(".", 1)[-1]
         self.metrics.pushes.labels(kind).inc()
-        self.metrics.resources.labels(kind).inc(resources)
+        if resources:
+            self.metrics.resources.labels(kind).inc(resources)
 
     def nack(self, type_url: str, error: status_pb2.Status) -> None:
         kind = type_url.rsplit(".", 1)[-1]
@@ -163,6 +262,20 @@ class Stream:
         )
 
 
+def _only(entries: Mapping[str, Entry], names: set[str] | frozenset[str]) -> dict[str, Entry]:
+    return {name: entry for name, entry in entries.items() if name in names}
+
+
+def _warm(
+    entries: Mapping[str, Entry],
+    clusters: set[str] | Mapping[str, Entry],
+    endpoints: set[str] | Mapping[str, Entry],
+    snapshot: Snapshot,
+) -> bool:
+    used = snapshot.memo(("used", entries), lambda: clusters_used(entries.values()))
+    return all(name in clusters and name in endpoints for name in used)
+
+
 def reason(message: str) -> str:
     """Envoy's whole rejection on one line, bounded: the first line alone is often just
     `Proto constraint validation failed (...)` without the field that broke it."""
@@ -173,8 +286,15 @@ def reason(message: str) -> str:
 class SotwStream(Stream):
     _assembled: dict[str, Entry] | None = None
     """The virtual hosts of the route configurations `wanted` just assembled, if it did."""
+    response_type = discovery_pb2.DiscoveryResponse
+
+    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
+        super().__init__(store, metrics)
+        for state in self.types.values():
+            state.at = EMPTY  # SotW: always a mapping, replaced on each ACK, never changed
 
     def handle(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot) -> None:
+        self.answered()
         if request.node.id:
             self.node = request.node.id
         state = self.types.get(request.type_url)
@@ -185,13 +305,15 @@ class SotwStream(Stream):
         if request.HasField("error_detail"):
             self.nack(request.type_url, request.error_detail)
             if not (request.type_url == ROUTE and _split_suspects(state)):
-                state.parked_version = type_version(state.sent_entries)
+                state.parked_version = state.sent_version
         elif request.response_nonce:
-            state.acked_entries = dict(state.sent_entries)
-            state.acked_version = type_version(state.acked_entries)
+            state.at = state.sent_entries  # never changed in place: shared, not copied
+            state.acked_version = state.sent_version
             state.acked_vhosts = state.sent_vhosts
-        state.wildcard = request.type_url in WILDCARD_TYPES and not list(request.resource_names)
-        state.names = set(request.resource_names)
+        wildcard = request.type_url in WILDCARD_TYPES and not list(request.resource_names)
+        names = set(request.resource_names)
+        if (wildcard, names) != (state.wildcard, state.names):
+            state.wildcard, state.names, state._names_key = wildcard, names, None
         state.subscribed_seen = True
         state.open_request = True
         if not request.response_nonce and request.version_info:
@@ -206,11 +328,15 @@ class SotwStream(Stream):
             state.resumed_version = version  # nothing to compare with yet
             return
         entries = self.wanted(type_url, snapshot)
-        if type_version(entries) == version:
-            state.acked_entries = entries
+        if self._version(entries, snapshot) == version:
+            state.at = entries
             state.acked_version = version
 
-    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+    @staticmethod
+    def _version(entries: Mapping[str, Entry], snapshot: Snapshot) -> str:
+        return snapshot.memo(("version", entries), lambda: type_version(entries))
+
+    def wanted(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
         """Route configurations as the snapshot has them, unless a NACK put some virtual
         hosts in doubt: then assembled for this proxy alone (see `_contained_routes`)."""
         state = self.types[type_url]
@@ -247,30 +373,27 @@ class SotwStream(Stream):
             resumed, state.resumed_version = state.resumed_version, None
             self._resumed(type_url, resumed, snapshot)
         entries = self.wanted(type_url, snapshot)
-        version = type_version(entries)
+        version = self._version(entries, snapshot)
         state.clean = version == state.acked_version
         if not state.open_request:
             return
         if version in (state.acked_version, state.parked_version):
             return  # the proxy has it, or rejected exactly this
-        if not self.ready_for(type_url, entries):
+        if not self.ready_for(type_url, entries, snapshot):
             return  # sent once the clusters it uses are warm
         state.nonce = str(next(_nonces))
-        state.sent_entries = entries
+        state.sent_entries = entries  # read, never changed: shared, not copied
+        state.sent_version = version
         if type_url == ROUTE:
             state.sent_vhosts = self._sent_vhosts(snapshot)
             if state.probes:
                 state.probes.pop(0)
         state.open_request = False
         self._count(type_url, len(entries))
-        self.out.put_nowait(
-            discovery_pb2.DiscoveryResponse(
-                version_info=version,
-                resources=[e.resource for e in entries.values()],
-                type_url=type_url,
-                nonce=state.nonce,
-            )
+        body = snapshot.memo(
+            ("sotw", entries, type_url), lambda: sotw_body(version, entries.values(), type_url)
         )
+        self.send(body, state.nonce)
 
     def _sent_vhosts(self, snapshot: Snapshot) -> Mapping[str, Entry]:
         if self._assembled is not None:
@@ -298,31 +421,15 @@ def _split_suspects(state: TypeState) -> bool:
     return True
 
 
-_VHOSTS_BY_CONFIGS: dict[frozenset[str], tuple[Snapshot, dict[str, Entry]]] = {}
-"""The snapshot's virtual hosts of some route configurations, per set of configurations:
-computed once per snapshot for all the proxies that ACKed the same ones (an Envoy without
-an HTTPS listener never asks for `ingress_https`), not per proxy and push."""
-
-
-def _vhosts_of(snapshot: Snapshot, configs: frozenset[str]) -> dict[str, Entry]:
-    hit = _VHOSTS_BY_CONFIGS.get(configs)
-    if hit is None or hit[0] is not snapshot:
-        entries = snapshot.entries(VHOST)
-        hit = (snapshot, {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs})
-        if len(_VHOSTS_BY_CONFIGS) > 64:
-            _VHOSTS_BY_CONFIGS.clear()
-        _VHOSTS_BY_CONFIGS[configs] = hit
-    return dict(hit[1])
-
-
 def _version_of(entry: Entry | None) -> str | None:
     return None if entry is None else entry.version
 
 
 class DeltaStream(Stream):
     route_key = ROUTE_VHDS
+    response_type = discovery_pb2.DeltaDiscoveryResponse
 
-    def wanted(self, type_url: str, snapshot: Snapshot) -> dict[str, Entry]:
+    def wanted(self, type_url: str, snapshot: Snapshot) -> Mapping[str, Entry]:
         """Virtual hosts go out once the proxy has ACKed their route configuration: Envoy
         starts a configuration's VHDS subscription only then, and drops virtual hosts that
         came before it (a route configuration added to a running proxy would stay empty,
@@ -330,15 +437,14 @@ class DeltaStream(Stream):
         entries = super().wanted(type_url, snapshot)
         if type_url != VHOST:
             return entries
-        acked = self.types[ROUTE].acked
-        configs = frozenset(n for n in snapshot.entries(ROUTE_VHDS) if n in acked)
+        acked = self.types[ROUTE].has_names()
+        configs = interned(frozenset(n for n in snapshot.entries(ROUTE_VHDS) if n in acked))
         if len(configs) == len(snapshot.entries(ROUTE_VHDS)):
             return entries  # every configuration ACKed: checked per configuration, not host
-        if self.types[VHOST].wildcard:
-            return _vhosts_of(snapshot, configs)  # the same for every proxy with these
-        return {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs}
+        return snapshot.memo(("configs", entries, configs), lambda: _of_configs(entries, configs))
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot) -> None:
+        self.answered()
         if request.node.id:
             self.node = request.node.id
         state = self.types.get(request.type_url)
@@ -346,6 +452,10 @@ class DeltaStream(Stream):
             return
         self._subscriptions(request, state, snapshot)
         if request.response_nonce and request.response_nonce == state.nonce:
+            if state.pending is not None and request.HasField("error_detail"):
+                state.unshare()  # finding the culprit takes the stream's own dicts
+            elif state.pending is not None:
+                state.at, state.pending, state.pending_diff = state.pending, None, None
             if request.HasField("error_detail"):
                 self.nack(request.type_url, request.error_detail)
                 suspects = sorted((n, v) for n, v in state.sent.items() if v)
@@ -370,23 +480,45 @@ class DeltaStream(Stream):
         self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState, snapshot: Snapshot
     ) -> None:
         subscribe = set(request.resource_names_subscribe)
+        unsubscribe = list(request.resource_names_unsubscribe)
         if not state.subscribed_seen and request.type_url in WILDCARD_TYPES and not subscribe:
             state.wildcard = True  # legacy wildcard: an empty first subscription
         state.subscribed_seen = True
         if "*" in subscribe:
             state.wildcard = True
             subscribe.discard("*")
+        if subscribe - state.names or unsubscribe:
+            state._names_key = None
         state.names |= subscribe
-        for name in request.resource_names_unsubscribe:
+        if unsubscribe:
+            state.unshare()
+        for name in unsubscribe:
             if name == "*":
                 state.wildcard = False
             state.names.discard(name)
             state.acked.pop(name, None)
             state.acked_entries.pop(name, None)
-        # A proxy reconnecting (to a restarted server or another replica) says what it has:
-        # that counts as ACKed, with the full entry where the content is the current one.
+        if request.initial_resource_versions:
+            self._resume(request, state, snapshot)
+
+    def _resume(
+        self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState, snapshot: Snapshot
+    ) -> None:
+        """A proxy reconnecting (to a restarted server or another replica) says what it has:
+        that counts as ACKed, with the full entry where the content is the current one. When
+        it has exactly what it should (versions are content hashes, equal on every replica),
+        it shares the snapshot's mapping like any proxy in step."""
+        versions = request.initial_resource_versions
+        if state.at is EMPTY and snapshot.serial:
+            wanted = self.wanted(request.type_url, snapshot)
+            if len(wanted) == len(versions) and all(
+                versions.get(name) == entry.version for name, entry in wanted.items()
+            ):
+                state.at = wanted
+                return
+        state.unshare()
         current = self.source(request.type_url, snapshot)
-        for name, version in request.initial_resource_versions.items():
+        for name, version in versions.items():
             state.acked.setdefault(name, version)
             entry = current.get(name)
             if entry is not None and entry.version == version:
@@ -394,6 +526,9 @@ class DeltaStream(Stream):
 
     def _push_type(self, type_url: str, state: TypeState, snapshot: Snapshot) -> None:
         wanted = self.wanted(type_url, snapshot)
+        if state.at is not None and not state.probes and not state.parked:
+            self._push_shared(type_url, state, snapshot, wanted)
+            return
         changed = [
             e
             for n, e in wanted.items()
@@ -405,9 +540,11 @@ class DeltaStream(Stream):
             changed, removed = probe, []
         parked = not changed and any(state.acked.get(n) != e.version for n, e in wanted.items())
         state.clean = not changed and not removed and not state.sent and not parked
+        if state.clean and not state.probes and not state.parked:
+            state.at, state.acked, state.acked_entries = wanted, {}, {}  # in step: share again
         if not state.open_request or state.sent:
             return
-        if not self.ready_for(type_url, wanted):
+        if not self.ready_for(type_url, wanted, snapshot):
             return  # sent once the clusters it uses are warm
         if not changed and not removed and state.responded:
             return
@@ -419,23 +556,45 @@ class DeltaStream(Stream):
         state.sent_entries = {e.name: e for e in changed}
         state.open_request = False
         self._count(type_url, len(changed) + len(removed))
-        self.out.put_nowait(
-            discovery_pb2.DeltaDiscoveryResponse(
-                system_version_info=snapshot.version(
-                    self.route_key if type_url == ROUTE else type_url
-                ),
-                resources=[
-                    discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
-                    for e in changed
-                ],
-                removed_resources=removed,
-                type_url=type_url,
-                nonce=state.nonce,
-            )
+        body = delta_body(self._system_version(type_url, snapshot), changed, removed, type_url)
+        self.send(body, state.nonce)
+
+    def _push_shared(
+        self, type_url: str, state: TypeState, snapshot: Snapshot, wanted: Mapping[str, Entry]
+    ) -> None:
+        """The push of a proxy that has exactly a shared mapping: the diff and its bytes are
+        the same for every proxy that has the same one, so they are computed once."""
+        has = state.at
+        assert has is not None
+        diff = snapshot.memo(("diff", has, wanted), lambda: Diff.between(has, wanted))
+        state.clean = diff.empty and state.pending is None
+        if not state.open_request or state.pending is not None:
+            return
+        if not self.ready_for(type_url, wanted, snapshot):
+            return  # sent once the clusters it uses are warm
+        if diff.empty and state.responded:
+            return
+        state.responded = True
+        state.nonce = str(next(_nonces))
+        state.pending, state.pending_diff = wanted, diff
+        state.open_request = False
+        self._count(type_url, len(diff.changed) + len(diff.removed))
+        version = self._system_version(type_url, snapshot)
+        body = snapshot.memo(
+            ("delta", has, wanted, type_url),
+            lambda: delta_body(version, diff.changed, diff.removed, type_url),
         )
+        self.send(body, state.nonce)
+
+    def _system_version(self, type_url: str, snapshot: Snapshot) -> str:
+        return snapshot.version(self.route_key if type_url == ROUTE else type_url)
 
 
-def _probe(state: TypeState, wanted: dict[str, Entry]) -> list[Entry] | None:
+def _of_configs(entries: Mapping[str, Entry], configs: frozenset[str]) -> dict[str, Entry]:
+    return {n: e for n, e in entries.items() if n.split("/", 1)[0] in configs}
+
+
+def _probe(state: TypeState, wanted: Mapping[str, Entry]) -> list[Entry] | None:
     """The next group of suspects still wanted as they were (a suspect whose content changed
     is new input, judged afresh), or None when no culprit is being looked for."""
     while state.probes:
