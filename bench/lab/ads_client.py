@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -16,6 +16,70 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 from xds_server.xds.cache import named_digest
+
+DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The top-level length-delimited fields of a message (every field of both responses
+    is one), each as (number, bytes): a scan, no parse of what they hold."""
+    at = 0
+    while at < len(data):
+        tag, at = _varint(data, at)
+        length, at = _varint(data, at)
+        yield tag >> 3, data[at : at + length]
+        at += length
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
+def light_delta(data: bytes) -> discovery_pb2.DeltaDiscoveryResponse:
+    """A DeltaDiscoveryResponse with everything but the resources of virtual hosts (their
+    names and versions are all a synthetic proxy needs, and the server's version says it)."""
+    response = discovery_pb2.DeltaDiscoveryResponse()
+    fields = list(_fields(data))
+    type_url = next((v.decode() for n, v in fields if n == 4), "")
+    for number, value in fields:
+        if number == 2 and type_url == VHOST:
+            continue
+        response.MergeFromString(data_field(number, value))
+    return response
+
+
+def light_sotw(data: bytes) -> discovery_pb2.DiscoveryResponse:
+    """A DiscoveryResponse without its route configurations' bodies (see `light_delta`)."""
+    response = discovery_pb2.DiscoveryResponse()
+    fields = list(_fields(data))
+    type_url = next((v.decode() for n, v in fields if n == 4), "")
+    for number, value in fields:
+        if number == 2 and type_url == ROUTE:
+            response.resources.add()  # counted, not read
+            continue
+        response.MergeFromString(data_field(number, value))
+    return response
+
+
+def data_field(number: int, value: bytes) -> bytes:
+    return _varint_bytes(number << 3 | 2) + _varint_bytes(len(value)) + value
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class SyntheticProxy:
@@ -26,9 +90,16 @@ class SyntheticProxy:
         stuck: bool = False,
         route_configs: list[str] | None = None,
         digest: bool = True,
+        resume: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.address = address
         self.digest = digest
+        self.resume = resume
+        """What it has, by type (`has` of a client that ran before): it reconnects as Envoy
+        does, every subscription at once with the versions it holds."""
+        self.has: dict[str, dict[str, str]] = {}
+        """Names and versions it holds, by type."""
+        self.resources_received = 0
         """False: its routes' state is the server's `system_version_info` of the last virtual
         hosts it got, not a digest of each (a thousand clients cannot hash 10,000 hosts each
         on the server's two cores)."""
@@ -55,11 +126,41 @@ class SyntheticProxy:
         )
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         node = base_pb2.Node(id=self.node, cluster="synthetic")
-        for type_url in (CLUSTER, LISTENER):
-            self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=type_url))
-        call = stub.DeltaAggregatedResources(self._requests())
+        if self.resume is not None:
+            self._resumed(node, self.resume)
+        else:
+            for type_url in (CLUSTER, LISTENER):
+                request = discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=type_url)
+                self.queue.put_nowait(request)
+        if self.digest:
+            call = stub.DeltaAggregatedResources(self._requests())
+        else:  # read what it needs without parsing 10,000 virtual hosts a change
+            call = self._channel.stream_stream(
+                DELTA_METHOD,
+                request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+                response_deserializer=light_delta,
+            )(self._requests())
         self._task = asyncio.create_task(self._idle() if self.stuck else self._read(call))
         return self
+
+    def _resumed(self, node: base_pb2.Node, has: dict[str, dict[str, str]]) -> None:
+        for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST):
+            held = has.get(type_url, {})
+            names = sorted(held) if type_url in (ENDPOINT, ROUTE) else []
+            self.has[type_url] = dict(held)
+            self.queue.put_nowait(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    node=node,
+                    type_url=type_url,
+                    resource_names_subscribe=names,
+                    initial_resource_versions=held,
+                )
+            )
+        self._digest = 0
+        for name, version in has.get(VHOST, {}).items():
+            self.vhosts[name] = version
+            self._digest ^= named_digest(name, version)
+        self.routes_version = f"{self._digest:016x}" if self.vhosts else ""
 
     async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
         while True:
@@ -76,7 +177,15 @@ class SyntheticProxy:
     def _handle(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
         self.responses += 1
         self.bytes += response.ByteSize()
+        self.resources_received += len(response.resources)
+        held = self.has.setdefault(response.type_url, {})
+        for resource in response.resources:
+            held[resource.name] = resource.version
+        for name in response.removed_resources:
+            held.pop(name, None)
         names = [r.name for r in response.resources]
+        if self.resume is not None and response.type_url in (CLUSTER, LISTENER, ROUTE):
+            names = []  # subscribed already, as Envoy does when it reconnects
         ack = discovery_pb2.DeltaDiscoveryRequest(
             type_url=response.type_url, response_nonce=response.nonce
         )
@@ -150,11 +259,14 @@ class SotwProxy:
         self._channel = grpc.aio.insecure_channel(
             self.address, options=[("grpc.max_receive_message_length", 64 * 2**20)]
         )
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         node = base_pb2.Node(id=self.node, cluster="synthetic")
         for type_url in (CLUSTER, LISTENER):
             self.queue.put_nowait(discovery_pb2.DiscoveryRequest(node=node, type_url=type_url))
-        call = stub.StreamAggregatedResources(self._requests())
+        call = self._channel.stream_stream(
+            SOTW_METHOD,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=light_sotw,
+        )(self._requests())
         self._task = asyncio.create_task(self._read(call))
         return self
 

@@ -22,8 +22,9 @@ from xds_server.app import ControlPlane, ServeConfig
 from xds_server.sources.directory import DirectorySource
 from xds_server.sources.watch import BURST_GAP
 from xds_server.translate.listeners import EnvoyPorts
-from xds_server.translate.type_urls import ROUTE, VHOST
+from xds_server.translate.type_urls import ROUTE, ROUTE_VHDS, VHOST
 from xds_server.xds.cache import versions_digest
+from xds_server.xds.order import PUSH_ORDER
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,3 +204,66 @@ async def test_sigterm_stops_accepting_and_exits_within_the_grace(
         with contextlib.suppress(Exception):
             await proxy.stop()
         server.stop()
+
+
+async def test_a_stuck_proxy_is_dropped_with_a_log_line_and_the_others_go_on(
+    manifests: Path, plane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_manifests(manifests, "app", many_routes(200))
+    await changed(plane, 0)
+    plane.servicer.stuck_after = 0.5
+    dropper = asyncio.create_task(plane.servicer.drop_stuck())
+    address = f"127.0.0.1:{plane.grpc_port}"
+    stuck = await SyntheticProxy(address, "stuck", stuck=True).start()
+    proxies = [await SyntheticProxy(address, f"p{n}").start() for n in range(5)]
+    try:
+        assert all([await p.has_route_version(route_version(plane), 20) for p in proxies])
+        await until(lambda: len(plane.servicer.streams) == 5, 20, "the stuck stream dropped")
+        assert all(stream.node != "stuck" for stream in plane.servicer.streams)
+        assert "dropping the stream of stuck" in caplog.text
+        assert "xds_streams_dropped_total 1.0" in plane.metrics.render().decode()
+        serial = plane.store.current.serial
+        write_manifests(manifests, "app", many_routes(200, backend="b"))
+        await changed(plane, serial)
+        assert all([await p.has_route_version(route_version(plane), 20) for p in proxies])
+    finally:
+        dropper.cancel()
+        for proxy in [stuck, *proxies]:
+            await proxy.stop()
+
+
+async def test_two_replicas_over_the_same_input_agree_and_a_moving_proxy_gets_nothing(
+    manifests: Path, plane: ControlPlane
+) -> None:
+    write_manifests(manifests, "app", many_routes(300))
+    await changed(plane, 0)
+    config = ServeConfig(manifests, "127.0.0.1", 0, "127.0.0.1", 0, EnvoyPorts(), None, None)
+    other = ControlPlane(config)  # a second replica: its own process state, the same input
+    await other.startup()
+    feeder = asyncio.create_task(other._feed())
+    proxy = moved = None
+    try:
+        await changed(other, 0)
+        for type_url in (*PUSH_ORDER, ROUTE_VHDS):
+            assert plane.store.current.version(type_url) == other.store.current.version(type_url)
+        proxy = await SyntheticProxy(f"127.0.0.1:{plane.grpc_port}", "mover").start()
+        assert await proxy.has_route_version(route_version(plane), 20)
+        # The proxy moves to the other replica, saying what it has, as Envoy does.
+        resume = {t: dict(held) for t, held in proxy.has.items()}
+        await proxy.stop()
+        address = f"127.0.0.1:{other.grpc_port}"
+        moved = await SyntheticProxy(address, "mover", resume=resume).start()
+        await until(lambda: moved.responses >= 5, 20, "every type answered")
+        await until(
+            lambda: all(s.converged(other.store.current) for s in other.servicer.streams),
+            20,
+            "the moved proxy in step",
+        )
+        assert moved.resources_received == 0, "it was sent nothing it already had"
+        assert moved.routes_version == route_version(other)
+    finally:
+        for client in (proxy, moved):
+            if client is not None:
+                await client.stop()
+        feeder.cancel()
+        await other.shutdown()

@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.metrics import XdsMetrics
 from xds_server.xds.cache import SnapshotStore
-from xds_server.xds.streams import DeltaStream, SotwStream, Stream
+from xds_server.xds.streams import DeltaStream, Outgoing, SotwStream, Stream
 
 log = logging.getLogger("xds_server.ads")
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -32,15 +32,18 @@ answers each one (ACK or NACK) once applied, in well under a second even for 100
 LARGE_WRITE = 256 * 1024
 """A response at least this large counts against `WriteBudget`."""
 WRITE_BUDGET = 64 * 2**20
-"""Bytes of large responses handed to gRPC at once (each stream's share is copied there)."""
+"""Bytes of large responses in flight at once: gRPC copies each stream's response into its
+own buffers (whether or not the proxy reads) and frees them as the proxy reads them."""
 WRITE_HOLD = 5.0
-"""Seconds a write may hold its share of the budget: a proxy that reads slowly then goes on
-without it, so it cannot hold the others back."""
+"""Seconds a response may hold its share of the budget before the proxy answers it: one that
+reads slowly then goes on without it, so it cannot hold the others back."""
 
 
 class WriteBudget:
-    """Bytes of large responses in gRPC's hands at once: past the budget, a stream waits for
-    others to finish writing (a response larger than the budget waits for it all)."""
+    """Bytes of large responses in flight at once (sent, not yet answered by the proxy): past
+    the budget, a stream waits for others' answers (one larger than the budget waits for it
+    all). A thousand proxies syncing at once then hold a few responses' worth of buffers, not
+    a thousand."""
 
     def __init__(self, capacity: int = WRITE_BUDGET) -> None:
         self.capacity = capacity
@@ -102,17 +105,17 @@ class AggregatedDiscovery:
         self.budget = WriteBudget()
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-        """Both ADS methods, their responses already bytes (identity serializer)."""
+        """Both ADS methods, their responses serialized by the streams (`Outgoing.wire`)."""
         methods = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.StreamAggregatedResources,
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=_as_is,
+                response_serializer=_wire,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.DeltaAggregatedResources,
                 request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                response_serializer=_as_is,
+                response_serializer=_wire,
             ),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -121,7 +124,7 @@ class AggregatedDiscovery:
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Outgoing]:
         await self._authorize(context)
         async for response in self._serve(SotwStream(self.store, self.metrics), requests):
             yield response
@@ -130,7 +133,7 @@ class AggregatedDiscovery:
         self,
         requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Outgoing]:
         await self._authorize(context)
         async for response in self._serve(DeltaStream(self.store, self.metrics), requests):
             yield response
@@ -143,43 +146,41 @@ class AggregatedDiscovery:
 
     async def _serve(
         self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Outgoing]:
         task = asyncio.current_task()
         assert task is not None
         self.streams[stream] = task
         self.metrics.proxies.inc()
         reader = asyncio.create_task(self._read(stream, requests))
         watcher = asyncio.create_task(self._watch(stream))
-        getter: asyncio.Future[bytes] | None = None
         try:
             while True:
-                getter = asyncio.ensure_future(stream.out.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    return
-                response = getter.result()
+                response = await stream.out.get()
+                if response is None:
+                    return  # the proxy closed its side, or its requests failed
                 share = await self.budget.acquire(len(response))
-                timer = asyncio.get_running_loop().call_later(WRITE_HOLD, share.release)
-                try:
-                    yield response
-                finally:
-                    timer.cancel()
-                    share.release()
+                if share.size:  # given back when the proxy answers it, or after WRITE_HOLD
+                    stream.shares.append(share)
+                    asyncio.get_running_loop().call_later(WRITE_HOLD, share.release)
+                yield response
         finally:
-            # Every task of the stream is cancelled here, the pending `get` included (left
-            # alone, it was destroyed pending at exit). Not awaited: the stream's own task may
-            # be the one being cancelled, and gRPC reports an await that raises there.
-            for child in (getter, reader, watcher):
-                if child is not None:
-                    child.cancel()
+            # Every task of the stream is cancelled here. Not awaited: the stream's own task
+            # may be the one being cancelled, and gRPC reports an await that raises there.
+            for child in (reader, watcher):
+                child.cancel()
+            _release(stream)
             self.streams.pop(stream, None)
             self.metrics.proxies.dec()
             self.answered.set()
 
     async def _read(self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]) -> None:
-        async for request in requests:
-            stream.handle(request, self.store.current)
-            self.answered.set()
+        try:
+            async for request in requests:
+                _release(stream)  # what it answers has left gRPC's buffers
+                stream.handle(request, self.store.current)
+                self.answered.set()
+        finally:
+            stream.out.put_nowait(None)  # the end of the stream, for `_serve`
 
     async def _watch(self, stream: SotwStream | DeltaStream) -> None:
         serial = self.store.current.serial
@@ -213,5 +214,11 @@ class AggregatedDiscovery:
         return dropped
 
 
-def _as_is(response: bytes) -> bytes:
-    return response
+def _release(stream: Stream) -> None:
+    for share in stream.shares:
+        share.release()
+    stream.shares.clear()
+
+
+def _wire(response: Outgoing) -> bytes:
+    return response.wire()

@@ -54,6 +54,21 @@ EMPTY: Mapping[str, Entry] = {}
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A response: a body shared by every stream that sends it, and this stream's nonce.
+    Joined only as gRPC takes it (`wire`), so a queued response holds no copy of its own."""
+
+    body: bytes
+    nonce: str
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def wire(self) -> bytes:
+        return self.body + nonce_field(self.nonce)
+
+
+@dataclass(frozen=True)
 class Diff:
     """What a delta proxy that has `old` lacks to have `new`: computed once per pair."""
 
@@ -146,21 +161,24 @@ class Stream:
         self.metrics = metrics
         self.node = "?"
         self.types: dict[str, TypeState] = {t: TypeState(at=EMPTY) for t in PUSH_ORDER}
-        self.out: asyncio.Queue[bytes] = asyncio.Queue()
-        """Serialized responses: at most one per type (the next waits for its ACK)."""
+        self.out: asyncio.Queue[Outgoing | None] = asyncio.Queue()
+        """Responses: at most one per type (the next waits for its ACK); None: the end."""
+        self.shares: list[Any] = []
+        """The write budget this stream's unanswered responses hold (server.py)."""
         self.waiting_since: float | None = None
         """When a response went out that the proxy has not answered yet (None: none)."""
         self.pushed_serial = -1
         """The snapshot the last push looked at: `clean` flags speak of that one."""
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, response: Outgoing | None) -> Any:
         """A response as the proxy reads it (tests and benchmarks look inside)."""
-        return self.response_type.FromString(data)
+        assert response is not None
+        return self.response_type.FromString(response.wire())
 
     def send(self, body: bytes, nonce: str) -> None:
         if self.waiting_since is None:
             self.waiting_since = time.monotonic()
-        self.out.put_nowait(body + nonce_field(nonce))
+        self.out.put_nowait(Outgoing(body, nonce))
 
     def answered(self) -> None:
         """The proxy sent a request: it reads and answers."""
