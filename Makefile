@@ -6,7 +6,7 @@ SCENARIO ?= all
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-certs bench-images readme clean e2e-kind images images-if-engine
+.PHONY: test lint typecheck pytest setup debian demo bench bench-xds bench-scale bench-certs bench-images readme clean e2e-kind images images-if-engine
 
 test: setup lint typecheck images-if-engine pytest
 
@@ -63,6 +63,10 @@ bench: setup
 
 bench-xds: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/xds.py
+
+# A thousand synthetic proxies on one replica (bench/scale.py; about 20 minutes).
+bench-scale: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/scale.py
 
 # The images the manifests name, built here with no registry (bench/lab/images.py): the
 # debootstrap base (kept while its recipe holds), the project image from a host wheelhouse,

@@ -164,7 +164,7 @@ async def fleet_row(work: Path, proxies: int, flavour: str, runs: int) -> dict[s
     idle_rss = sampler.rss()
     fleet = Fleet(f"127.0.0.1:{server.grpc_port}", proxies, flavour).start()
     try:
-        synced, missing = await fleet.joined("synced", "synced", timeout=120)
+        synced, missing = await fleet.joined("synced", "synced", timeout=max(120, proxies / 6))
         if missing:
             raise RuntimeError(f"{missing} of {proxies} proxies never synced")
         sync_time = max(synced) - fleet.started

@@ -121,7 +121,7 @@ def _text(number: int, text: str) -> bytes:
 def sotw_body(version: str, entries: Iterable[Entry], type_url: str) -> bytes:
     """A DiscoveryResponse without its nonce, assembled from the resources' own bytes: built
     once per snapshot and set of resources, shared by every stream that sends it. A message
-    is the concatenation of its fields, so each stream appends its nonce (`nonce_field`)."""
+    is the concatenation of its fields, so the nonce is appended (`nonce_field`)."""
     return _text(1, version) + b"".join(e.as_any for e in entries) + _text(4, type_url)
 
 

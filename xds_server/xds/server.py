@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.metrics import XdsMetrics
 from xds_server.xds.cache import SnapshotStore
-from xds_server.xds.streams import DeltaStream, Outgoing, SotwStream, Stream
+from xds_server.xds.streams import DeltaStream, SotwStream, Stream
 
 log = logging.getLogger("xds_server.ads")
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -105,17 +105,17 @@ class AggregatedDiscovery:
         self.budget = WriteBudget()
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-        """Both ADS methods, their responses serialized by the streams (`Outgoing.wire`)."""
+        """Both ADS methods, their responses already serialized by the streams."""
         methods = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.StreamAggregatedResources,
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=_wire,
+                response_serializer=_as_is,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 self.DeltaAggregatedResources,
                 request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                response_serializer=_wire,
+                response_serializer=_as_is,
             ),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
@@ -124,7 +124,7 @@ class AggregatedDiscovery:
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[Outgoing]:
+    ) -> AsyncIterator[bytes]:
         await self._authorize(context)
         async for response in self._serve(SotwStream(self.store, self.metrics), requests):
             yield response
@@ -133,7 +133,7 @@ class AggregatedDiscovery:
         self,
         requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[Outgoing]:
+    ) -> AsyncIterator[bytes]:
         await self._authorize(context)
         async for response in self._serve(DeltaStream(self.store, self.metrics), requests):
             yield response
@@ -146,7 +146,7 @@ class AggregatedDiscovery:
 
     async def _serve(
         self, stream: SotwStream | DeltaStream, requests: AsyncIterator[Any]
-    ) -> AsyncIterator[Outgoing]:
+    ) -> AsyncIterator[bytes]:
         task = asyncio.current_task()
         assert task is not None
         self.streams[stream] = task
@@ -220,5 +220,5 @@ def _release(stream: Stream) -> None:
     stream.shares.clear()
 
 
-def _wire(response: Outgoing) -> bytes:
-    return response.wire()
+def _as_is(response: bytes) -> bytes:
+    return response

@@ -30,7 +30,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from xds_server.metrics import XdsMetrics
-from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_VHDS, VHOST
+from xds_server.translate.type_urls import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    ROUTE_VHDS,
+    SECRET,
+    VHOST,
+)
 from xds_server.xds.cache import (
     Entry,
     Snapshot,
@@ -50,30 +58,42 @@ log = logging.getLogger("xds_server.ads")
 NACK_REASON_CHARS = 4000
 """Longest NACK reason logged: enough for a listener's full error, bounded per line."""
 _nonces = itertools.count(1)
+AFFECTED_BY = {
+    CLUSTER: (CLUSTER, ROUTE, VHOST),  # routes wait for their clusters
+    ENDPOINT: (ENDPOINT, ROUTE, VHOST),  # and their endpoints
+    SECRET: (SECRET,),
+    LISTENER: (LISTENER,),
+    ROUTE: (CLUSTER, ENDPOINT, ROUTE, VHOST),  # clusters kept while routes use them; VHDS
+    VHOST: (CLUSTER, ENDPOINT, VHOST),  # waits for its route configuration
+}
+"""The types whose push can change when a proxy answers (or subscribes to) a type: the
+others' verdict against the same snapshot stands, so they are not looked at again."""
 EMPTY: Mapping[str, Entry] = {}
 
 
 @dataclass(frozen=True)
-class Outgoing:
-    """A response: a body shared by every stream that sends it, and this stream's nonce.
-    Joined only as gRPC takes it (`wire`), so a queued response holds no copy of its own."""
+class Response:
+    """A serialized response and its nonce. Shared by every stream that sends the same body
+    (the nonce too: a nonce only has to tell one stream's responses apart, and a stream never
+    gets the same shared body twice), so a thousand streams hold one object, not copies."""
 
-    body: bytes
     nonce: str
+    wire: bytes
 
-    def __len__(self) -> int:
-        return len(self.body)
+    @classmethod
+    def of(cls, body: bytes) -> Response:
+        nonce = str(next(_nonces))
+        return cls(nonce, body + nonce_field(nonce))
 
-    def wire(self) -> bytes:
-        return self.body + nonce_field(self.nonce)
 
-
-@dataclass(frozen=True)
+@dataclass
 class Diff:
-    """What a delta proxy that has `old` lacks to have `new`: computed once per pair."""
+    """What a delta proxy that has `old` lacks to have `new`: computed once per pair, and
+    its response built once (on first use)."""
 
     changed: list[Entry]
     removed: list[str]
+    response: Response | None = None
 
     @classmethod
     def between(cls, old: Mapping[str, Entry], new: Mapping[str, Entry]) -> Diff:
@@ -161,7 +181,7 @@ class Stream:
         self.metrics = metrics
         self.node = "?"
         self.types: dict[str, TypeState] = {t: TypeState(at=EMPTY) for t in PUSH_ORDER}
-        self.out: asyncio.Queue[Outgoing | None] = asyncio.Queue()
+        self.out: asyncio.Queue[bytes | None] = asyncio.Queue()
         """Responses: at most one per type (the next waits for its ACK); None: the end."""
         self.shares: list[Any] = []
         """The write budget this stream's unanswered responses hold (server.py)."""
@@ -170,15 +190,16 @@ class Stream:
         self.pushed_serial = -1
         """The snapshot the last push looked at: `clean` flags speak of that one."""
 
-    def decode(self, response: Outgoing | None) -> Any:
+    def decode(self, wire: bytes | None) -> Any:
         """A response as the proxy reads it (tests and benchmarks look inside)."""
-        assert response is not None
-        return self.response_type.FromString(response.wire())
+        assert wire is not None
+        return self.response_type.FromString(wire)
 
-    def send(self, body: bytes, nonce: str) -> None:
+    def send(self, state: TypeState, response: Response) -> None:
+        state.nonce = response.nonce
         if self.waiting_since is None:
             self.waiting_since = time.monotonic()
-        self.out.put_nowait(Outgoing(body, nonce))
+        self.out.put_nowait(response.wire)
 
     def answered(self) -> None:
         """The proxy sent a request: it reads and answers."""
@@ -247,14 +268,18 @@ class Stream:
             return False
         return all(state.clean for state in self.types.values() if state.subscribed_seen)
 
-    def push(self, snapshot: Snapshot) -> None:
+    def push(self, snapshot: Snapshot, answered: str | None = None) -> None:
         """Answer what is open and has changed, type by type in make-before-break order.
         Before the first snapshot there is nothing to say: an empty answer would tell a
-        reconnecting proxy to delete everything it has (requests wait for the first one)."""
+        reconnecting proxy to delete everything it has (requests wait for the first one).
+        After a request of type `answered`, only the types it can change are looked at."""
         if snapshot.serial == 0:
             return
+        types: tuple[str, ...] = PUSH_ORDER
+        if answered is not None and snapshot.serial == self.pushed_serial:
+            types = AFFECTED_BY[answered]  # the rest were judged against this snapshot already
         self.pushed_serial = snapshot.serial
-        for type_url in PUSH_ORDER:
+        for type_url in types:
             state = self.types[type_url]
             if state.subscribed_seen:  # never asked for: nothing to compute on this hot path
                 self._push_type(type_url, state, snapshot)
@@ -336,7 +361,7 @@ class SotwStream(Stream):
         state.open_request = True
         if not request.response_nonce and request.version_info:
             self._resumed(request.type_url, request.version_info, snapshot)
-        self.push(snapshot)
+        self.push(snapshot, request.type_url)
 
     def _resumed(self, type_url: str, version: str, snapshot: Snapshot) -> None:
         """A proxy reconnecting with the version it has: versions are content hashes, so if it
@@ -399,7 +424,6 @@ class SotwStream(Stream):
             return  # the proxy has it, or rejected exactly this
         if not self.ready_for(type_url, entries, snapshot):
             return  # sent once the clusters it uses are warm
-        state.nonce = str(next(_nonces))
         state.sent_entries = entries  # read, never changed: shared, not copied
         state.sent_version = version
         if type_url == ROUTE:
@@ -408,10 +432,11 @@ class SotwStream(Stream):
                 state.probes.pop(0)
         state.open_request = False
         self._count(type_url, len(entries))
-        body = snapshot.memo(
-            ("sotw", entries, type_url), lambda: sotw_body(version, entries.values(), type_url)
+        response = snapshot.memo(
+            ("sotw", entries, type_url),
+            lambda: Response.of(sotw_body(version, entries.values(), type_url)),
         )
-        self.send(body, state.nonce)
+        self.send(state, response)
 
     def _sent_vhosts(self, snapshot: Snapshot) -> Mapping[str, Entry]:
         if self._assembled is not None:
@@ -492,7 +517,7 @@ class DeltaStream(Stream):
                         state.acked_entries.pop(name, None)
             state.sent, state.sent_entries = {}, {}
         state.open_request = True
-        self.push(snapshot)
+        self.push(snapshot, request.type_url)
 
     def _subscriptions(
         self, request: discovery_pb2.DeltaDiscoveryRequest, state: TypeState, snapshot: Snapshot
@@ -569,13 +594,12 @@ class DeltaStream(Stream):
         state.responded = True
         if probe is not None:
             state.probes.pop(0)
-        state.nonce = str(next(_nonces))
         state.sent = {e.name: e.version for e in changed} | {n: "" for n in removed}
         state.sent_entries = {e.name: e for e in changed}
         state.open_request = False
         self._count(type_url, len(changed) + len(removed))
         body = delta_body(self._system_version(type_url, snapshot), changed, removed, type_url)
-        self.send(body, state.nonce)
+        self.send(state, Response.of(body))
 
     def _push_shared(
         self, type_url: str, state: TypeState, snapshot: Snapshot, wanted: Mapping[str, Entry]
@@ -584,7 +608,7 @@ class DeltaStream(Stream):
         the same for every proxy that has the same one, so they are computed once."""
         has = state.at
         assert has is not None
-        diff = snapshot.memo(("diff", has, wanted), lambda: Diff.between(has, wanted))
+        diff = snapshot.memo(("diff", has, wanted, type_url), lambda: Diff.between(has, wanted))
         state.clean = diff.empty and state.pending is None
         if not state.open_request or state.pending is not None:
             return
@@ -593,16 +617,13 @@ class DeltaStream(Stream):
         if diff.empty and state.responded:
             return
         state.responded = True
-        state.nonce = str(next(_nonces))
         state.pending, state.pending_diff = wanted, diff
         state.open_request = False
         self._count(type_url, len(diff.changed) + len(diff.removed))
-        version = self._system_version(type_url, snapshot)
-        body = snapshot.memo(
-            ("delta", has, wanted, type_url),
-            lambda: delta_body(version, diff.changed, diff.removed, type_url),
-        )
-        self.send(body, state.nonce)
+        if diff.response is None:
+            version = self._system_version(type_url, snapshot)
+            diff.response = Response.of(delta_body(version, diff.changed, diff.removed, type_url))
+        self.send(state, diff.response)
 
     def _system_version(self, type_url: str, snapshot: Snapshot) -> str:
         return snapshot.version(self.route_key if type_url == ROUTE else type_url)
