@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -21,14 +22,14 @@ DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggr
 SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
+def _fields(data: bytes) -> Iterator[tuple[int, int, int]]:
     """The top-level length-delimited fields of a message (every field of both responses
-    is one), each as (number, bytes): a scan, no parse of what they hold."""
+    is one), each as (number, start, end): a scan, nothing copied or parsed."""
     at = 0
     while at < len(data):
         tag, at = _varint(data, at)
         length, at = _varint(data, at)
-        yield tag >> 3, data[at : at + length]
+        yield tag >> 3, at, at + length
         at += length
 
 
@@ -43,29 +44,32 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
-def light_delta(data: bytes) -> discovery_pb2.DeltaDiscoveryResponse:
-    """A DeltaDiscoveryResponse with everything but the resources of virtual hosts (their
-    names and versions are all a synthetic proxy needs, and the server's version says it)."""
-    response = discovery_pb2.DeltaDiscoveryResponse()
+def _light(data: bytes, message: Any, heavy: str) -> Any:
+    """`message` from `data` without the resources of type `heavy` (counted, not read)."""
     fields = list(_fields(data))
-    type_url = next((v.decode() for n, v in fields if n == 4), "")
-    for number, value in fields:
-        if number == 2 and type_url == VHOST:
+    type_url = next((data[a:b].decode() for n, a, b in fields if n == 4), "")
+    for number, start, end in fields:
+        if number == 2 and type_url == heavy:
+            message.resources.add()
             continue
-        response.MergeFromString(data_field(number, value))
+        message.MergeFromString(data_field(number, data[start:end]))
+    return message
+
+
+def light_delta(data: bytes) -> discovery_pb2.DeltaDiscoveryResponse:
+    """A DeltaDiscoveryResponse without its virtual hosts' bodies (the server's version says
+    what a synthetic proxy needs to know of them)."""
+    response: discovery_pb2.DeltaDiscoveryResponse = _light(
+        data, discovery_pb2.DeltaDiscoveryResponse(), VHOST
+    )
     return response
 
 
 def light_sotw(data: bytes) -> discovery_pb2.DiscoveryResponse:
     """A DiscoveryResponse without its route configurations' bodies (see `light_delta`)."""
-    response = discovery_pb2.DiscoveryResponse()
-    fields = list(_fields(data))
-    type_url = next((v.decode() for n, v in fields if n == 4), "")
-    for number, value in fields:
-        if number == 2 and type_url == ROUTE:
-            response.resources.add()  # counted, not read
-            continue
-        response.MergeFromString(data_field(number, value))
+    response: discovery_pb2.DiscoveryResponse = _light(
+        data, discovery_pb2.DiscoveryResponse(), ROUTE
+    )
     return response
 
 

@@ -285,3 +285,38 @@ def test_an_endpoint_change_is_timed_once_not_again_when_only_the_service_change
     second = pipeline.build(Loaded(objects(svc, pods_slice(("10.0.0.1", {})), route)), 2)
     assert second.snapshot is not None
     assert second.endpoints.triggered == []
+
+
+def test_the_policy_most_routes_carry_is_sent_once_on_the_virtual_host() -> None:
+    no_retries = service("quiet", [("http", 80)])
+    no_retries["metadata"]["annotations"] = {"envoy-lifecycle.io/retries": "0"}
+    paths = [(f"/p{n}", "Prefix", "shop", 80) for n in range(5)]
+    model = build(
+        objects(
+            service("shop", [("http", 80)]),
+            pods_slice(("10.0.0.1", {})),
+            ingress("shop", [rule("shop.example", *paths)]),
+            no_retries,
+            ingress("mixed", [rule("mixed.example", ("/a", "Prefix", "quiet", 80), *paths)]),
+        ),
+        None,
+    )
+    vhosts = resources(model, PORTS)[VHOST]
+    shop_host = vhosts["ingress_http/shop.example"]
+    assert isinstance(shop_host, route_components_pb2.VirtualHost)
+    assert shop_host.HasField("retry_policy")
+    # What each route retries on is what it did before: its own policy, or the host's.
+    effective = [
+        (r.route.retry_policy if r.route.HasField("retry_policy") else shop_host.retry_policy)
+        for r in shop_host.routes
+    ]
+    resets = ["reset" in p.retry_on.split(",") for p in effective]
+    assert resets == [True, False] * 5
+    assert sum(r.route.HasField("retry_policy") for r in shop_host.routes) == 5
+    # A host with a route that must not retry keeps every policy where it is: that route
+    # would take the host's otherwise.
+    mixed = vhosts["ingress_http/mixed.example"]
+    assert isinstance(mixed, route_components_pb2.VirtualHost)
+    assert not mixed.HasField("retry_policy")
+    for made in mixed.routes:
+        assert made.route.HasField("retry_policy") is ("quiet" not in made.route.cluster)

@@ -33,7 +33,7 @@ from xds_server.model.gateway.types import (
 from xds_server.model.types import RetrySettings
 from xds_server.translate.common import ads_source, pack
 from xds_server.translate.listeners import connection_manager, tls_secret
-from xds_server.translate.retries import with_retries
+from xds_server.translate.retries import hoisted, with_retries
 from xds_server.translate.routes import INVALID_BACKEND, not_found_host, vhds_config
 from xds_server.translate.type_urls import LISTENER, ROUTE_VHDS, SECRET, VHOST
 
@@ -134,12 +134,16 @@ def virtual_host(
     chain: Chain, host: str, routes: list[GatewayRoute]
 ) -> route_components_pb2.VirtualHost:
     """A host's routes in precedence order; what none matches gets Envoy's 404."""
-    return route_components_pb2.VirtualHost(
-        name=f"{chain.name}/{host}",
-        domains=[host],
-        routes=[
-            made for r in routes for made in with_retries(_route(r), retry_of(r), r.match.method)
-        ],
+    return hoisted(
+        route_components_pb2.VirtualHost(
+            name=f"{chain.name}/{host}",
+            domains=[host],
+            routes=[
+                made
+                for r in routes
+                for made in with_retries(_route(r), retry_of(r), r.match.method)
+            ],
+        )
     )
 
 

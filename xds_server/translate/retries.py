@@ -9,11 +9,16 @@ may come after the app processed it: retried only for the methods the settings n
 9110's safe ones by default). Envoy's retry policy cannot tell methods apart, so such a
 route becomes two: the same match for those methods first, with `reset`, then the route
 for the rest, without. A route whose own match names a method stays one.
+
+The policy most of a virtual host's routes carry is sent once, on the virtual host, and left
+off those routes (Envoy takes a route's own policy instead of the host's, whole, never
+merged): the same retries in about a third fewer bytes per route, which every proxy is sent.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -57,6 +62,27 @@ def with_retries(
             route.match.headers.append(methods_matcher(retry.reset_methods))
         found.append(route)
     return found
+
+
+def hoisted(vhost: route_components_pb2.VirtualHost) -> route_components_pb2.VirtualHost:
+    """The virtual host with the retry policy most of its routes carry moved onto it. Only
+    when every route that forwards carries one: a route without would inherit it."""
+    forwarding = [route for route in vhost.routes if route.HasField("route")]
+    if any(not route.route.HasField("retry_policy") for route in forwarding):
+        return vhost
+    counts = Counter(
+        route.route.retry_policy.SerializeToString(deterministic=True) for route in forwarding
+    )
+    if not counts:
+        return vhost
+    common, count = counts.most_common(1)[0]
+    if count < 2:
+        return vhost
+    vhost.retry_policy.MergeFromString(common)
+    for route in forwarding:
+        if route.route.retry_policy.SerializeToString(deterministic=True) == common:
+            route.route.ClearField("retry_policy")
+    return vhost
 
 
 def retry_policy(retry: RetrySettings, reset: bool) -> route_components_pb2.RetryPolicy | None:

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from xds_server.model.types import EXACT, Host, RetrySettings, Route
 from xds_server.translate.common import ads_source
-from xds_server.translate.retries import with_retries
+from xds_server.translate.retries import hoisted, with_retries
 
 
 def route_match(route: Route) -> route_components_pb2.RouteMatch:
@@ -58,16 +58,18 @@ def virtual_host(
     header while matching (`ignore_port_in_host_matching`), so `foo.com:8080` matches
     `foo.com`, and the backend still sees the header as the client sent it."""
     label = _one_label(host.name) if host.wildcard else None
-    return route_components_pb2.VirtualHost(
-        name=f"{config}/{host.name}",
-        domains=[host.name],
-        routes=[
-            made
-            for route, checked in planned(host, catch_all)
-            for made in with_retries(
-                _route(route, label if checked else None), retry_of(route), None
-            )
-        ],
+    return hoisted(
+        route_components_pb2.VirtualHost(
+            name=f"{config}/{host.name}",
+            domains=[host.name],
+            routes=[
+                made
+                for route, checked in planned(host, catch_all)
+                for made in with_retries(
+                    _route(route, label if checked else None), retry_of(route), None
+                )
+            ],
+        )
     )
 
 
