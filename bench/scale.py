@@ -157,7 +157,10 @@ async def fleet_row(work: Path, proxies: int, flavour: str, runs: int) -> dict[s
     """`proxies` clients connect at once to a server of ROUTES routes; then `runs` changes."""
     manifests = work / f"{flavour}-{proxies}"
     manifests.mkdir(parents=True)
-    write_all(manifests, route_files(ROUTES, None, {"a": 9000, "b": 9001}))
+    # The last route goes to b from the start: each change then moves one route between two
+    # clusters every proxy has (a route to a new cluster takes three round trips: its cluster,
+    # its endpoints, then the route: make before break).
+    write_all(manifests, route_files(ROUTES, ROUTES - 1, {"a": 9000, "b": 9001}))
     server = await XdsServer(work, manifests).start(timeout=120)
     assert server.proc is not None
     sampler = Sampler(server.proc.pid)
@@ -182,6 +185,12 @@ async def fleet_row(work: Path, proxies: int, flavour: str, runs: int) -> dict[s
             if missing:
                 raise RuntimeError(f"{missing} of {proxies} proxies never got change {run}")
             samples.append(max(arrivals) - changed)
+        print(
+            f"  {proxies} {flavour}: change -> all ACKed, each run (ms):",
+            " ".join(f"{t * 1000:.0f}" for t in samples),
+            file=sys.stderr,
+            flush=True,
+        )
         server_cpu = (sampler.cpu() - server_cpu) / runs
         client_cpu = (await fleet.cpu() - client_cpu) / runs
     finally:

@@ -117,6 +117,8 @@ class ControlPlane:
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
+        self._streaming: list[asyncio.Task[None]] = []
+        """Pushing snapshots to the streams, dropping stuck ones: while gRPC serves."""
         self._runner: web.AppRunner | None = None
         self._serial = 0
         self._drain_waiters = Waiters()
@@ -159,6 +161,10 @@ class ControlPlane:
             raise StartupError(f"cannot listen on {address}: {exc}") from exc
         await server.start()
         self._server = server
+        self._streaming = [
+            asyncio.create_task(self.servicer.push_snapshots()),
+            asyncio.create_task(self.servicer.drop_stuck()),
+        ]
         try:
             await self._start_http()
         except StartupError:
@@ -176,7 +182,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
-        tasks = [asyncio.create_task(self._feed()), asyncio.create_task(self.servicer.drop_stuck())]
+        tasks = [asyncio.create_task(self._feed())]
         if self.config.certs_dir is not None:
             tasks.append(asyncio.create_task(self._certificates(self.config.certs_dir)))
         if self.duties is not None:
@@ -194,6 +200,8 @@ class ControlPlane:
         )
         if self._server is not None:
             await self._server.stop(STOP_GRACE)
+        for task in self._streaming:
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("xds-server stopped")

@@ -19,6 +19,7 @@ CONVERGENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 class XdsMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._push_children: dict[str, tuple[Counter, Counter]] = {}
         self.proxies = Gauge(
             "xds_connected_proxies", "ADS streams open now.", registry=self.registry
         )
@@ -163,6 +164,19 @@ class XdsMetrics:
             "Ingress statuses written (by the leader, only when they differed).",
             registry=self.registry,
         )
+
+    def count_push(self, kind: str, resources: int) -> None:
+        """One response of `kind` with `resources` in it: the label lookups done once per
+        kind, not once per response (a thousand streams push at every change)."""
+        children = self._push_children.get(kind)
+        if children is None:
+            children = self._push_children[kind] = (
+                self.pushes.labels(kind),
+                self.resources.labels(kind),
+            )
+        children[0].inc()
+        if resources:
+            children[1].inc(resources)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -212,7 +212,6 @@ async def test_a_stuck_proxy_is_dropped_with_a_log_line_and_the_others_go_on(
     write_manifests(manifests, "app", many_routes(200))
     await changed(plane, 0)
     plane.servicer.stuck_after = 0.5
-    dropper = asyncio.create_task(plane.servicer.drop_stuck())
     address = f"127.0.0.1:{plane.grpc_port}"
     stuck = await SyntheticProxy(address, "stuck", stuck=True).start()
     proxies = [await SyntheticProxy(address, f"p{n}").start() for n in range(5)]
@@ -227,7 +226,6 @@ async def test_a_stuck_proxy_is_dropped_with_a_log_line_and_the_others_go_on(
         await changed(plane, serial)
         assert all([await p.has_route_version(route_version(plane), 20) for p in proxies])
     finally:
-        dropper.cancel()
         for proxy in [stuck, *proxies]:
             await proxy.stop()
 

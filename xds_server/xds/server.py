@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -152,7 +152,6 @@ class AggregatedDiscovery:
         self.streams[stream] = task
         self.metrics.proxies.inc()
         reader = asyncio.create_task(self._read(stream, requests))
-        watcher = asyncio.create_task(self._watch(stream))
         try:
             while True:
                 response = await stream.out.get()
@@ -166,8 +165,7 @@ class AggregatedDiscovery:
         finally:
             # Every task of the stream is cancelled here. Not awaited: the stream's own task
             # may be the one being cancelled, and gRPC reports an await that raises there.
-            for child in (reader, watcher):
-                child.cancel()
+            reader.cancel()
             _release(stream)
             self.streams.pop(stream, None)
             self.metrics.proxies.dec()
@@ -182,18 +180,22 @@ class AggregatedDiscovery:
         finally:
             stream.out.put_nowait(None)  # the end of the stream, for `_serve`
 
-    async def _watch(self, stream: SotwStream | DeltaStream) -> None:
+    async def push_snapshots(self) -> NoReturn:
+        """Forever: push each new snapshot to every stream, in one pass (one task, not one
+        per stream woken for it). A stream that connects meanwhile is pushed by its own
+        requests."""
         serial = self.store.current.serial
         while True:
             snapshot = await self.store.wait_after(serial)
             serial = snapshot.serial
-            stream.push(snapshot)
+            for stream in list(self.streams):
+                stream.push(snapshot)
 
-    async def drop_stuck(self) -> None:
+    async def drop_stuck(self) -> NoReturn:
         """Forever: drop every stream whose proxy has left a response unanswered for
         `stuck_after` seconds (it holds memory and a write slot, and helps nobody)."""
         while True:
-            await asyncio.sleep(self.stuck_after / 4)
+            await asyncio.sleep(min(self.stuck_after / 4, 1.0))
             self.drop_stuck_now(time.monotonic())
 
     def drop_stuck_now(self, now: float) -> int:

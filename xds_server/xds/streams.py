@@ -288,10 +288,7 @@ class Stream:
         raise NotImplementedError
 
     def _count(self, type_url: str, resources: int) -> None:
-        kind = type_url.rsplit(".", 1)[-1]
-        self.metrics.pushes.labels(kind).inc()
-        if resources:
-            self.metrics.resources.labels(kind).inc(resources)
+        self.metrics.count_push(type_url.rsplit(".", 1)[-1], resources)
 
     def nack(self, type_url: str, error: status_pb2.Status) -> None:
         kind = type_url.rsplit(".", 1)[-1]
