@@ -41,6 +41,7 @@ from xds_server.sources.objects import Limits, Loaded
 from xds_server.sources.watch import DirectoryWatcher
 from xds_server.translate.listeners import EnvoyPorts
 from xds_server.xds.cache import Snapshot, SnapshotStore
+from xds_server.xds.order import PUSH_ORDER
 from xds_server.xds.server import STUCK_AFTER, AggregatedDiscovery
 
 STOP_GRACE = 5.0
@@ -447,6 +448,10 @@ class ControlPlane:
         return web.json_response(
             {
                 "serial": self.store.current.serial,
+                # Content hashes: replicas over the same input show the same ones.
+                "versions": {
+                    t.rsplit(".", 1)[-1]: self.store.current.version(t) for t in PUSH_ORDER
+                },
                 "source_problem": self.source.problem,
                 "rejected": list(self.rejections),
                 **self.object_status,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -44,13 +45,22 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
-def _light(data: bytes, message: Any, heavy: str) -> Any:
-    """`message` from `data` without the resources of type `heavy` (counted, not read)."""
+def _light(data: bytes, message: Any, heavy: str, named: bool = False) -> Any:
+    """`message` from `data` without the resources of type `heavy` (left out; with `named`,
+    a delta Resource's name and version are read, its body skipped)."""
     fields = list(_fields(data))
     type_url = next((data[a:b].decode() for n, a, b in fields if n == 4), "")
     for number, start, end in fields:
         if number == 2 and type_url == heavy:
-            message.resources.add()
+            if not named:
+                continue  # the server's version says what it needs to know of them
+            resource = message.resources.add()
+            head = data[start:end]
+            for inner, a, b in _fields(head):
+                if inner == 1:
+                    resource.version = head[a:b].decode()
+                elif inner == 3:
+                    resource.name = head[a:b].decode()
             continue
         message.MergeFromString(data_field(number, data[start:end]))
     return message
@@ -61,6 +71,15 @@ def light_delta(data: bytes) -> discovery_pb2.DeltaDiscoveryResponse:
     what a synthetic proxy needs to know of them)."""
     response: discovery_pb2.DeltaDiscoveryResponse = _light(
         data, discovery_pb2.DeltaDiscoveryResponse(), VHOST
+    )
+    return response
+
+
+def light_delta_named(data: bytes) -> discovery_pb2.DeltaDiscoveryResponse:
+    """`light_delta` that keeps each virtual host's name and version (a proxy that reconnects
+    says what it has)."""
+    response: discovery_pb2.DeltaDiscoveryResponse = _light(
+        data, discovery_pb2.DeltaDiscoveryResponse(), VHOST, named=True
     )
     return response
 
@@ -95,6 +114,8 @@ class SyntheticProxy:
         route_configs: list[str] | None = None,
         digest: bool = True,
         resume: dict[str, dict[str, str]] | None = None,
+        reconnect: bool = False,
+        addresses: list[str] | None = None,
     ) -> None:
         self.address = address
         self.digest = digest
@@ -104,6 +125,10 @@ class SyntheticProxy:
         self.has: dict[str, dict[str, str]] = {}
         """Names and versions it holds, by type."""
         self.resources_received = 0
+        self.reconnect = reconnect
+        self.addresses = addresses or [address]
+        """Where it reconnects, in turn (the first is `address`)."""
+        self.reconnects = 0
         """False: its routes' state is the server's `system_version_info` of the last virtual
         hosts it got, not a digest of each (a thousand clients cannot hash 10,000 hosts each
         on the server's two cores)."""
@@ -123,12 +148,28 @@ class SyntheticProxy:
         self.responses = 0
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> SyntheticProxy:
+        self._connect()
+        call = self._call()
+        self._task = asyncio.create_task(self._idle() if self.stuck else self._run(call))
+        return self
+
+    def _connect(self) -> None:
         self._channel = grpc.aio.insecure_channel(
-            self.address, options=[("grpc.max_receive_message_length", 64 * 2**20)]
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 2**20),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
         )
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+
+    def _call(self) -> grpc.aio.StreamStreamCall:  # type: ignore[type-arg]
+        """A new stream: a fresh one, or (`resume`) saying what it has, as Envoy does."""
+        assert self._channel is not None
+        self.queue = asyncio.Queue()
         node = base_pb2.Node(id=self.node, cluster="synthetic")
         if self.resume is not None:
             self._resumed(node, self.resume)
@@ -137,15 +178,36 @@ class SyntheticProxy:
                 request = discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=type_url)
                 self.queue.put_nowait(request)
         if self.digest:
-            call = stub.DeltaAggregatedResources(self._requests())
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+            call: grpc.aio.StreamStreamCall = stub.DeltaAggregatedResources()  # type: ignore[type-arg]
         else:  # read what it needs without parsing 10,000 virtual hosts a change
             call = self._channel.stream_stream(
                 DELTA_METHOD,
                 request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
-                response_deserializer=light_delta,
-            )(self._requests())
-        self._task = asyncio.create_task(self._idle() if self.stuck else self._read(call))
-        return self
+                response_deserializer=light_delta_named if self.reconnect else light_delta,
+            )(None)
+        if self._writer is not None:
+            self._writer.cancel()
+        self._writer = asyncio.create_task(self._write(call, self.queue))
+        return call
+
+    async def _run(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        """Read the stream; with `reconnect`, open another when it ends (on the next of
+        `addresses`), saying what it has."""
+        while True:
+            await self._read(call)
+            if not self.reconnect:
+                return
+            self.reconnects += 1
+            self.resume = {type_url: dict(held) for type_url, held in self.has.items()}
+            await asyncio.sleep(random.uniform(0.05, 0.3))
+            if len(self.addresses) > 1:
+                self.addresses.append(self.addresses.pop(0))
+                self.address = self.addresses[0]
+                if self._channel is not None:
+                    await self._channel.close(None)
+                self._connect()
+            call = self._call()
 
     def _resumed(self, node: base_pb2.Node, has: dict[str, dict[str, str]]) -> None:
         for type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST):
@@ -160,15 +222,24 @@ class SyntheticProxy:
                     initial_resource_versions=held,
                 )
             )
+        if not self.digest:
+            return  # its routes' state stays the server's version it last got
         self._digest = 0
         for name, version in has.get(VHOST, {}).items():
             self.vhosts[name] = version
             self._digest ^= named_digest(name, version)
         self.routes_version = f"{self._digest:016x}" if self.vhosts else ""
 
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while True:
-            yield await self.queue.get()
+    @staticmethod
+    async def _write(
+        call: grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+        queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest],
+    ) -> None:
+        """Requests as they come, on this call (a task, not a generator: a call that ends
+        leaves nothing pending behind)."""
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            while True:
+                await call.write(await queue.get())
 
     async def _idle(self) -> None:
         await asyncio.Event().wait()  # never reads: flow control fills up on the server
@@ -232,10 +303,11 @@ class SyntheticProxy:
         return False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._channel is not None:
             await self._channel.close(None)
 
@@ -291,7 +363,7 @@ class SotwProxy:
             self._ask(ENDPOINT, [self._name_of(r.value) for r in response.resources])
         elif response.type_url == LISTENER and ROUTE not in self._names:
             self._ask(ROUTE, self.route_configs)
-        elif response.type_url == ROUTE and response.resources:
+        elif response.type_url == ROUTE and response.version_info:
             self.routes_version = response.version_info
             self.arrivals.append((time.monotonic(), self.routes_version))
 

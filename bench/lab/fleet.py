@@ -8,6 +8,7 @@ Commands (stdin): `{"do": "synced", "timeout": s}` -> `{"synced": [monotonic...]
 once every client has routes; `{"do": "mark"}` -> `{"marked": n}` remembers each client's
 routes version; `{"do": "changed", "timeout": s}` -> `{"arrivals": [...], "missing": n}` once
 every client's routes differ from the mark; `{"do": "cpu"}` -> `{"cpu": seconds}`;
+`{"do": "versions"}` -> the distinct routes versions the clients hold;
 `{"do": "quit"}`. Times are `time.monotonic()`: one clock for every process of the machine.
 """
 
@@ -56,7 +57,14 @@ async def serve(args: argparse.Namespace) -> None:
         if args.flavour == "sotw":
             proxies.append(SotwProxy(args.address, node))
         else:
-            proxies.append(SyntheticProxy(args.address, node, digest=False))
+            addresses = args.addresses.split(",") if args.addresses else [args.address]
+            first = addresses[n % len(addresses)]
+            addresses = addresses[n % len(addresses) :] + addresses[: n % len(addresses)]
+            proxies.append(
+                SyntheticProxy(
+                    first, node, digest=False, reconnect=args.reconnect, addresses=addresses
+                )
+            )
     await asyncio.gather(*(p.start() for p in proxies))
     marks: dict[int, str] = {}
     reader = asyncio.StreamReader()
@@ -82,6 +90,8 @@ async def serve(args: argparse.Namespace) -> None:
             missing = await _until_all(proxies, functools.partial(_moved, marks), timeout)
             found = [_first_arrival(p, marks[id(p)]) for p in proxies]
             answer = {"arrivals": [t for t in found if t is not None], "missing": len(missing)}
+        elif do == "versions":
+            answer = {"versions": sorted({p.routes_version for p in proxies})}
         elif do == "cpu":
             answer = {"cpu": sum(me.cpu_times()[:2])}
         else:
@@ -96,6 +106,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True, help="clients in this process")
     parser.add_argument("--flavour", choices=("delta", "sotw"), default="delta")
     parser.add_argument("--prefix", default="fleet", help="node ids: PREFIX-N")
+    parser.add_argument(
+        "--addresses", default="", help="host:port,... clients start on each in turn (delta)"
+    )
+    parser.add_argument(
+        "--reconnect", action="store_true", help="reconnect when a stream ends (delta)"
+    )
     asyncio.run(serve(parser.parse_args()))
 
 
