@@ -176,9 +176,13 @@ async def fleet_row(work: Path, proxies: int, flavour: str, runs: int) -> dict[s
     idle_rss = sampler.rss()
     fleet = Fleet(f"127.0.0.1:{server.grpc_port}", proxies, flavour).start()
     try:
-        synced, missing = await fleet.joined("synced", "synced", timeout=max(120, proxies / 6))
+        answers = await fleet.ask("synced", timeout=max(120, proxies / 6))
+        synced = [t for a in answers for t in a["synced"]]
+        missing = sum(a["missing"] for a in answers)
+        retries = sum(a.get("retries", 0) for a in answers)
         if missing:
-            raise RuntimeError(f"{missing} of {proxies} proxies never synced")
+            dropped = server.log().count("dropping the stream")
+            raise RuntimeError(f"{missing} of {proxies} proxies never synced ({dropped} dropped)")
         sync_time = max(synced) - fleet.started
         sync_peak = sampler.peak
         await asyncio.sleep(SPACING)
@@ -209,7 +213,8 @@ async def fleet_row(work: Path, proxies: int, flavour: str, runs: int) -> dict[s
         server.stop()
     return {
         "proxies": f"{proxies:,} {flavour}",
-        "all synced after connecting": f"{sync_time:.1f} s",
+        "all synced after connecting": f"{sync_time:.1f} s"
+        + (f" ({retries} connections retried)" if retries else ""),
         "change -> all ACKed p50 / p99": f"{_ms(statistics.median(samples))} / "
         f"{_ms(pct(samples, 0.99))}",
         "server CPU per change": _ms(server_cpu),

@@ -192,14 +192,17 @@ class SyntheticProxy:
         return call
 
     async def _run(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
-        """Read the stream; with `reconnect`, open another when it ends (on the next of
-        `addresses`), saying what it has."""
+        """Read the stream; open another when it ends (on the next of `addresses`), saying
+        what it has, with `reconnect`; without, only when it ended before its first
+        response (a connection refused or timed out under load: Envoy retries too)."""
         while True:
+            before = self.responses
             await self._read(call)
-            if not self.reconnect:
+            if not self.reconnect and self.responses > before:
                 return
             self.reconnects += 1
-            self.resume = {type_url: dict(held) for type_url, held in self.has.items()}
+            if self.reconnect:
+                self.resume = {type_url: dict(held) for type_url, held in self.has.items()}
             await asyncio.sleep(random.uniform(0.05, 0.3))
             if len(self.addresses) > 1:
                 self.addresses.append(self.addresses.pop(0))

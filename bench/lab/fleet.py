@@ -80,6 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
             answer: dict[str, Any] = {
                 "synced": [t for t in times if t is not None],
                 "missing": len(missing),
+                "retries": sum(getattr(p, "reconnects", 0) for p in proxies),
             }
         elif do == "mark":
             marks = {id(p): p.routes_version for p in proxies}

@@ -161,6 +161,8 @@ class AggregatedDiscovery:
                 if share.size:  # given back when the proxy answers it, or after WRITE_HOLD
                     stream.shares.append(share)
                     asyncio.get_running_loop().call_later(WRITE_HOLD, share.release)
+                if stream.waiting_since is None:
+                    stream.waiting_since = time.monotonic()
                 yield response
         finally:
             # Every task of the stream is cancelled here. Not awaited: the stream's own task

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +185,8 @@ class Stream:
         self.shares: list[Any] = []
         """The write budget this stream's unanswered responses hold (server.py)."""
         self.waiting_since: float | None = None
-        """When a response went out that the proxy has not answered yet (None: none)."""
+        """When a response was handed to gRPC that the proxy has not answered yet (None:
+        none). Not when it was queued: a wait for the write budget is the server's."""
         self.pushed_serial = -1
         """The snapshot the last push looked at: `clean` flags speak of that one."""
 
@@ -197,8 +197,6 @@ class Stream:
 
     def send(self, state: TypeState, response: Response) -> None:
         state.nonce = response.nonce
-        if self.waiting_since is None:
-            self.waiting_since = time.monotonic()
         self.out.put_nowait(response.wire)
 
     def answered(self) -> None:
