@@ -320,6 +320,7 @@ async def split(count: int, runs: int, work: Path) -> dict[str, str]:
 
     plane.store.publish = timed  # type: ignore[method-assign]
     try:
+        await asyncio.wait_for(plane.store.wait_after(0), 300)  # the first build, then Envoy
         await envoy.start()
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             await _until(client, f"http://127.0.0.1:{http}/r0", "h0.example.com", "a")
