@@ -430,6 +430,14 @@ async def big_row(work: Path, routes: int, runs: int) -> dict[str, str]:
     }
 
 
+async def _grpc_floor(proxies: int) -> float:
+    command = [sys.executable, "-m", "bench.lab.grpc_floor", "--proxies", str(proxies)]
+    done = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, cwd=_HERE.parent, check=True
+    )
+    return float(json.loads(done.stdout)["server_cpu_per_round"])
+
+
 def table(rows: list[dict[str, str]]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -444,8 +452,13 @@ async def main(args: argparse.Namespace) -> None:
         for proxies, flavour in args.fleets:
             rows.append(await fleet_row(root, proxies, flavour, args.runs))
             print(table(rows[-1:]), flush=True)
+        floor = await _grpc_floor(1000)
         print("\n### Fleets at 10,000 routes\n")
         print(table(rows))
+        print(
+            f"\nThe floor, grpc.aio doing no xDS work (bench/lab/grpc_floor.py): {_ms(floor)} "
+            "of server CPU per round of one message out and one answer in, 1,000 streams."
+        )
         if args.fleets_only:
             return
         big = [await big_row(root, args.big, args.runs)]
