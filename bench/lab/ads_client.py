@@ -8,16 +8,40 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
 
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
 from xds_server.xds.cache import named_digest
+
+
+def route_configs_of(listeners: Iterable[any_pb2.Any]) -> list[str]:
+    """The route configurations the listeners' HTTP connection managers name over RDS: what
+    Envoy subscribes to (an Ingress without TLS has no HTTPS listener, so no `ingress_https`)."""
+    names: set[str] = set()
+    for packed in listeners:
+        listener = listener_pb2.Listener.FromString(packed.value)
+        chains = [*listener.filter_chains, listener.default_filter_chain]
+        for chain in chains:
+            for network_filter in chain.filters:
+                if network_filter.typed_config.type_url.endswith(".HttpConnectionManager"):
+                    manager = http_connection_manager_pb2.HttpConnectionManager.FromString(
+                        network_filter.typed_config.value
+                    )
+                    if manager.HasField("rds"):
+                        names.add(manager.rds.route_config_name)
+    return sorted(names)
+
 
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -132,8 +156,9 @@ class SyntheticProxy:
         """False: its routes' state is the server's `system_version_info` of the last virtual
         hosts it got, not a digest of each (a thousand clients cannot hash 10,000 hosts each
         on the server's two cores)."""
-        self.route_configs = route_configs or ["ingress_http", "ingress_https"]
-        """The route configurations its listeners name (Envoy asks for those alone)."""
+        self.route_configs = route_configs
+        """The route configurations it asks for: those its listeners name (None), as Envoy."""
+        self._configs: set[str] = set()
         self.node = node
         self.stuck = stuck
         self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
@@ -271,7 +296,11 @@ class SyntheticProxy:
         if response.type_url == CLUSTER and names:
             self._subscribe(ENDPOINT, names)
         elif response.type_url == LISTENER and names:
-            self._subscribe(ROUTE, self.route_configs)
+            configs = self.route_configs or route_configs_of(r.resource for r in response.resources)
+            new = sorted(set(configs) - self._configs)
+            self._configs |= set(new)
+            if new:
+                self._subscribe(ROUTE, new)
         elif response.type_url == ROUTE and names:
             self.queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST))
         elif response.type_url == VHOST and not self.digest:
@@ -322,9 +351,10 @@ class SotwProxy:
     nothing per route, so a thousand of them fit beside the server on two cores."""
 
     def __init__(self, address: str, node: str, route_configs: list[str] | None = None) -> None:
+        """`route_configs`: what it asks for; None: what its listeners name, as Envoy."""
         self.address = address
         self.node = node
-        self.route_configs = route_configs or ["ingress_http", "ingress_https"]
+        self.route_configs = route_configs
         self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
         self.routes_version = ""
         self.arrivals: list[tuple[float, str]] = []
@@ -364,8 +394,8 @@ class SotwProxy:
         self._ack(response.type_url, response.version_info, response.nonce)
         if response.type_url == CLUSTER:
             self._ask(ENDPOINT, [self._name_of(r.value) for r in response.resources])
-        elif response.type_url == LISTENER and ROUTE not in self._names:
-            self._ask(ROUTE, self.route_configs)
+        elif response.type_url == LISTENER:
+            self._ask(ROUTE, self.route_configs or route_configs_of(response.resources))
         elif response.type_url == ROUTE and response.version_info:
             self.routes_version = response.version_info
             self.arrivals.append((time.monotonic(), self.routes_version))
