@@ -461,9 +461,10 @@ async def main(args: argparse.Namespace) -> None:
         )
         if args.fleets_only:
             return
-        big = [await big_row(root, args.big, args.runs)]
-        print(f"\n### {args.big:,} routes, one real Envoy (delta ADS, VHDS)\n")
-        print(table(big), flush=True)
+        if args.big:
+            big = [await big_row(root, args.big, args.runs)]
+            print(f"\n### {args.big:,} routes, one real Envoy (delta ADS, VHDS)\n")
+            print(table(big), flush=True)
         others = [
             await restart_row(root, args.moving),
             await replicas_row(root, args.moving),
@@ -493,8 +494,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--moving", type=int, default=1000, help="proxies in the restart and replica rows"
     )
-    parser.add_argument("--fleets-only", action="store_true", help="the fleet table alone")
     parser.add_argument(
-        "--big", type=int, default=100_000, help="routes of the real-Envoy row (default 100000)"
+        "--fleets-only", action="store_true", help="the fleet table alone (default: all)"
+    )
+    parser.add_argument(
+        "--big",
+        type=int,
+        default=100_000,
+        help="routes of the real-Envoy row (default 100000; 0 skips it)",
     )
     asyncio.run(main(parser.parse_args()))
