@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
 from xds_server.translate.type_urls import CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST
-from xds_server.xds.cache import named_digest
+from xds_server.xds.cache import length_delimited, named_digest
 
 
 def route_configs_of(listeners: Iterable[any_pb2.Any]) -> list[str]:
@@ -86,7 +86,7 @@ def _light(data: bytes, message: Any, heavy: str, named: bool = False) -> Any:
                 elif inner == 3:
                     resource.name = head[a:b].decode()
             continue
-        message.MergeFromString(data_field(number, data[start:end]))
+        message.MergeFromString(length_delimited(number, data[start:end]))
     return message
 
 
@@ -114,19 +114,6 @@ def light_sotw(data: bytes) -> discovery_pb2.DiscoveryResponse:
         data, discovery_pb2.DiscoveryResponse(), ROUTE
     )
     return response
-
-
-def data_field(number: int, value: bytes) -> bytes:
-    return _varint_bytes(number << 3 | 2) + _varint_bytes(len(value)) + value
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class SyntheticProxy:

@@ -35,19 +35,21 @@ def snapshot(serial: int, flipped: int | None = None, hosts: int = 12) -> Snapsh
     return Snapshot.build(resources(build(loaded.objects, None), EnvoyPorts()), serial)
 
 
-class DeltaProxy:
-    """What an Envoy over delta holds, rebuilt from the bytes it was sent."""
+class Player:
+    """Plays Envoy on a stream: asks for clusters and listeners, then answers each response
+    (`_take`), keeping every response's bytes as sent."""
 
-    def __init__(self, configs: list[str]) -> None:
-        self.stream = DeltaStream(SnapshotStore(), XdsMetrics())
-        self.configs = configs
+    request: Any
+
+    def __init__(self, stream: DeltaStream | SotwStream) -> None:
+        self.stream = stream
         self.has: dict[str, dict[str, bytes]] = {}
         self.bodies: list[bytes] = []
         self.nonces: list[str] = []
 
     def start(self, now: Snapshot) -> None:
         for type_url in (CLUSTER, LISTENER):
-            self.stream.handle(discovery_pb2.DeltaDiscoveryRequest(type_url=type_url), now)
+            self.stream.handle(self.request(type_url=type_url), now)
         self.play(now)
 
     def play(self, now: Snapshot) -> None:
@@ -57,76 +59,69 @@ class DeltaProxy:
             self.bodies.append(outgoing)
             response = self.stream.decode(outgoing)
             self.nonces.append(response.nonce)
-            held = self.has.setdefault(response.type_url, {})
-            for resource in response.resources:
-                held[resource.name] = resource.resource.value
-            for name in response.removed_resources:
-                held.pop(name, None)
-            self._answer(response, now)
+            self._take(response, now)
 
-    def _answer(self, response: Any, now: Snapshot) -> None:
+    def _take(self, response: Any, now: Snapshot) -> None:
+        raise NotImplementedError
+
+
+class DeltaProxy(Player):
+    """What an Envoy over delta holds, rebuilt from the bytes it was sent."""
+
+    request = discovery_pb2.DeltaDiscoveryRequest
+
+    def __init__(self, configs: list[str]) -> None:
+        super().__init__(DeltaStream(SnapshotStore(), XdsMetrics()))
+        self.configs = configs
+
+    def _take(self, response: Any, now: Snapshot) -> None:
+        held = self.has.setdefault(response.type_url, {})
+        for resource in response.resources:
+            held[resource.name] = resource.resource.value
+        for name in response.removed_resources:
+            held.pop(name, None)
         type_url = response.type_url
-        self.stream.handle(
-            discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce),
-            now,
-        )
+        self.stream.handle(self.request(type_url=type_url, response_nonce=response.nonce), now)
         names = [r.name for r in response.resources]
         if type_url == CLUSTER and names:
             self._ask(ENDPOINT, names, now)
         elif type_url == LISTENER and names and ROUTE not in self.has:
             self._ask(ROUTE, self.configs, now)
         elif type_url == ROUTE and names and VHOST not in self.has:
-            self.stream.handle(discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST), now)
+            self.stream.handle(self.request(type_url=VHOST), now)
 
     def _ask(self, type_url: str, names: list[str], now: Snapshot) -> None:
-        request = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url, resource_names_subscribe=names
-        )
-        self.stream.handle(request, now)
+        self.stream.handle(self.request(type_url=type_url, resource_names_subscribe=names), now)
 
 
-class SotwProxy:
+class SotwProxy(Player):
     """What an Envoy over state of the world holds: the last response of each type."""
 
+    request = discovery_pb2.DiscoveryRequest
+
     def __init__(self) -> None:
-        self.stream = SotwStream(SnapshotStore(), XdsMetrics())
-        self.has: dict[str, dict[str, bytes]] = {}
+        super().__init__(SotwStream(SnapshotStore(), XdsMetrics()))
         self.names: dict[str, list[str]] = {}
-        self.bodies: list[bytes] = []
 
-    def start(self, now: Snapshot) -> None:
-        for type_url in (CLUSTER, LISTENER):
-            self.stream.handle(discovery_pb2.DiscoveryRequest(type_url=type_url), now)
-        self.play(now)
-
-    def play(self, now: Snapshot) -> None:
-        while not self.stream.out.empty():
-            outgoing = self.stream.out.get_nowait()
-            assert outgoing is not None
-            self.bodies.append(outgoing)
-            response = self.stream.decode(outgoing)
-            self.has[response.type_url] = {
-                _name(response.type_url, r.value): r.value for r in response.resources
-            }
-            self.stream.handle(
-                discovery_pb2.DiscoveryRequest(
-                    type_url=response.type_url,
-                    version_info=response.version_info,
-                    response_nonce=response.nonce,
-                    resource_names=self.names.get(response.type_url, []),
-                ),
-                now,
-            )
-            if response.type_url == CLUSTER:
-                self._ask(ENDPOINT, sorted(self.has[CLUSTER]), now)
-            elif response.type_url == LISTENER and ROUTE not in self.names:
-                self._ask(ROUTE, ["ingress_http", "ingress_https"], now)
+    def _take(self, response: Any, now: Snapshot) -> None:
+        type_url = response.type_url
+        self.has[type_url] = {_name(type_url, r.value): r.value for r in response.resources}
+        ack = self.request(
+            type_url=type_url,
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+            resource_names=self.names.get(type_url, []),
+        )
+        self.stream.handle(ack, now)
+        if type_url == CLUSTER:
+            self._ask(ENDPOINT, sorted(self.has[CLUSTER]), now)
+        elif type_url == LISTENER and ROUTE not in self.names:
+            self._ask(ROUTE, ["ingress_http", "ingress_https"], now)
 
     def _ask(self, type_url: str, names: list[str], now: Snapshot) -> None:
         if self.names.get(type_url) != names:
             self.names[type_url] = names
-            request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names)
-            self.stream.handle(request, now)
+            self.stream.handle(self.request(type_url=type_url, resource_names=names), now)
 
 
 def _name(type_url: str, value: bytes) -> str:

@@ -52,21 +52,27 @@ class Entry:
     @functools.cached_property
     def as_field(self) -> bytes:
         """The resource as a repeated field 2 (RouteConfiguration.virtual_hosts)."""
-        return _field(2, self.resource.value)
+        return length_delimited(2, self.resource.value)
 
     @functools.cached_property
     def as_any(self) -> bytes:
         """The resource as an Any in DiscoveryResponse.resources (field 2): serialized once
         per version, then copied into every state-of-the-world response that holds it."""
         resource = self.resource
-        return _field(2, _field(1, resource.type_url.encode()) + _field(2, resource.value))
+        return length_delimited(
+            2, length_delimited(1, resource.type_url.encode()) + length_delimited(2, resource.value)
+        )
 
     @functools.cached_property
     def as_resource(self) -> bytes:
         """The resource as a Resource in DeltaDiscoveryResponse.resources (field 2): version
         (1), the Any (2), name (3)."""
-        inner = _field(1, self.version.encode()) + self.as_any + _field(3, self.name.encode())
-        return _field(2, inner)
+        inner = (
+            length_delimited(1, self.version.encode())
+            + self.as_any
+            + length_delimited(3, self.name.encode())
+        )
+        return length_delimited(2, inner)
 
     def decoded(self) -> Message:
         """The message (parsed from the bytes for a route configuration assembled from them)."""
@@ -108,14 +114,14 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _field(number: int, data: bytes) -> bytes:
+def length_delimited(number: int, data: bytes) -> bytes:
     """A length-delimited protobuf field: tag, length, bytes."""
     return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _text(number: int, text: str) -> bytes:
     """A string field, left out when empty (as proto3 serializes it)."""
-    return _field(number, text.encode()) if text else b""
+    return length_delimited(number, text.encode()) if text else b""
 
 
 def sotw_body(version: str, entries: Iterable[Entry], type_url: str) -> bytes:
@@ -133,7 +139,7 @@ def delta_body(
         _text(1, system_version)
         + b"".join(e.as_resource for e in changed)
         + _text(4, type_url)
-        + b"".join(_field(6, name.encode()) for name in removed)
+        + b"".join(length_delimited(6, name.encode()) for name in removed)
     )
 
 
@@ -147,7 +153,11 @@ def route_entry(name: str, vhosts: list[Entry]) -> Entry:
     virtual hosts' serialized bytes: exactly what serializing RouteConfiguration(name,
     virtual_hosts, **ROUTE_OPTIONS) gives, without building (and copying) a message of
     10,000 routes."""
-    data = _field(1, name.encode()) + b"".join(v.as_field for v in vhosts) + ROUTE_OPTIONS_BYTES
+    data = (
+        length_delimited(1, name.encode())
+        + b"".join(v.as_field for v in vhosts)
+        + ROUTE_OPTIONS_BYTES
+    )
     clusters = frozenset(clusters_used(vhosts))
     return Entry(
         name, _version(ROUTE, data), any_pb2.Any(type_url=ROUTE, value=data), None, clusters
