@@ -326,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             propagation_delay=args.propagation_delay,
         ),
     )
+    if args.stuck_stream_timeout <= 0:
+        print(f"{prog}: error: --stuck-stream-timeout must be more than 0", file=sys.stderr)
+        return 2
     if args.kubeconfig is not None and not args.kubernetes:
         print(f"{prog}: error: --kubeconfig needs --kubernetes", file=sys.stderr)
         return 2

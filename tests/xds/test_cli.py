@@ -31,6 +31,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (["serve", "--manifests", "/tmp", "--insecure", "--envoy-http-port", "0"], "port 1-65535"),
         (
+            ["serve", "--manifests", "/tmp", "--insecure", "--stuck-stream-timeout", "0s"],
+            "--stuck-stream-timeout must be more than 0",
+        ),
+        (
             [*BOOTSTRAP, "--certs-dir", "/nonexistent"],
             "no such directory",
         ),
