@@ -113,7 +113,8 @@ class TypeState:
     at: Mapping[str, Entry] | None = None
     """What the proxy has, when it is exactly a mapping a snapshot made (never changed in
     place, shared with every proxy in the same state); None: in `acked`/`acked_entries`
-    (delta, after a NACK or a partial resume)."""
+    (delta, after a NACK or a partial resume). SotW streams always have one, replaced on
+    each ACK."""
     pending: Mapping[str, Entry] | None = None
     """Delta: what the proxy will have once it ACKs the response in flight (shared path)."""
     pending_diff: Diff | None = None
@@ -325,11 +326,6 @@ class SotwStream(Stream):
     _assembled: dict[str, Entry] | None = None
     """The virtual hosts of the route configurations `wanted` just assembled, if it did."""
     response_type = discovery_pb2.DiscoveryResponse
-
-    def __init__(self, store: SnapshotStore, metrics: XdsMetrics) -> None:
-        super().__init__(store, metrics)
-        for state in self.types.values():
-            state.at = EMPTY  # SotW: always a mapping, replaced on each ACK, never changed
 
     def handle(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot) -> None:
         self.answered()
